@@ -1,0 +1,104 @@
+"""Configuration of PSD-CLIP: CLIP's towers plus the progressive self-distillation settings."""
+
+from huggingface_hub.dataclasses import strict
+from transformers import CLIPConfig
+
+
+DISTILL_SCHEDULES = ("linear", "constant")
+
+# Tower sizes of the named presets. "tiny" and "small" are sized for CPU training on 64 px images with a
+# 32-token context; "vit-b-32" and "vit-b-16" are the OpenAI CLIP dimensions.
+PRESETS = {
+    "tiny": {
+        "projection_dim": 192,
+        "text_config": {"hidden_size": 192, "intermediate_size": 768, "num_hidden_layers": 4,
+                        "num_attention_heads": 4, "max_position_embeddings": 32},
+        "vision_config": {"hidden_size": 192, "intermediate_size": 768, "num_hidden_layers": 4,
+                          "num_attention_heads": 4, "image_size": 64, "patch_size": 8},
+    },
+    "small": {
+        "projection_dim": 320,
+        "text_config": {"hidden_size": 320, "intermediate_size": 1280, "num_hidden_layers": 6,
+                        "num_attention_heads": 5, "max_position_embeddings": 32},
+        "vision_config": {"hidden_size": 320, "intermediate_size": 1280, "num_hidden_layers": 6,
+                          "num_attention_heads": 5, "image_size": 64, "patch_size": 8},
+    },
+    "vit-b-32": {
+        "projection_dim": 512,
+        "text_config": {"hidden_size": 512, "intermediate_size": 2048, "num_hidden_layers": 12,
+                        "num_attention_heads": 8, "max_position_embeddings": 77},
+        "vision_config": {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
+                          "num_attention_heads": 12, "image_size": 224, "patch_size": 32},
+    },
+    "vit-b-16": {
+        "projection_dim": 512,
+        "text_config": {"hidden_size": 512, "intermediate_size": 2048, "num_hidden_layers": 12,
+                        "num_attention_heads": 8, "max_position_embeddings": 77},
+        "vision_config": {"hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
+                          "num_attention_heads": 12, "image_size": 224, "patch_size": 16},
+    },
+}
+
+
+@strict
+class PSDCLIPConfig(CLIPConfig):
+    r"""
+    CLIP's configuration (`text_config`, `vision_config`, `projection_dim`, `logit_scale_init_value`) extended with
+    the progressive self-distillation objective. Because it extends `CLIPConfig`, a stock CLIP checkpoint's
+    `config.json` loads into it unchanged, with the distillation settings at their defaults.
+
+    distill_alpha_max (`float`, defaults to 0.5):
+        Final weight of the model's own prediction in the soft targets, in [0, 1]. 0 gives plain CLIP.
+    distill_fraction (`float`, defaults to 0.5):
+        Fraction of the image rows and, independently, of the caption rows that get soft targets each step.
+    distill_schedule (`str`, defaults to `"linear"`):
+        `"linear"` ramps alpha from 0 to `distill_alpha_max` over training; `"constant"` holds it there.
+    distill_temperature (`float`, defaults to 1.0):
+        Temperature of the teacher's softmax over the (stop-gradient) logits.
+    distill_seed (`int`, defaults to 0):
+        Seed of the per-step draw of distilled rows; with the step number it fixes the draw, so a resumed run
+        repeats it.
+    logit_scale_max (`float`, defaults to 100.0):
+        Upper bound of the similarity scale `exp(logit_scale)`.
+    """
+
+    model_type = "psdclip"
+
+    distill_alpha_max: float | int = 0.5
+    distill_fraction: float | int = 0.5
+    distill_schedule: str = "linear"
+    distill_temperature: float | int = 1.0
+    distill_seed: int = 0
+    logit_scale_max: float | int = 100.0
+
+    def __post_init__(self, **kwargs):
+        # Checked here rather than in a `@strict` validator so that a bad value raises a plain ValueError.
+        self.validate_distillation()
+        super().__post_init__(**kwargs)
+
+    def validate_distillation(self):
+        """Raise ValueError naming the first distillation setting that is out of range."""
+        for name in ("distill_alpha_max", "distill_fraction"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {value}")
+        if self.distill_schedule not in DISTILL_SCHEDULES:
+            raise ValueError(f"distill_schedule must be one of {DISTILL_SCHEDULES}, got {self.distill_schedule!r}")
+        if not self.distill_temperature > 0:
+            raise ValueError(f"distill_temperature must be positive, got {self.distill_temperature}")
+        if not self.logit_scale_max > 0:
+            raise ValueError(f"logit_scale_max must be positive, got {self.logit_scale_max}")
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides) -> "PSDCLIPConfig":
+        """A named architecture (`"tiny"`, `"small"`, `"vit-b-32"`, `"vit-b-16"`); `overrides` set any field."""
+        if name not in PRESETS:
+            raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {name!r}")
+        preset = PRESETS[name]
+        text_config = {**preset["text_config"], **overrides.pop("text_config", {})}
+        vision_config = {**preset["vision_config"], **overrides.pop("vision_config", {})}
+        overrides.setdefault("projection_dim", preset["projection_dim"])
+        return cls(text_config=text_config, vision_config=vision_config, **overrides)
+
+
+__all__ = ["PSDCLIPConfig", "PRESETS"]
