@@ -114,7 +114,6 @@ class PSDContrastiveLoss(nn.Module):
 
     def one_direction(self, logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor):
         """Hard and soft parts of the loss and the teacher diagnostics for rows of logits against all columns."""
-        logits = logits.float()
         teacher = torch.softmax(logits.detach() / self.temperature, dim=-1)
         hard = F.cross_entropy(logits, labels, reduction="none")
         soft = F.cross_entropy(logits, teacher, reduction="none")
@@ -135,10 +134,13 @@ class PSDContrastiveLoss(nn.Module):
         image_weights = alpha * image_drawn[offset : offset + num_local].float()
         text_weights = alpha * text_drawn[offset : offset + num_local].float()
 
-        logits_image_to_text = logit_scale * image_embeds @ all_text_embeds.t()
-        logits_text_to_image = logit_scale * text_embeds @ all_image_embeds.t()
-        image_side = self.one_direction(logits_image_to_text, labels, image_weights)
-        text_side = self.one_direction(logits_text_to_image, labels, text_weights)
+        # Softmax over the whole global batch in fp32, even under mixed precision.
+        with torch.autocast(device_type=image_embeds.device.type, enabled=False):
+            scale = logit_scale.float()
+            logits_image_to_text = scale * image_embeds.float() @ all_text_embeds.float().t()
+            logits_text_to_image = scale * text_embeds.float() @ all_image_embeds.float().t()
+            image_side = self.one_direction(logits_image_to_text, labels, image_weights)
+            text_side = self.one_direction(logits_text_to_image, labels, text_weights)
         loss_hard, loss_soft, entropy, paired = ((a + b) / 2 for a, b in zip(image_side, text_side))
         return PSDLossOutput(
             loss=loss_hard + loss_soft,
