@@ -1,0 +1,176 @@
+"""Command line: `python -m eval TASK --model FOLDER [--model FOLDER ...] --data SOURCE [options]`.
+
+Tasks: zeroshot, linear-probe, retrieval, robustness, noisy-pairs; and `build-openmoji OUT` to build the
+OpenMoji benchmark. Writes `<output>/<task>.json`, `<task>.md`, figures, and (unless --no-card) the results
+into each model folder's README.md. Mistakes in the command exit with status 2 and a one-line error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .card import update_model_card
+from .data import CLEAN, EvalData, load_eval_data
+from .errors import EvalInputError
+from .linear_probe import linear_probe
+from .model import EmbeddingModel
+from .noisy_pairs import DEFAULT_POOL_SIZE, noisy_pair_detection, write_suspects_csv
+from .plots import noisy_pair_precision_curve, robustness_scatter
+from .report import scalar_metrics, write_report
+from .retrieval import retrieval
+from .robustness import robustness
+from .templates import read_lines, resolve_templates
+from .zeroshot import zero_shot_classification
+
+
+class OneLineErrorParser(argparse.ArgumentParser):
+    def error(self, message):
+        self.exit(2, f"error: {message} (see python -m eval --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineErrorParser(prog="python -m eval", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    tasks = parser.add_subparsers(dest="task", required=True, parser_class=OneLineErrorParser,
+                                  metavar="{zeroshot,linear-probe,retrieval,robustness,noisy-pairs,build-openmoji}")
+
+    common = OneLineErrorParser(add_help=False)
+    common.add_argument("--model", action="append", required=True, metavar="FOLDER",
+                        help="saved PSD-CLIP or transformers CLIPModel folder; repeat to compare models")
+    common.add_argument("--data", required=True, metavar="SOURCE",
+                        help="synthetic:SPLIT, or a folder (imagefolder, save_to_disk, CLIP_benchmark webdataset), "
+                             "optionally FOLDER:SPLIT")
+    common.add_argument("--label-column", help="column holding the class (synthetic default: label_shape)")
+    common.add_argument("--classnames", metavar="FILE", help="class names, one a line, replacing the data's")
+    common.add_argument("--num-samples", type=int, default=1000, help="synthetic data: examples per split")
+    common.add_argument("--image-size", type=int, default=64, help="synthetic data: image side in pixels")
+    common.add_argument("--seed", type=int, default=0)
+    common.add_argument("--batch-size", type=int, default=256)
+    common.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    common.add_argument("--output", type=Path, default=Path("outputs/eval"), help="folder for results")
+    common.add_argument("--no-card", action="store_true", help="leave the model folders' README.md alone")
+    templates = OneLineErrorParser(add_help=False)
+    templates.add_argument("--templates", default=None, metavar="SET_OR_FILE",
+                           help="imagenet80 (default unless the data ships templates), simple, or a file")
+
+    tasks.add_parser("zeroshot", parents=[common, templates], help="zero-shot classification")
+    probe = tasks.add_parser("linear-probe", parents=[common], help="logistic regression on image features")
+    probe.add_argument("--test-data", required=True, metavar="SOURCE")
+    probe.add_argument("--val-data", metavar="SOURCE", help="default: a stratified 20%% of --data")
+    tasks.add_parser("retrieval", parents=[common], help="image-text retrieval Recall@1/5/10")
+    robust = tasks.add_parser("robustness", parents=[common, templates], help="accuracy under distribution shift")
+    robust.add_argument("--shifted", action="append", required=True, metavar="SOURCE",
+                        help="shifted data set; repeat for several")
+    noisy = tasks.add_parser("noisy-pairs", parents=[common], help="rank suspected mismatched pairs")
+    noisy.add_argument("--pool-size", type=int, default=DEFAULT_POOL_SIZE,
+                       help="pairs each paired probability is computed among; 0 = all")
+    build = tasks.add_parser("build-openmoji", help="build the OpenMoji image-text benchmark into a folder")
+    build.add_argument("out", type=Path)
+    build.add_argument("--image-size", type=int, default=64)
+    return parser
+
+
+def load_data(args, source: str) -> EvalData:
+    data = load_eval_data(source, label_column=args.label_column, num_samples=args.num_samples, seed=args.seed,
+                          image_size=args.image_size)
+    if args.classnames:
+        names = read_lines(args.classnames, "class name")
+        if data.class_names is not None and len(names) != len(data.class_names):
+            raise EvalInputError(f"{args.classnames} has {len(names)} class names; data {data.name!r} has "
+                                 f"{len(data.class_names)} classes")
+        data.class_names = names
+    return data
+
+
+def load_models(args) -> list[tuple[Path, EmbeddingModel]]:
+    return [(Path(folder), EmbeddingModel.from_pretrained(folder, batch_size=args.batch_size, device=args.device))
+            for folder in args.model]
+
+
+def run_per_model(args, task_type: str, task_name: str, evaluate_one) -> tuple[dict, list[dict]]:
+    """Evaluate every model on --data with `evaluate_one(model, data) -> results`; record rows and cards."""
+    data = load_data(args, args.data)
+    results, rows = {}, []
+    for folder, model in load_models(args):
+        results[model.name] = evaluate_one(model, data)
+        metrics = scalar_metrics(results[model.name])
+        rows.append({"model": model.name, "data": data.name, **metrics})
+        if not args.no_card:
+            update_model_card(folder, task_type, task_name, data.name,
+                              {key: value for key, value in metrics.items() if not key.startswith("num_")})
+    return results, rows
+
+
+def run_zeroshot(args):
+    templates = resolve_templates(args.templates) if args.templates else None
+    return run_per_model(args, "zero-shot-image-classification", "Zero-shot classification",
+                         lambda model, data: zero_shot_classification(model, data, templates))
+
+
+def run_linear_probe(args):
+    test = load_data(args, args.test_data)
+    val = load_data(args, args.val_data) if args.val_data else None
+    return run_per_model(args, "image-classification", "Linear probe",
+                         lambda model, train: linear_probe(model, train, test, val, seed=args.seed))
+
+
+def run_retrieval(args):
+    return run_per_model(args, "image-text-retrieval", "Retrieval", retrieval)
+
+
+def run_noisy_pairs(args):
+    def detect(model, data):
+        results, probabilities = noisy_pair_detection(model, data, args.pool_size or None, args.seed)
+        results["suspects_csv"] = str(write_suspects_csv(args.output / f"noisy-pairs-{model.name}.csv", data,
+                                                         probabilities))
+        if data.noise is not None:
+            results["precision_curve"] = str(noisy_pair_precision_curve(
+                probabilities, [label != CLEAN for label in data.noise],
+                args.output / f"noisy-pairs-{model.name}.png"))
+        return results
+
+    return run_per_model(args, "noisy-pair-detection", "Noisy-pair detection", detect)
+
+
+def run_robustness(args):
+    templates = resolve_templates(args.templates) if args.templates else None
+    in_distribution = load_data(args, args.data)
+    shifted = [load_data(args, source) for source in args.shifted]
+    models = load_models(args)
+    results = robustness([model for _, model in models], in_distribution, shifted, templates)
+    results["scatter"] = str(robustness_scatter(results, args.output / "robustness.png"))
+    rows = [{"model": entry["model"], "data": name, "in_distribution_accuracy": entry["in_distribution_accuracy"],
+             **shift} for entry in results["models"] for name, shift in entry["shifted"].items()]
+    if not args.no_card:
+        for (folder, _), entry in zip(models, results["models"]):
+            for name, shift in entry["shifted"].items():
+                update_model_card(folder, "zero-shot-image-classification", "Robustness", name, shift)
+    return results, rows
+
+
+TASKS = {"zeroshot": run_zeroshot, "linear-probe": run_linear_probe, "retrieval": run_retrieval,
+         "robustness": run_robustness, "noisy-pairs": run_noisy_pairs}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.task == "build-openmoji":
+            from .openmoji import build_openmoji
+
+            print(build_openmoji(args.out, image_size=args.image_size))
+            return 0
+        results, rows = TASKS[args.task](args)
+        paths = write_report(args.output, args.task, results, rows)
+    except EvalInputError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(paths["markdown"].read_text(encoding="utf-8"))
+    print(f"results: {paths['json']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

