@@ -15,7 +15,7 @@ from .card import update_model_card
 from .data import CLEAN, EvalData, load_eval_data
 from .errors import EvalInputError
 from .linear_probe import linear_probe
-from .model import EmbeddingModel
+from .model import EmbeddingModel, require_model_folder
 from .noisy_pairs import DEFAULT_POOL_SIZE, noisy_pair_detection, write_suspects_csv
 from .plots import noisy_pair_precision_curve, robustness_scatter
 from .report import scalar_metrics, write_report
@@ -162,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
 
             print(build_openmoji(args.out, image_size=args.image_size))
             return 0
+        for folder in args.model:  # before any slow data loading
+            require_model_folder(folder)
         results, rows = TASKS[args.task](args)
         paths = write_report(args.output, args.task, results, rows)
     except EvalInputError as error:

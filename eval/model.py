@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Protocol, Sequence
 
@@ -36,6 +35,14 @@ def _pooled(output) -> torch.Tensor:
     return output if isinstance(output, torch.Tensor) else output.pooler_output
 
 
+def require_model_folder(folder: str | Path) -> Path:
+    """The folder as a Path; EvalInputError unless it holds a saved model (a config.json)."""
+    folder = Path(folder)
+    if not (folder / "config.json").is_file():
+        raise EvalInputError(f"model folder {folder} not found or has no config.json")
+    return folder
+
+
 class EmbeddingModel:
     """A CLIP-style transformers model (PSD-CLIP or stock `CLIPModel`) with its processor.
 
@@ -57,9 +64,7 @@ class EmbeddingModel:
         """Load a saved model folder (PSD-CLIP or any CLIP-compatible checkpoint) and its processor, offline."""
         from transformers import AutoModel, AutoProcessor
 
-        folder = Path(folder)
-        if not (folder / "config.json").is_file():
-            raise EvalInputError(f"model folder {folder} not found or has no config.json")
+        folder = require_model_folder(folder)
         try:  # registers model_type "psdclip" with the Auto classes when the library is installed
             import modeling_psdclip  # noqa: F401
         except ImportError:
@@ -82,9 +87,10 @@ class EmbeddingModel:
     @property
     def logit_scale(self) -> float:
         """The multiplier of cosine similarities in the model's logits (PSD-CLIP clamps it; CLIP does not)."""
-        if hasattr(self.model, "logit_multiplier"):
-            return float(self.model.logit_multiplier())
-        return math.exp(float(self.model.logit_scale))
+        with torch.no_grad():
+            if hasattr(self.model, "logit_multiplier"):
+                return float(self.model.logit_multiplier())
+            return float(self.model.logit_scale.exp())
 
     def encode_images(self, images: Sequence) -> torch.Tensor:
         """Embed PIL images (a list, or a `datasets` image column, which decodes lazily per batch)."""

@@ -1,0 +1,65 @@
+"""The metric modules and the ranking rule on hand-computed cases."""
+
+import numpy as np
+import pytest
+import torch
+
+from eval.metrics import METRICS_DIR, load_metric
+from eval.ranking import label_ranks, true_match_ranks
+
+
+def test_metrics_load_by_local_path_offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    for name in ("recall_at_k", "mean_per_class_recall", "noise_detection"):
+        assert (METRICS_DIR / name / f"{name}.py").is_file()
+        assert load_metric(name).name == name
+
+
+def test_recall_at_k_counts_ranks_below_k():
+    result = load_metric("recall_at_k").compute(ranks=[0, 3, 12, 4], k=[1, 5, 10])
+    assert result == {"recall@1": 0.25, "recall@5": 0.75, "recall@10": 0.75}
+
+
+def test_label_ranks_count_ties_against_the_model():
+    scores = torch.tensor([[0.9, 0.1, 0.5],   # true 0, clear win: rank 0
+                           [0.5, 0.5, 0.1],   # true 1, tied with a wrong class: rank 1
+                           [0.2, 0.2, 0.2]])  # true 2, everything tied: rank 2
+    assert label_ranks(scores, [0, 1, 2]).tolist() == [0, 1, 2]
+
+
+def test_several_true_matches_hit_when_any_is_in_the_top_k():
+    # Two images; captions 0, 1 belong to image 0 and captions 2, 3 to image 1.
+    images = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    captions = torch.tensor([[0.0, 1.0], [1.0, 0.0], [0.6, 0.8], [1.0, 0.0]])
+    caption_image = [0, 0, 1, 1]
+    # image 0 scores captions (0, 1, .6, 1): its best true caption 1 ties with wrong caption 3 -> rank 1.
+    # image 1 scores captions (1, 0, .8, 0): its best true caption 2 is beaten by wrong caption 0 -> rank 1.
+    assert true_match_ranks(images, captions, [0, 1], caption_image).tolist() == [1, 1]
+    # Ties among true matches do not count: both true captions of image 0 score the same.
+    assert true_match_ranks(images[:1], captions[[1, 3, 0]], [0], [0, 0, 1]).tolist() == [0]
+    # Chunking does not change the result.
+    assert true_match_ranks(captions, images, caption_image, [0, 1], chunk_size=1).tolist() == [1, 0, 0, 1]
+
+
+def test_mean_per_class_recall_averages_over_present_classes():
+    # class 0: 1 of 2 correct; class 1: 2 of 2; class 3: 0 of 1 -> (0.5 + 1 + 0) / 3
+    result = load_metric("mean_per_class_recall").compute(ranks=[0, 2, 0, 0, 1], labels=[0, 0, 1, 1, 3])
+    assert result["mean_per_class_recall"] == pytest.approx(0.5)
+
+
+def test_noise_detection_perfect_and_tied_rankings():
+    metric = load_metric("noise_detection")
+    perfect = metric.compute(scores=[0.9, 0.1, 0.8, 0.2], is_noisy=[1, 0, 1, 0])
+    assert perfect == {"noise_rate": 0.5, "auroc": 1.0, "average_precision": 1.0, "precision_at_noise_rate": 1.0}
+    # Two noisy pairs; the top score is noisy, then three tie for the one slot left, one of them noisy.
+    tied = metric.compute(scores=[0.9, 0.5, 0.5, 0.5, 0.1], is_noisy=[1, 1, 0, 0, 0])
+    assert tied["precision_at_noise_rate"] == pytest.approx((1 + 1 / 3) / 2)
+    assert metric.compute(scores=[0.3, 0.2], is_noisy=[0, 0])["auroc"] is None
+
+
+def test_noise_detection_of_a_random_ranking_is_near_chance():
+    rng = np.random.default_rng(0)
+    is_noisy = rng.random(4000) < 0.2
+    result = load_metric("noise_detection").compute(scores=rng.random(4000), is_noisy=is_noisy.astype(int))
+    assert result["auroc"] == pytest.approx(0.5, abs=0.04)
+    assert result["precision_at_noise_rate"] == pytest.approx(is_noisy.mean(), abs=0.04)
