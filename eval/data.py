@@ -6,8 +6,9 @@ Sources (`load_eval_data(source)`):
   `SPLIT/*.tar` (default split "test") with an image (.webp/.jpg/.png) and .cls (class index) or .txt
   (captions, one a line) per sample, plus optional `zeroshot_classification_templates.txt`.
 - `PATH[:SPLIT]` written by `Dataset.save_to_disk` / `DatasetDict.save_to_disk` (e.g. the OpenMoji benchmark).
-- `PATH[:SPLIT]` any other folder — `datasets`' imagefolder: classes from sub-folder names, captions and other
-  columns from a `metadata.jsonl`/`metadata.csv` next to the images.
+- `PATH[:SPLIT]` any other folder — `datasets`' imagefolder: classes from sub-folder names; or, with a
+  `metadata.jsonl`/`metadata.csv` next to the images (datasets then infers no folder classes), captions,
+  noise labels and a class column (e.g. "label", class names as strings) from the metadata.
 """
 
 from __future__ import annotations

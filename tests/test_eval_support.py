@@ -102,7 +102,7 @@ def write_imagefolder(root: Path, per_class=3, metadata=False) -> Path:
         (root / colour).mkdir(parents=True, exist_ok=True)
         for i in range(per_class):
             colour_image(colour, seed=i).save(root / colour / f"{i}.png")
-            rows.append({"file_name": f"{colour}/{i}.png", "captions": [f"a {colour} square", f"{colour} number {i}"],
+            rows.append({"file_name": f"{colour}/{i}.png", "label": colour, "captions": [f"a {colour} square", f"{colour} number {i}"],
                          "noise": "clean"})
     if metadata:
         (root / "metadata.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))

@@ -1,0 +1,111 @@
+"""Each data layout loads from a tiny fixture into the same EvalData shape; bad data is a one-line error."""
+
+import io
+import tarfile
+
+import datasets
+import pytest
+from test_eval_support import COLOURS, colour_image, write_imagefolder
+
+from eval import EvalInputError, load_eval_data
+
+CLASS_NAMES = sorted(COLOURS)
+
+
+def test_imagefolder_classes_come_from_folder_names(tmp_path):
+    data = load_eval_data(str(write_imagefolder(tmp_path / "folder")))
+    assert data.class_names == CLASS_NAMES
+    assert len(data) == 12 and sorted(data.labels.tolist()) == sorted([0, 1, 2, 3] * 3)
+    assert data.images[0].size == (16, 16)
+    assert data.captions is None
+
+
+def test_imagefolder_with_metadata_has_captions_and_noise(tmp_path):
+    data = load_eval_data(str(write_imagefolder(tmp_path / "folder", metadata=True)))
+    assert data.class_names == CLASS_NAMES  # from the metadata's "label" strings
+    assert data.captions[0] == [f"a {CLASS_NAMES[data.labels[0]]} square", data.captions[0][1]]
+    assert len(data.captions[0]) == 2
+    assert data.noise == ["clean"] * 12
+
+
+def write_clip_benchmark_export(root, task="classification"):
+    """CLIP_benchmark's webdataset export: classnames.txt, templates, and split/*.tar shards."""
+    (root / "test").mkdir(parents=True)
+    (root / "classnames.txt").write_text("\n".join(CLASS_NAMES) + "\n")
+    (root / "zeroshot_classification_templates.txt").write_text("a photo of a {c}.\na {c} thing.\n")
+    with tarfile.open(root / "test" / "0.tar", "w") as shard:
+        for i, colour in enumerate(CLASS_NAMES * 2):
+            image = io.BytesIO()
+            colour_image(colour, seed=i).save(image, format="PNG")
+            text = str(CLASS_NAMES.index(colour)) if task == "classification" else f"a {colour} square\n{colour}"
+            for suffix, payload in (("png", image.getvalue()), ("cls" if task == "classification" else "txt",
+                                                                 text.encode())):
+                info = tarfile.TarInfo(f"s{i:07d}.{suffix}")
+                info.size = len(payload)
+                shard.addfile(info, io.BytesIO(payload))
+    return root
+
+
+def test_clip_benchmark_webdataset_classification(tmp_path):
+    data = load_eval_data(str(write_clip_benchmark_export(tmp_path / "wds_colours")))
+    assert data.class_names == CLASS_NAMES
+    assert data.labels.tolist() == [0, 1, 2, 3] * 2
+    assert data.templates == ["a photo of a {c}.", "a {c} thing."]
+    assert data.name == "wds_colours:test"
+
+
+def test_clip_benchmark_webdataset_retrieval_captions_one_a_line(tmp_path):
+    data = load_eval_data(f"{write_clip_benchmark_export(tmp_path / 'wds', 'retrieval')}:test")
+    assert data.captions[1] == [f"a {CLASS_NAMES[1]} square", CLASS_NAMES[1]]
+
+
+def test_save_to_disk_folder_with_splits(tmp_path):
+    dataset = datasets.Dataset.from_dict({
+        "image": [colour_image(colour) for colour in CLASS_NAMES],
+        "caption": [f"a {colour} square" for colour in CLASS_NAMES],
+        "label": list(range(4)),
+    }).cast_column("image", datasets.Image()).cast_column("label", datasets.ClassLabel(names=CLASS_NAMES))
+    datasets.DatasetDict({"train": dataset, "test": dataset.select([0, 1])}).save_to_disk(str(tmp_path / "saved"))
+    data = load_eval_data(str(tmp_path / "saved"))
+    assert len(data) == 2 and data.class_names == CLASS_NAMES and data.captions == [["a blue square"], ["a green square"]]
+    assert len(load_eval_data(f"{tmp_path / 'saved'}:train")) == 4
+    with pytest.raises(EvalInputError, match="no split 'val'"):
+        load_eval_data(f"{tmp_path / 'saved'}:val")
+
+
+def test_synthetic_source_is_a_thin_adapter():
+    pytest.importorskip("modeling_psdclip.data", exc_type=ImportError)
+    from modeling_psdclip import data as library_data
+
+    if not hasattr(library_data, "build_synthetic_dataset"):
+        pytest.skip("modeling_psdclip.data has no build_synthetic_dataset yet")
+    data = load_eval_data("synthetic:test", num_samples=16)
+    assert len(data) == 16 and data.labels is not None and len(data.class_names) >= 2
+    assert data.captions is not None and data.noise is not None
+
+
+@pytest.mark.parametrize("source, message", [
+    ("/no/such/folder", "not 'synthetic:SPLIT' nor an existing folder"),
+    ("synthetic:no_such_split", "synthetic"),
+])
+def test_bad_sources_raise_one_line_errors(source, message):
+    with pytest.raises(EvalInputError, match=message) as error:
+        load_eval_data(source, num_samples=4)
+    assert "\n" not in str(error.value)
+
+
+def test_missing_columns_and_too_few_classes(tmp_path):
+    dataset = datasets.Dataset.from_dict({"text": ["a", "b"]})
+    dataset.save_to_disk(str(tmp_path / "no_images"))
+    with pytest.raises(EvalInputError, match="no image column"):
+        load_eval_data(str(tmp_path / "no_images"))
+    (tmp_path / "one_class" / "red").mkdir(parents=True)
+    colour_image("red").save(tmp_path / "one_class" / "red" / "0.png")
+    data = load_eval_data(str(tmp_path / "one_class"))
+    with pytest.raises(EvalInputError, match="needs labels and class_names"):
+        data.require("zero-shot classification", "labels", "class_names")
+    with pytest.raises(EvalInputError, match="at least two classes"):
+        data.__class__(name="one", images=[0], labels=[0], class_names=["red"]).require(
+            "zero-shot classification", "labels", "class_names")
+    with pytest.raises(EvalInputError, match="needs captions"):
+        data.require("retrieval", "captions")
