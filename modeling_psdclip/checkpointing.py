@@ -1,0 +1,98 @@
+"""Resumable training checkpoints that a crash can never leave half-written.
+
+`accelerator.save_state` writes model, optimizer, scheduler, RNG and registered objects (sharded under FSDP or
+DeepSpeed); it does not make the write atomic. So every checkpoint is written to a staging folder, its files
+are flushed to disk, a completion marker is added, and only then is the folder renamed to `step-NNNNNNNN`
+(a rename is atomic on POSIX file systems). A folder without the marker is never offered for resuming, and an
+old checkpoint loses its marker before it is deleted.
+"""
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+from accelerate import Accelerator
+
+
+MARKER = "checkpoint_complete.json"
+STEP_FOLDER = re.compile(r"step-(\d+)")
+
+
+def fsync_tree(folder: Path) -> None:
+    """Flush every file under `folder` and the folders themselves to disk."""
+    for directory, _, files in os.walk(folder):
+        for name in files:
+            with open(os.path.join(directory, name), "rb") as handle:
+                os.fsync(handle.fileno())
+        fsync_directory(Path(directory))
+
+
+def fsync_directory(folder: Path) -> None:
+    handle = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)
+
+
+def is_complete(folder: Path) -> bool:
+    return (folder / MARKER).is_file()
+
+
+def remove_checkpoint(folder: Path) -> None:
+    # Marker first: if the deletion is interrupted, what is left no longer passes for a checkpoint.
+    (folder / MARKER).unlink(missing_ok=True)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+class CheckpointManager:
+    """Checkpoints `root/step-NNNNNNNN`, keeping the newest `keep_last` complete ones."""
+
+    def __init__(self, root, keep_last: int):
+        self.root = Path(root)
+        self.keep_last = keep_last
+
+    def complete_checkpoints(self) -> list[Path]:
+        """Complete checkpoints, oldest first."""
+        if not self.root.is_dir():
+            return []
+        found = [(int(match.group(1)), path) for path in self.root.iterdir()
+                 if (match := STEP_FOLDER.fullmatch(path.name)) and is_complete(path)]
+        return [path for _, path in sorted(found)]
+
+    def latest(self) -> Path | None:
+        checkpoints = self.complete_checkpoints()
+        return checkpoints[-1] if checkpoints else None
+
+    def save(self, accelerator: Accelerator, step: int) -> Path:
+        """Collective: every process must call it (sharded states are written by every rank)."""
+        final = self.root / f"step-{step:08d}"
+        staging = self.root / f".staging-{final.name}"
+        if accelerator.is_main_process:
+            self.root.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(staging, ignore_errors=True)  # Left by a run killed while writing this step.
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(staging))
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            fsync_tree(staging)
+            marker = staging / MARKER
+            marker.write_text(json.dumps({"step": step}))
+            with open(marker, "rb") as handle:
+                os.fsync(handle.fileno())
+            if final.exists():  # The same step saved again after a resume.
+                remove_checkpoint(final)
+            os.rename(staging, final)
+            fsync_directory(self.root)
+            self.prune()
+        accelerator.wait_for_everyone()
+        return final
+
+    def prune(self) -> None:
+        """Drop all but the newest `keep_last` complete checkpoints and any staging folder left by a crash."""
+        for old in self.complete_checkpoints()[: -self.keep_last]:
+            remove_checkpoint(old)
+        for leftover in self.root.glob(".staging-*"):
+            shutil.rmtree(leftover, ignore_errors=True)

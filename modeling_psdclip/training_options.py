@@ -1,0 +1,210 @@
+"""The options of `train.py`: one dataclass, read from a YAML file and/or command-line flags (flags win).
+
+Every field is one flag (`batch_size` -> `--batch-size`) and one YAML key (either spelling). A user mistake (an
+unknown key, a value of the wrong type or out of range) ends the program with one line naming the option and exit
+status 2, as argparse does for its own errors.
+"""
+
+import argparse
+import dataclasses
+import sys
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from .configuration_psdclip import DISTILL_SCHEDULES, PRESETS
+
+
+def option(default, help: str, **argparse_kwargs):
+    return field(default=default, metadata={"help": help, **argparse_kwargs})
+
+
+@dataclass
+class TrainingOptions:
+    # What to train.
+    config: str | None = option(None, "YAML file of options; command-line flags override it")
+    preset: str = option("tiny", "architecture of a model trained from scratch", choices=sorted(PRESETS))
+    init_from: str | None = option(None, "fine-tune this saved model folder (PSD-CLIP or a stock CLIPModel)")
+    distill_alpha_max: float | None = option(None, "final teacher weight in [0, 1]; 0 trains plain CLIP "
+                                                   "(default: the preset's or checkpoint's value, 0.5 for new models)")
+    distill_fraction: float | None = option(None, "fraction of rows given soft targets each step (default: model's)")
+    distill_schedule: str | None = option(None, "alpha schedule (default: model's)", choices=DISTILL_SCHEDULES)
+    distill_temperature: float | None = option(None, "teacher softmax temperature (default: model's)")
+    # Data.
+    data: str | None = option(None, "training data: an imagefolder, CSV/TSV, parquet/arrow, save_to_disk or "
+                                    "webdataset path, or a `datasets` name; default: built-in synthetic scenes")
+    val_data: str | None = option(None, "validation data in the same forms; default: a clean synthetic split "
+                                        "with the built-in data, none with --data")
+    image_column: str = option("image", "image column of --data/--val-data")
+    caption_column: str = option("text", "caption column of --data/--val-data")
+    streaming: bool = option(False, "stream --data instead of loading it (needs --max-steps)")
+    train_samples: int = option(16384, "size of the built-in synthetic training split")
+    val_samples: int = option(512, "size of the built-in synthetic validation split")
+    p_mismatch: float = option(0.2, "synthetic data: probability a caption describes another scene")
+    p_partial: float = option(0.2, "synthetic data: probability a caption names only part of the scene")
+    p_generic: float = option(0.1, "synthetic data: probability a caption is uninformative boilerplate")
+    image_size: int | None = option(None, "input resolution in pixels (default: the model's)")
+    num_workers: int = option(0, "DataLoader worker processes per training process")
+    # Optimisation.
+    batch_size: int = option(128, "global batch per optimizer step, over all processes and accumulation steps")
+    accum_steps: int = option(1, "split each process's batch into this many micro-batches (feature caching: "
+                                 "same loss and gradients as the full batch, less memory)")
+    epochs: int = option(2, "passes over the training data (ignored when --max-steps is set)")
+    max_steps: int = option(0, "optimizer steps to train; 0: --epochs worth")
+    lr: float = option(1e-3, "peak learning rate")
+    warmup_steps: int = option(30, "linear warm-up steps before the cosine decay")
+    weight_decay: float = option(0.1, "AdamW weight decay (never on biases, norms, embeddings, logit scale)")
+    adam_beta1: float = option(0.9, "AdamW beta1")
+    adam_beta2: float = option(0.98, "AdamW beta2")
+    adam_eps: float = option(1e-6, "AdamW epsilon")
+    max_grad_norm: float = option(1.0, "clip the gradient norm to this; 0 disables")
+    mixed_precision: str = option("no", "autocast dtype (Accelerate)", choices=("no", "bf16", "fp16"))
+    compile: bool = option(False, "torch.compile the model")
+    gradient_checkpointing: bool = option(False, "recompute activations in the backward pass to save memory")
+    seed: int = option(0, "seed of everything: init, data order, augmentation, distilled-row draw")
+    max_nonfinite_steps: int = option(5, "stop after this many non-finite losses in a row (each one is skipped)")
+    # Output.
+    output_dir: str = option("outputs/psdclip-tiny", "the Hub-ready model folder written at the end")
+    run_dir: str | None = option(None, "checkpoints, logs and TensorBoard files (default: runs/<output-dir name>)")
+    checkpoint_every: int = option(100, "save a resumable checkpoint every N steps; 0 disables")
+    keep_checkpoints: int = option(2, "keep the last K checkpoints")
+    resume: str | None = option(None, "'latest' (newest complete checkpoint in --run-dir, or a fresh start if "
+                                      "none) or a checkpoint folder")
+    log_every: int = option(10, "log training metrics every N steps")
+    eval_every: int = option(100, "validate every N steps (and at the end); 0: only at the end")
+    report_to: str = option("tensorboard", "Accelerate trackers, comma-separated ('none' for the JSONL log only)")
+    peak_tflops: float = option(0.0, "the device's peak TFLOP/s; when set, MFU is logged next to TFLOP/s")
+    push_to_hub: str | None = option(None, "after saving, upload the model folder to this Hub repository id")
+    progress_bar: bool = option(True, "show a progress bar")
+
+
+POSITIVE = ("batch_size", "accum_steps", "train_samples", "val_samples", "log_every", "keep_checkpoints",
+            "max_nonfinite_steps", "lr", "adam_eps", "epochs")
+NON_NEGATIVE = ("max_steps", "warmup_steps", "weight_decay", "max_grad_norm", "checkpoint_every", "eval_every",
+                "num_workers", "peak_tflops", "distill_temperature")
+PROBABILITIES = ("distill_alpha_max", "distill_fraction", "p_mismatch", "p_partial", "p_generic",
+                 "adam_beta1", "adam_beta2")
+KNOWN_TRACKERS = ("tensorboard", "wandb", "mlflow", "comet_ml", "aim", "clearml", "dvclive", "trackio", "swanlab")
+
+
+class OptionError(ValueError):
+    """A bad option value; the message names the option."""
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def value_type(option_field: dataclasses.Field) -> type:
+    """The non-None type of a field annotated `T` or `T | None`."""
+    types = [t for t in typing.get_args(option_field.type) or (option_field.type,) if t is not type(None)]
+    return types[0]
+
+
+def fail(prog: str, message: str):
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+class OneLineErrorParser(argparse.ArgumentParser):
+    """argparse prints its usage block before an error; one line naming the option is easier to read in logs."""
+
+    def error(self, message):
+        fail(self.prog, message)
+
+
+def build_parser(prog: str) -> argparse.ArgumentParser:
+    parser = OneLineErrorParser(prog=prog, description="Pre-train or fine-tune PSD-CLIP (run it with "
+                                "`accelerate launch` to use several GPUs or nodes).",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    for option_field in dataclasses.fields(TrainingOptions):
+        kind = value_type(option_field)
+        kwargs = {"help": option_field.metadata["help"], "default": option_field.default}
+        if kind is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            kwargs["type"] = kind
+            kwargs["metavar"] = option_field.name.upper()
+            if "choices" in option_field.metadata:
+                kwargs["choices"] = option_field.metadata["choices"]
+                kwargs.pop("metavar")
+        parser.add_argument(flag(option_field.name), dest=option_field.name, **kwargs)
+    return parser
+
+
+def read_yaml(path: str) -> dict:
+    """Options from a YAML mapping, keys in either spelling, values converted to the option's type."""
+    try:
+        loaded = yaml.safe_load(Path(path).read_text())
+    except OSError as error:
+        raise OptionError(f"--config: cannot read {path}: {error.strerror}") from error
+    except yaml.YAMLError as error:
+        raise OptionError(f"--config: {path} is not valid YAML ({type(error).__name__})") from error
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise OptionError(f"--config: {path} must hold a mapping of option names to values")
+    fields = {f.name: f for f in dataclasses.fields(TrainingOptions)}
+    values = {}
+    for key, value in loaded.items():
+        name = str(key).replace("-", "_")
+        if name not in fields or name == "config":
+            raise OptionError(f"--config: unknown option {key!r} in {path}")
+        kind = value_type(fields[name])
+        if value is not None:
+            acceptable = (int, float) if kind is float else kind
+            if not isinstance(value, acceptable) or (kind is not bool and isinstance(value, bool)):
+                raise OptionError(f"{flag(name)}: expected {kind.__name__} in {path}, got {value!r}")
+            value = kind(value)
+            choices = fields[name].metadata.get("choices")
+            if choices and value not in choices:
+                raise OptionError(f"{flag(name)}: must be one of {', '.join(choices)} in {path}, got {value!r}")
+        values[name] = value
+    return values
+
+
+def validate(options: TrainingOptions) -> None:
+    """Raise OptionError naming the first option whose value is out of range."""
+    for name in POSITIVE:
+        if not getattr(options, name) > 0:
+            raise OptionError(f"{flag(name)} must be positive, got {getattr(options, name)}")
+    for name in NON_NEGATIVE:
+        value = getattr(options, name)
+        if value is not None and value < 0:
+            raise OptionError(f"{flag(name)} must not be negative, got {value}")
+    for name in PROBABILITIES:
+        value = getattr(options, name)
+        if value is not None and not 0 <= value <= 1:
+            raise OptionError(f"{flag(name)} must be in [0, 1], got {value}")
+    if options.image_size is not None and options.image_size <= 0:
+        raise OptionError(f"--image-size must be positive, got {options.image_size}")
+    if options.streaming and not options.max_steps:
+        raise OptionError("--streaming needs --max-steps: a stream has no length to count epochs in")
+    if options.streaming and not options.data:
+        raise OptionError("--streaming applies to --data; the built-in data is generated in memory")
+    if options.init_from and not Path(options.init_from).is_dir():
+        raise OptionError(f"--init-from: no model folder at {options.init_from}")
+    if options.resume not in (None, "latest") and not Path(options.resume).is_dir():
+        raise OptionError(f"--resume: no checkpoint folder at {options.resume} (use 'latest' or a folder)")
+    trackers = [name.strip() for name in options.report_to.split(",") if name.strip()]
+    unknown = [name for name in trackers if name not in (*KNOWN_TRACKERS, "none", "all")]
+    if unknown:
+        raise OptionError(f"--report-to: unknown tracker {unknown[0]!r} (one of none, all, {', '.join(KNOWN_TRACKERS)})")
+
+
+def parse_options(argv: list[str] | None = None, prog: str = "train.py") -> TrainingOptions:
+    """Defaults, then the `--config` YAML file, then flags; exits with status 2 and one line on a bad value."""
+    parser = build_parser(prog)
+    config_path = parser.parse_args(argv).config
+    try:
+        if config_path:
+            parser.set_defaults(**read_yaml(config_path))
+        options = TrainingOptions(**vars(parser.parse_args(argv)))
+        if options.run_dir is None:
+            options.run_dir = str(Path("runs") / Path(options.output_dir).name)
+        validate(options)
+    except OptionError as error:
+        fail(prog, str(error))
+    return options
