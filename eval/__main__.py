@@ -98,8 +98,9 @@ def run_per_model(args, task_type: str, task_name: str, evaluate_one) -> tuple[d
         metrics = scalar_metrics(results[model.name])
         rows.append({"model": model.name, "data": data.name, **metrics})
         if not args.no_card:
+            # Scores are floats; counts, sizes and file paths are not results to list on a card.
             update_model_card(folder, task_type, task_name, data.name,
-                              {key: value for key, value in metrics.items() if not key.startswith("num_")})
+                              {key: value for key, value in metrics.items() if isinstance(value, float)})
     return results, rows
 
 

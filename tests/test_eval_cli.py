@@ -1,0 +1,97 @@
+"""`python -m eval` end to end on a saved stock CLIPModel folder, exit code 2 on bad input, and the card."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from huggingface_hub import ModelCard
+from test_eval_support import save_tiny_clip, write_imagefolder
+
+from eval.__main__ import main
+from eval.card import update_model_card
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    return {"model": save_tiny_clip(root / "clip-a", seed=0), "other": save_tiny_clip(root / "clip-b", seed=1),
+            "data": write_imagefolder(root / "colours", metadata=True), "root": root}
+
+
+def run(workspace, *arguments):
+    return main([*arguments, "--output", str(workspace["root"] / "out"), "--batch-size", "5"])
+
+
+@pytest.mark.parametrize("task, extra", [
+    ("zeroshot", ["--templates", "simple"]),
+    ("retrieval", []),
+    ("noisy-pairs", ["--pool-size", "4"]),
+])
+def test_tasks_write_json_markdown_and_the_card(workspace, task, extra):
+    assert run(workspace, task, "--model", str(workspace["model"]), "--data", str(workspace["data"]), *extra) == 0
+    results = json.loads((workspace["root"] / "out" / f"{task}.json").read_text())
+    assert "clip-a" in results
+    assert (workspace["root"] / "out" / f"{task}.md").read_text().startswith(f"# {task}\n\n| model | data |")
+    assert "model-index" in (workspace["model"] / "README.md").read_text()
+
+
+def test_noisy_pairs_writes_the_suspects_csv_and_curve(workspace):
+    assert run(workspace, "noisy-pairs", "--model", str(workspace["model"]), "--data", str(workspace["data"])) == 0
+    out = workspace["root"] / "out"
+    assert (out / "noisy-pairs-clip-a.csv").read_text().startswith("rank,index,paired_probability,caption,noise")
+    assert (out / "noisy-pairs-clip-a.png").stat().st_size > 0
+
+
+def test_robustness_over_two_models_and_linear_probe(workspace):
+    data = str(workspace["data"])
+    assert run(workspace, "robustness", "--model", str(workspace["model"]), "--model", str(workspace["other"]),
+               "--data", data, "--shifted", data, "--templates", "simple", "--no-card") == 0
+    results = json.loads((workspace["root"] / "out" / "robustness.json").read_text())
+    assert [entry["model"] for entry in results["models"]] == ["clip-a", "clip-b"]
+    assert (workspace["root"] / "out" / "robustness.png").is_file()
+    assert run(workspace, "linear-probe", "--model", str(workspace["model"]), "--data", data, "--test-data", data,
+               "--val-data", data, "--no-card") == 0
+
+
+@pytest.mark.parametrize("arguments", [
+    ["no-such-task"],
+    ["zeroshot", "--data", "synthetic:test"],  # no --model
+    ["zeroshot", "--model", "/no/such/model", "--data", "synthetic:test"],
+    ["zeroshot", "--model", "{model}", "--data", "/no/such/data"],
+    ["retrieval", "--model", "{model}", "--data", "{root}/plain"],  # no captions
+    ["zeroshot", "--model", "{model}", "--data", "{data}", "--templates", "/no/such/templates.txt"],
+])
+def test_bad_input_exits_2_with_one_line(workspace, arguments, capsys):
+    if not (workspace["root"] / "plain").exists():
+        write_imagefolder(workspace["root"] / "plain")
+    arguments = [argument.format(**workspace) for argument in arguments]
+    with pytest.raises(SystemExit) as exit_info:
+        sys.exit(main(arguments))
+    assert exit_info.value.code == 2
+    stderr = capsys.readouterr().err
+    assert stderr.strip().splitlines()[-1].startswith("error:")  # the last line, after any progress bars
+    assert "Traceback" not in stderr
+
+
+def test_module_entry_point_exit_code():
+    completed = subprocess.run([sys.executable, "-m", "eval", "zeroshot", "--model", "/no/such/model", "--data", "x"],
+                               capture_output=True, text=True)
+    assert completed.returncode == 2
+    assert completed.stderr.strip() == "error: model folder /no/such/model not found or has no config.json"
+
+
+def test_card_update_keeps_front_matter_and_replaces_same_results(tmp_path):
+    (tmp_path / "README.md").write_text("---\nlicense: apache-2.0\n---\n# A model\n\nIntro.\n")
+    update_model_card(tmp_path, "zero-shot-image-classification", "Zero-shot", "synthetic:test",
+                      {"top1_accuracy": 0.5, "top5_accuracy": 0.9})
+    update_model_card(tmp_path, "zero-shot-image-classification", "Zero-shot", "synthetic:test",
+                      {"top1_accuracy": 0.75})
+    update_model_card(tmp_path, "image-text-retrieval", "Retrieval", "openmoji:test", {"text_to_image_recall@1": 0.25})
+    card = ModelCard.load(tmp_path / "README.md")
+    assert card.data.license == "apache-2.0"
+    values = {(result.dataset_name, result.metric_type): result.metric_value for result in card.data.eval_results}
+    assert values == {("synthetic:test", "top1_accuracy"): 0.75, ("synthetic:test", "top5_accuracy"): 0.9,
+                      ("openmoji:test", "text_to_image_recall@1"): 0.25}
+    assert card.text.startswith("# A model\n\nIntro.\n")
+    assert card.text.count("## Evaluation results") == 1 and "| Retrieval | openmoji:test |" in card.text
