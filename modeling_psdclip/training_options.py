@@ -33,14 +33,14 @@ class TrainingOptions:
     distill_schedule: str | None = option(None, "alpha schedule (default: model's)", choices=DISTILL_SCHEDULES)
     distill_temperature: float | None = option(None, "teacher softmax temperature (default: model's)")
     # Data.
-    data: str | None = option(None, "training data: an imagefolder, CSV/TSV, parquet/arrow, save_to_disk or "
-                                    "webdataset path, or a `datasets` name; default: built-in synthetic scenes")
-    val_data: str | None = option(None, "validation data in the same forms; default: a clean synthetic split "
-                                        "with the built-in data, none with --data")
-    image_column: str = option("image", "image column of --data/--val-data")
-    caption_column: str = option("text", "caption column of --data/--val-data")
+    data: str = option("synthetic", "training data: 'synthetic' (built-in captioned scenes), an imagefolder, "
+                                    "CSV/TSV/JSONL, parquet/arrow, save_to_disk or webdataset path, or a `datasets` name")
+    val_data: str | None = option(None, "validation data in the same forms (default: a clean synthetic split "
+                                        "when --data is synthetic, else none)")
+    image_column: str | None = option(None, "image column of --data/--val-data (default: found by name)")
+    caption_column: str | None = option(None, "caption column of --data/--val-data (default: found by name)")
     streaming: bool = option(False, "stream --data instead of loading it (needs --max-steps)")
-    train_samples: int = option(16384, "size of the built-in synthetic training split")
+    train_samples: int = option(16384, "size of the built-in synthetic training split (made once, then cached)")
     val_samples: int = option(512, "size of the built-in synthetic validation split")
     p_mismatch: float = option(0.2, "synthetic data: probability a caption describes another scene")
     p_partial: float = option(0.2, "synthetic data: probability a caption names only part of the scene")
@@ -182,8 +182,8 @@ def validate(options: TrainingOptions) -> None:
         raise OptionError(f"--image-size must be positive, got {options.image_size}")
     if options.streaming and not options.max_steps:
         raise OptionError("--streaming needs --max-steps: a stream has no length to count epochs in")
-    if options.streaming and not options.data:
-        raise OptionError("--streaming applies to --data; the built-in data is generated in memory")
+    if options.streaming and options.data == "synthetic":
+        raise OptionError("--streaming applies to user --data; the built-in data is generated on disk")
     if options.init_from and not Path(options.init_from).is_dir():
         raise OptionError(f"--init-from: no model folder at {options.init_from}")
     if options.resume not in (None, "latest") and not Path(options.resume).is_dir():

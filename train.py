@@ -1,0 +1,474 @@
+"""Pre-train or fine-tune PSD-CLIP.
+
+    python train.py                              # built-in default: tiny model, noisy synthetic scenes, ~10 min on CPU
+    accelerate launch train.py --config configs/vit-b-32.yaml   # any Accelerate launch: multi-GPU, multi-node
+    python train.py --init-from FOLDER --data my_pairs.csv      # fine-tune a PSD-CLIP or stock CLIP folder
+    python train.py --resume latest                             # continue a killed run exactly where it stopped
+
+`--help` lists every option. The run writes resumable checkpoints, `metrics.jsonl` and TensorBoard files to
+`--run-dir`, and at the end a Hub-ready model folder (weights, remote code, processor, model card, metrics.json)
+to `--output-dir`.
+
+One optimizer step: the global batch (`--batch-size`) is split over the processes and, on each process, into
+`--accum-steps` micro-batches. With one micro-batch the model's forward computes the loss. With several, the
+step uses feature caching (as open_clip's accum_freq): a no-grad forward of every micro-batch caches its
+embeddings, then each micro-batch is forwarded again with gradients, its rows replace the cached ones, and the
+full-batch loss is backpropagated through that micro-batch only. The gradients add up to exactly the
+full-batch gradient, so the contrastive loss sees all N pairs whatever the memory.
+"""
+
+import contextlib
+import json
+import math
+import os
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.logging import get_logger
+from accelerate.utils import ProjectConfiguration, TorchDynamoPlugin, set_seed
+from tqdm.auto import tqdm
+from transformers import AutoProcessor, get_cosine_schedule_with_warmup
+
+from eval.ranking import true_match_ranks
+from modeling_psdclip import PSDCLIPConfig, PSDCLIPModel
+from modeling_psdclip.checkpointing import CheckpointManager, is_complete
+from modeling_psdclip.data import SKIP_REASONS, DataError, EpochSampler, ImageTextCollator, load_image_text_dataset
+from modeling_psdclip.hub import HubError, push_folder_to_hub, save_model_folder
+from modeling_psdclip.processing import build_processor
+from modeling_psdclip.training_options import OptionError, fail, parse_options
+
+logger = get_logger("train")
+
+PROG = "train.py"
+MODEL_INPUTS = ("input_ids", "attention_mask", "pixel_values")
+
+
+class TrainState:
+    """Where training is, saved in every checkpoint (Accelerate saves objects registered for checkpointing)."""
+
+    def __init__(self):
+        self.step = 0  # optimizer steps taken (a skipped non-finite step counts: the schedule moves on)
+        self.epoch = 0
+        self.batches_in_epoch = 0  # micro-batches this process has read in the current epoch
+        self.samples_seen = 0
+        self.nonfinite_in_row = 0
+        self.nonfinite_total = 0
+        self.skipped_records = Counter()  # bad records dropped by the collator, per reason, all processes
+
+    def state_dict(self) -> dict:
+        return {**vars(self), "skipped_records": dict(self.skipped_records)}
+
+    def load_state_dict(self, state: dict) -> None:
+        vars(self).update(state)
+        self.skipped_records = Counter(state["skipped_records"])
+
+
+class JsonlLog:
+    """One JSON object per line, appended by the main process; a resumed run drops the lines it will redo."""
+
+    def __init__(self, path: Path, enabled: bool):
+        self.path, self.enabled = path, enabled
+
+    def restart_from(self, step: int) -> None:
+        if not self.enabled:
+            return
+        kept = []
+        if step > 0 and self.path.exists():
+            kept = [line for line in self.path.read_text().splitlines() if json.loads(line)["step"] <= step]
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text("".join(line + "\n" for line in kept))
+
+    def write(self, record: dict) -> None:
+        if self.enabled:
+            with self.path.open("a") as handle:
+                handle.write(json.dumps(record) + "\n")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Model, data, optimizer
+
+
+def build_model_and_processor(options):
+    """A new model from `--preset` or the one in `--init-from`, with the distillation options applied."""
+    overrides = {name: getattr(options, name) for name in
+                 ("distill_alpha_max", "distill_fraction", "distill_schedule", "distill_temperature")
+                 if getattr(options, name) is not None}
+    overrides["distill_seed"] = options.seed
+    if options.init_from is None:
+        vision = {"image_size": options.image_size} if options.image_size else {}
+        config = PSDCLIPConfig.from_preset(options.preset, vision_config=vision, **overrides)
+        model = PSDCLIPModel(config)
+        processor = build_processor(config.vision_config.image_size, config.text_config.max_position_embeddings)
+        return model, processor
+    try:
+        config = PSDCLIPConfig.from_pretrained(options.init_from, **overrides)
+        model = PSDCLIPModel.from_pretrained(options.init_from, config=config)
+    except (OSError, ValueError) as error:
+        raise OptionError(f"--init-from: cannot load a model from {options.init_from}: {first_line(error)}")
+    if options.image_size and options.image_size != config.vision_config.image_size:
+        raise OptionError(f"--image-size: the model in {options.init_from} takes "
+                          f"{config.vision_config.image_size} px images, got {options.image_size}")
+    try:
+        processor = AutoProcessor.from_pretrained(options.init_from)
+    except (OSError, ValueError):  # A bare weights folder: CLIP's shipped tokenizer and image processing.
+        processor = build_processor(config.vision_config.image_size, config.text_config.max_position_embeddings)
+    return model, processor
+
+
+def build_datasets(options, image_size: int):
+    """Training and validation datasets and a description of the data for the model card."""
+    def load(source: str, split: str, **kwargs):
+        if source == "synthetic":
+            kwargs.update(num_samples=options.train_samples if split == "train" else options.val_samples,
+                          image_size=image_size)
+            source = f"synthetic:{split}"
+        try:
+            return load_image_text_dataset(source, image_column=options.image_column,
+                                           caption_column=options.caption_column, seed=options.seed, **kwargs)
+        except DataError as error:
+            raise OptionError(f"{'--data' if split == 'train' else '--val-data'}: {first_line(error)}") from error
+
+    synthetic = options.data == "synthetic"
+    noise = {"p_mismatch": options.p_mismatch, "p_partial": options.p_partial, "p_generic": options.p_generic}
+    train = load(options.data, "train", streaming=options.streaming, **(noise if synthetic else {}))
+    # The built-in validation split is clean: it measures alignment, not how well the noise was fitted.
+    val_source = options.val_data or ("synthetic" if synthetic else None)
+    val = load(val_source, "val") if val_source else None
+    description = {"training data": "built-in synthetic captioned scenes" if synthetic else options.data,
+                   "training records": len(train) if not options.streaming else "streamed",
+                   **(noise if synthetic else {}),
+                   "validation data": "clean synthetic split" if val_source == "synthetic" else val_source or "none",
+                   "validation records": len(val) if val is not None else 0}
+    return train, val, description
+
+
+def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """Decay matrices only: not biases, norm gains, the logit scale (all ndim < 2) or embedding tables."""
+    embedding_tables = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+    decay, no_decay = [], []
+    for parameter in model.parameters():
+        if parameter.requires_grad:
+            exempt = parameter.ndim < 2 or id(parameter) in embedding_tables
+            (no_decay if exempt else decay).append(parameter)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def training_flops_per_sample(model: PSDCLIPModel, feature_caching: bool) -> float:
+    """Approximate FLOPs of one training sample: 2 per weight per token forward, twice that backward.
+
+    Embedding lookups cost nothing and attention's quadratic term is left out, as in nanoGPT's estimate.
+    Feature caching adds one more forward.
+    """
+    def matmul_weights(module):
+        tables = sum(m.weight.numel() for m in module.modules() if isinstance(m, torch.nn.Embedding))
+        return sum(p.numel() for p in module.parameters()) - tables
+
+    vision, text = model.config.vision_config, model.config.text_config
+    image_tokens = (vision.image_size // vision.patch_size) ** 2 + 1
+    forward = 2 * (matmul_weights(model.vision_model) + model.visual_projection.weight.numel()) * image_tokens
+    forward += 2 * (matmul_weights(model.text_model) + model.text_projection.weight.numel()) * \
+        text.max_position_embeddings
+    return forward * (4 if feature_caching else 3)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# One step, validation
+
+
+def forward_backward(accelerator: Accelerator, model, micro_batches: list[dict]):
+    """Forward and backward of this process's share of the global batch; returns the loss parts."""
+    psd = accelerator.unwrap_model(model)
+    cached_images = cached_texts = None
+    if len(micro_batches) > 1:
+        with torch.no_grad():
+            cached = [model(**batch, return_loss=False) for batch in micro_batches]
+        cached_images = [output.image_embeds for output in cached]
+        cached_texts = [output.text_embeds for output in cached]
+    last = len(micro_batches) - 1
+    for index, batch in enumerate(micro_batches):
+        # Gradients are all-reduced once, after the last micro-batch.
+        with accelerator.no_sync(model) if index < last else contextlib.nullcontext():
+            if cached_images is None:
+                # The model's own forward computes the loss, which works under every Accelerate backend.
+                losses = model(**batch, return_loss=True)
+            else:
+                fresh = model(**batch, return_loss=False)
+                images = torch.cat([*cached_images[:index], fresh.image_embeds, *cached_images[index + 1:]])
+                texts = torch.cat([*cached_texts[:index], fresh.text_embeds, *cached_texts[index + 1:]])
+                scale = psd.logit_multiplier()
+                # Every micro-step's loss contains the scale; its gradient is taken once so the sum over
+                # micro-steps is exactly the full-batch gradient.
+                losses = psd.psd_loss(images, texts, scale if index == last else scale.detach())
+            accelerator.backward(losses.loss)
+    return losses
+
+
+@torch.no_grad()
+def validate(accelerator: Accelerator, model, loader) -> dict:
+    """Held-out CLIP loss (alpha-free, so runs with any schedule compare) and retrieval Recall@1."""
+    model.eval()
+    images, texts, batch_losses = [], [], []
+    for batch in loader:
+        output = model(**{k: batch[k] for k in MODEL_INPUTS}, return_loss=False)
+        labels = torch.arange(len(output.logits_per_image), device=output.logits_per_image.device)
+        loss = (F.cross_entropy(output.logits_per_image.float(), labels) +
+                F.cross_entropy(output.logits_per_text.float(), labels)) / 2
+        batch_losses.append(loss.reshape(1))
+        images.append(output.image_embeds.float())
+        texts.append(output.text_embeds.float())
+    model.train()
+    images = accelerator.gather_for_metrics(torch.cat(images)).cpu()
+    texts = accelerator.gather_for_metrics(torch.cat(texts)).cpu()
+    batch_losses = accelerator.gather(torch.cat(batch_losses))
+    pairs = torch.arange(len(images))
+    return {
+        "val/loss": batch_losses.mean().item(),
+        "val/image_to_text_R@1": float((true_match_ranks(images, texts, pairs, pairs) < 1).mean()),
+        "val/text_to_image_R@1": float((true_match_ranks(texts, images, pairs, pairs) < 1).mean()),
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The run
+
+
+def first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def trackers(options) -> list[str]:
+    names = [name.strip() for name in options.report_to.split(",") if name.strip()]
+    return [] if names == ["none"] else names
+
+
+def tracker_config(options) -> dict:
+    # TensorBoard's hparams take scalars and strings only.
+    return {key: value if isinstance(value, (int, float, str, bool)) else str(value)
+            for key, value in vars(options).items()}
+
+
+def train(options, accelerator: Accelerator) -> None:
+    run_dir = Path(options.run_dir)
+    checkpoints = CheckpointManager(run_dir / "checkpoints", options.keep_checkpoints)
+    resume_from = None
+    if options.resume == "latest":
+        resume_from = checkpoints.latest()
+    elif options.resume:
+        resume_from = Path(options.resume)
+        if not is_complete(resume_from):
+            raise OptionError(f"--resume: {resume_from} is not a complete checkpoint")
+    elif checkpoints.complete_checkpoints():
+        raise OptionError(f"--run-dir {run_dir} already holds checkpoints of another run: pass --resume latest "
+                          "to continue it, or choose another --run-dir")
+
+    set_seed(options.seed)
+    model, processor = build_model_and_processor(options)
+    image_size = model.config.vision_config.image_size
+    train_data, val_data, data_description = build_datasets(options, image_size)
+
+    # Each process reads micro-batches; one optimizer step takes `accum_steps` of them from every process.
+    micro_batch = options.batch_size // (accelerator.num_processes * options.accum_steps)
+    if micro_batch * accelerator.num_processes * options.accum_steps != options.batch_size or micro_batch == 0:
+        raise OptionError(f"--batch-size {options.batch_size} must split evenly over {accelerator.num_processes} "
+                          f"processes x {options.accum_steps} accumulation steps")
+    # The sampler's order depends only on (seed, epoch), and augmentation is seeded per sample: a resumed run
+    # skips the batches it has seen and then reads exactly what the uninterrupted run would have.
+    train_loader = torch.utils.data.DataLoader(
+        train_data, batch_size=micro_batch, drop_last=True, num_workers=options.num_workers,
+        sampler=None if options.streaming else EpochSampler(len(train_data), seed=options.seed),
+        collate_fn=ImageTextCollator(processor, train=True, seed=options.seed))
+    val_loader = val_data and torch.utils.data.DataLoader(
+        val_data, batch_size=micro_batch * options.accum_steps, num_workers=options.num_workers,
+        collate_fn=ImageTextCollator(processor, train=False))
+
+    if options.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    flops_per_sample = training_flops_per_sample(model, feature_caching=options.accum_steps > 1)
+    optimizer = torch.optim.AdamW(parameter_groups(model, options.weight_decay), lr=options.lr,
+                                  betas=(options.adam_beta1, options.adam_beta2), eps=options.adam_eps)
+
+    steps_per_epoch = None if options.streaming else len(train_loader) // (accelerator.num_processes *
+                                                                             options.accum_steps)
+    if steps_per_epoch == 0:
+        raise DataError(f"the training data has fewer records than one global batch of {options.batch_size}")
+    total_steps = options.max_steps or options.epochs * steps_per_epoch
+    scheduler = get_cosine_schedule_with_warmup(optimizer, min(options.warmup_steps, total_steps), total_steps)
+    model, optimizer, train_loader, scheduler = accelerator.prepare(model, optimizer, train_loader, scheduler)
+    if val_loader is not None:
+        val_loader = accelerator.prepare(val_loader)
+    psd = accelerator.unwrap_model(model)
+
+    state = TrainState()
+    accelerator.register_for_checkpointing(state)
+    if resume_from is not None:
+        accelerator.load_state(str(resume_from))
+        logger.info(f"resumed from {resume_from} at step {state.step}", main_process_only=True)
+    log = JsonlLog(run_dir / "metrics.jsonl", accelerator.is_main_process)
+    log.restart_from(state.step)
+    accelerator.init_trackers("psdclip", config=tracker_config(options))
+
+    def report(metrics: dict) -> None:
+        accelerator.log(metrics, step=state.step)
+        log.write({"step": state.step, **metrics})
+
+    progress = tqdm(total=total_steps, initial=state.step, desc="training", unit="step",
+                    disable=not (options.progress_bar and accelerator.is_local_main_process))
+    window = Counter()  # sums since the last log line
+    started = time.perf_counter()
+    steps_this_run = 0
+    while state.step < total_steps:
+        train_loader.set_epoch(state.epoch)
+        batches = iter(accelerator.skip_first_batches(train_loader, state.batches_in_epoch)
+                       if state.batches_in_epoch else train_loader)
+        while state.step < total_steps:
+            data_started = time.perf_counter()
+            micro_batches = [batch for batch, _ in zip(batches, range(options.accum_steps))]
+            if len(micro_batches) < options.accum_steps:
+                break  # End of the epoch.
+            state.batches_in_epoch += options.accum_steps
+            compute_started = time.perf_counter()
+
+            psd.set_distill_progress(state.step, total_steps)
+            skipped = accelerator.reduce(torch.tensor([[b["skipped"][reason] for reason in SKIP_REASONS]
+                                                       for b in micro_batches], device=accelerator.device).sum(0),
+                                         "sum")
+            losses = forward_backward(accelerator, model, [{k: b[k] for k in MODEL_INPUTS} for b in micro_batches])
+            # Loss parts of the whole global batch: the mean over processes of their rows' means.
+            parts = accelerator.reduce(torch.stack([
+                losses.loss, losses.loss_hard, losses.loss_soft, losses.teacher_entropy, losses.paired_probability,
+            ]).detach().float(), "mean").tolist()
+            if math.isfinite(parts[0]):
+                grad_norm = (accelerator.clip_grad_norm_(model.parameters(), options.max_grad_norm)
+                             if options.max_grad_norm else None)
+                optimizer.step()
+                state.nonfinite_in_row = 0
+            else:
+                state.nonfinite_in_row += 1
+                state.nonfinite_total += 1
+                logger.warning(f"step {state.step}: non-finite loss, step skipped", main_process_only=True)
+                if state.nonfinite_in_row >= options.max_nonfinite_steps:
+                    raise TrainingDiverged(f"stopped at step {state.step}: {state.nonfinite_in_row} non-finite "
+                                           "losses in a row (try a lower --lr or --mixed-precision no)")
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+            state.step += 1
+            steps_this_run += 1
+            state.samples_seen += options.batch_size
+            state.skipped_records.update(dict(zip(SKIP_REASONS, skipped.tolist())))
+            step_done = time.perf_counter()
+            progress.update()
+
+            window.update(steps=1, data_s=compute_started - data_started, compute_s=step_done - compute_started,
+                          loss=parts[0] if math.isfinite(parts[0]) else 0)
+            if state.step % options.log_every == 0 or state.step == total_steps:
+                seconds = window["data_s"] + window["compute_s"]
+                samples_per_s = window["steps"] * options.batch_size / seconds
+                metrics = {
+                    "train/loss": parts[0], "train/loss_hard": parts[1], "train/loss_soft": parts[2],
+                    "train/teacher_entropy": parts[3], "train/paired_probability": parts[4],
+                    "train/distill_alpha": losses.distill_alpha.item(),
+                    "train/logit_scale": psd.logit_multiplier().item(),
+                    "train/lr": scheduler.get_last_lr()[0],
+                    "train/grad_norm": grad_norm.item() if grad_norm is not None else float("nan"),
+                    "perf/samples_per_s": samples_per_s,
+                    "perf/data_wait_s": window["data_s"] / window["steps"],
+                    "perf/compute_s": window["compute_s"] / window["steps"],
+                    "perf/tflops_per_device": flops_per_sample * samples_per_s / accelerator.num_processes / 1e12,
+                }
+                if options.peak_tflops:
+                    metrics["perf/mfu"] = metrics["perf/tflops_per_device"] / options.peak_tflops
+                report(metrics)
+                progress.set_postfix(loss=f"{parts[0]:.3f}", alpha=f"{metrics['train/distill_alpha']:.2f}",
+                                     samples_s=f"{samples_per_s:.0f}")
+                window.clear()
+            if val_loader is not None and options.eval_every and state.step % options.eval_every == 0 \
+                    and state.step < total_steps:
+                report(validate(accelerator, model, val_loader))
+            if options.checkpoint_every and state.step % options.checkpoint_every == 0:
+                checkpoints.save(accelerator, state.step)
+        if state.step >= total_steps:
+            break
+        state.epoch += 1
+        state.batches_in_epoch = 0
+    progress.close()
+    wall_s = time.perf_counter() - started
+
+    final = validate(accelerator, model, val_loader) if val_loader is not None else {}
+    report(final)
+    metrics = {
+        "steps": state.step, "samples_seen": state.samples_seen, "wall_time_s": round(wall_s, 1),
+        "steps_per_s_this_run": round(steps_this_run / wall_s, 4),
+        "nonfinite_steps_skipped": state.nonfinite_total,
+        "skipped_records": dict(state.skipped_records), "skipped_records_total": sum(state.skipped_records.values()),
+        **{key: round(value, 4) for key, value in final.items()},
+    }
+    save_final_model(accelerator, model, processor, options, data_description, metrics)
+
+
+class TrainingDiverged(RuntimeError):
+    """Too many non-finite losses in a row."""
+
+
+def save_final_model(accelerator, model, processor, options, data_description: dict, metrics: dict) -> None:
+    # A full state dict is gathered on every backend (sharded under FSDP/DeepSpeed) and loaded into a plain
+    # model, so saving never depends on how the training model was wrapped.
+    state_dict = accelerator.get_state_dict(model)
+    if accelerator.is_main_process:
+        config = accelerator.unwrap_model(model).config
+        export = PSDCLIPModel(config)
+        export.load_state_dict(state_dict)
+        training = {key: value for key, value in vars(options).items() if value is not None}
+        folder = save_model_folder(export, processor, options.output_dir, data=data_description,
+                                   training=training, metrics={k: v for k, v in metrics.items()
+                                                               if not isinstance(v, dict)})
+        write_json_atomically(folder / "metrics.json", metrics)
+        print(f"saved the model to {folder}; metrics: {json.dumps(metrics)}")
+        if options.push_to_hub:
+            print(f"pushed to {push_folder_to_hub(folder, options.push_to_hub)}")
+    accelerator.wait_for_everyone()
+
+
+def write_json_atomically(path: Path, data: dict) -> None:
+    staging = path.with_name(f".{path.name}.tmp")
+    staging.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(staging, path)
+
+
+def main(argv: list[str] | None = None) -> None:
+    options = parse_options(argv, prog=PROG)
+    try:
+        accelerator = Accelerator(
+            mixed_precision=options.mixed_precision,
+            log_with=trackers(options) or None,
+            project_config=ProjectConfiguration(project_dir=options.run_dir,
+                                                logging_dir=str(Path(options.run_dir) / "tensorboard")),
+            # The schedule counts optimizer steps; Accelerate would otherwise step it once per process.
+            step_scheduler_with_optimizer=False,
+            dynamo_plugin=TorchDynamoPlugin(backend="inductor") if options.compile else None,
+        )
+    except (ValueError, ImportError) as error:
+        fail(PROG, f"cannot set up Accelerate with these options: {first_line(error)}")
+    status = 0
+    try:
+        train(options, accelerator)
+    except OptionError as error:
+        if accelerator.is_main_process:
+            print(f"{PROG}: error: {error}", file=sys.stderr)
+        status = 2
+    except (DataError, TrainingDiverged, HubError) as error:
+        if accelerator.is_main_process:
+            print(f"{PROG}: error: {first_line(error)}", file=sys.stderr)
+        status = 1
+    finally:
+        accelerator.end_training()
+    sys.exit(status)
+
+
+if __name__ == "__main__":
+    main()
