@@ -1,0 +1,24 @@
+"""The data layer: built-in synthetic scenes, user data through `datasets`, and batching for training.
+
+Typical use in a training loop::
+
+    dataset = load_image_text_dataset("synthetic", num_samples=10_000, p_mismatch=0.2)
+    sampler = EpochSampler(len(dataset), seed=0)
+    loader = DataLoader(dataset, batch_size=256, sampler=sampler, num_workers=2,
+                        collate_fn=ImageTextCollator(processor, seed=0))
+"""
+
+from .collate import ImageTextCollator
+from .errors import DataError
+from .image_text import ImageTextDataset, ImageTextStream
+from .records import SKIP_REASONS, RecordColumns
+from .sampling import EpochSampler, SampleKey
+from .scenes import COLOURS, COUNTS, SHAPES
+from .sources import load_image_text_dataset
+from .synthetic import NOISE_KINDS, SPLITS, build_synthetic_dataset
+
+__all__ = [
+    "COLOURS", "COUNTS", "NOISE_KINDS", "SHAPES", "SKIP_REASONS", "SPLITS", "DataError", "EpochSampler",
+    "ImageTextCollator", "ImageTextDataset", "ImageTextStream", "RecordColumns", "SampleKey",
+    "build_synthetic_dataset", "load_image_text_dataset",
+]

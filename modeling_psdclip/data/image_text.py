@@ -1,0 +1,86 @@
+"""Torch datasets of decoded image-caption records, over a map-style or a streaming `datasets` source.
+
+Every record is `{"image": PIL RGB image, "caption": str, "key": SampleKey, "skipped": {reason: count}}`.
+Bad rows are skipped, never raised: `skipped` carries the reasons of the rows passed over on the way to this
+record, so the counts travel with the data through DataLoader workers and processes.
+"""
+
+from collections import Counter
+
+import datasets
+import torch
+
+from .errors import DataError
+from .records import BadRecord, RecordColumns
+from .sampling import CAPTION_STREAM, SampleKey, sample_rng
+
+
+class ImageTextDataset(torch.utils.data.Dataset):
+    """Map-style: indexed by `SampleKey` (from `EpochSampler`) or a plain int (epoch 0).
+
+    A bad row is replaced by the next usable one, so batches keep their size, and the same size on every
+    process. Only the row asked for is counted as skipped: the rows tried in its place are counted when they
+    are asked for themselves, so one epoch counts each bad row once.
+    """
+
+    def __init__(self, source: datasets.Dataset, columns: RecordColumns, seed: int = 0):
+        if len(source) == 0:
+            raise DataError("the dataset has no records")
+        self.source = source.with_format(None)
+        self.columns = columns
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, key: SampleKey | int) -> dict:
+        key = SampleKey(*key) if isinstance(key, tuple) else SampleKey(0, int(key))
+        skipped = Counter()
+        for offset in range(len(self)):
+            index = (key.index + offset) % len(self)
+            try:
+                image, caption = self.columns.decode(self.source[index], sample_rng(self.seed, key, CAPTION_STREAM))
+            except BadRecord as bad:
+                if offset == 0:
+                    skipped[bad.reason] += 1
+                continue
+            return {"image": image, "caption": caption, "key": key, "skipped": dict(skipped)}
+        raise DataError("the dataset has no usable record")
+
+
+class ImageTextStream(torch.utils.data.IterableDataset):
+    """Streaming: reads a `datasets.IterableDataset` through a seeded shuffle buffer.
+
+    Call `set_epoch(epoch)` before each epoch: it reshuffles (datasets shuffles with seed + epoch) and enters
+    the sample keys. Bad rows are dropped; their counts ride on the next record yielded (on the last one for
+    bad rows at the end of the stream).
+    """
+
+    def __init__(self, source: datasets.IterableDataset, columns: RecordColumns, seed: int = 0,
+                 shuffle_buffer: int | None = 1000):
+        self.source = source.shuffle(seed=seed, buffer_size=shuffle_buffer) if shuffle_buffer else source
+        self.columns = columns
+        self.seed = seed
+
+    def set_epoch(self, epoch: int):
+        self.source.set_epoch(epoch)
+
+    def __iter__(self):
+        worker = torch.utils.data.get_worker_info()
+        worker_id, num_workers = (worker.id, worker.num_workers) if worker else (0, 1)
+        epoch = self.source.epoch
+        ready, skipped = None, Counter()
+        for position, row in enumerate(self.source):
+            # Each worker reads its own shards: interleaving positions keeps keys distinct across workers.
+            key = SampleKey(epoch, position * num_workers + worker_id)
+            try:
+                image, caption = self.columns.decode(row, sample_rng(self.seed, key, CAPTION_STREAM))
+            except BadRecord as bad:
+                skipped[bad.reason] += 1
+                continue
+            if ready is not None:
+                yield ready
+            ready, skipped = {"image": image, "caption": caption, "key": key, "skipped": dict(skipped)}, Counter()
+        if ready is not None:
+            ready["skipped"] = dict(Counter(ready["skipped"]) + skipped)
+            yield ready

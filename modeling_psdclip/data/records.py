@@ -1,0 +1,119 @@
+"""Turning one raw row of a dataset into an RGB image and a caption, or into the reason it cannot be used."""
+
+import io
+import json
+import os
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps
+
+# Why a record was skipped; every batch reports a count for each of these.
+SKIP_REASONS = ("missing_image", "corrupt_image", "empty_caption", "undecodable_caption")
+CAPTION_KEYS = ("caption", "captions", "text", "txt", "title", "sentences")  # looked up in JSON captions
+JSON_COLUMNS = ("json",)  # columns whose text is a JSON object holding the caption(s)
+WHITE = (255, 255, 255, 255)
+# What text readers put in place of bytes they could not decode (CSV files are read with errors replaced).
+REPLACEMENT_CHARACTER = "\ufffd"
+
+
+class BadRecord(Exception):
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class RecordColumns:
+    """Where a dataset keeps its images and captions.
+
+    Each role may name several columns; a row uses the first that holds a value (WebDataset shards mix `jpg`
+    and `png` samples, or `txt` and `json` ones).
+    """
+
+    image: tuple[str, ...]
+    caption: tuple[str, ...]
+    base_dir: str | None = None  # what relative image paths are relative to
+
+    def decode(self, row: dict, rng: np.random.Generator) -> tuple[Image.Image, str]:
+        """The row's image in RGB and one of its captions (drawn with `rng` when it has several).
+
+        Raises `BadRecord` naming the first problem found; the caption is checked first, being the cheaper.
+        """
+        caption_column, caption = _first_present(row, self.caption)
+        caption = decode_caption(caption, rng, as_json=caption_column in JSON_COLUMNS)
+        _, image = _first_present(row, self.image)
+        return decode_image(image, self.base_dir), caption
+
+
+def _first_present(row: dict, columns: tuple[str, ...]):
+    for column in columns:
+        if row.get(column) is not None:
+            return column, row[column]
+    return None, None
+
+
+def decode_caption(value, rng: np.random.Generator, as_json: bool = False) -> str:
+    if isinstance(value, bytes):
+        try:
+            value = value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise BadRecord("undecodable_caption") from None
+    if as_json and isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            raise BadRecord("undecodable_caption") from None
+    if isinstance(value, dict):
+        value = next((value[key] for key in CAPTION_KEYS if value.get(key) is not None), None)
+    if isinstance(value, (list, tuple)):
+        texts = [text for text in value if isinstance(text, str) and text.strip()]
+        value = texts[rng.integers(len(texts))] if texts else None
+    if not isinstance(value, str) or not value.strip():
+        raise BadRecord("empty_caption")
+    if REPLACEMENT_CHARACTER in value:
+        raise BadRecord("undecodable_caption")
+    return value.strip()
+
+
+def decode_image(value, base_dir: str | None = None) -> Image.Image:
+    """An image given as a PIL image, encoded bytes, a path, or a `datasets` Image dict, in RGB."""
+    if isinstance(value, Image.Image):
+        return to_rgb(value)
+    if isinstance(value, dict):
+        data, path = value.get("bytes"), value.get("path")
+    else:
+        data, path = (value, None) if isinstance(value, bytes) else (None, value)
+    if data is None:
+        data = _read_file(path, base_dir)
+    try:
+        image = Image.open(io.BytesIO(data))
+        image.load()
+        return to_rgb(image)
+    # A damaged file can make a decoder raise almost anything (OSError for truncation, SyntaxError, ValueError,
+    # struct.error, DecompressionBombError...); all of them mean the same thing here.
+    except Exception:
+        raise BadRecord("corrupt_image") from None
+
+
+def _read_file(path, base_dir: str | None) -> bytes:
+    if not isinstance(path, str) or not path:
+        raise BadRecord("missing_image")
+    if base_dir is not None:
+        path = os.path.join(base_dir, os.path.expanduser(path))
+    try:
+        with open(path, "rb") as file:
+            return file.read()
+    except OSError:
+        raise BadRecord("missing_image") from None
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """RGB with the camera's orientation applied; transparency is laid over white rather than dropped to black."""
+    image = ImageOps.exif_transpose(image)
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
+        image = image.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", image.size, WHITE), image).convert("RGB")
+    return image.convert("RGB")

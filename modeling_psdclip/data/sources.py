@@ -1,0 +1,165 @@
+"""One entry point for every kind of image-text data a user can point at, all read through `datasets`."""
+
+import itertools
+from collections import Counter
+from pathlib import Path
+
+import datasets
+import numpy as np
+
+from .errors import DataError
+from .image_text import ImageTextDataset, ImageTextStream
+from .records import BadRecord, RecordColumns
+from .synthetic import build_synthetic_dataset
+from .webdataset_shards import load_webdataset_shards
+
+# Column names tried, in order, when the user names none.
+IMAGE_COLUMNS = ("image", "img", "jpg", "jpeg", "png", "webp", "image_path", "filepath", "file_path", "path",
+                 "file_name")
+CAPTION_COLUMNS = ("captions", "caption", "text", "txt", "title", "sentences", "json")
+# File suffix -> (datasets builder, its options). CSV is read with undecodable bytes replaced so that one bad
+# caption is skipped later instead of failing the whole file.
+TABLE_BUILDERS = {
+    ".csv": ("csv", {"encoding_errors": "replace"}),
+    ".tsv": ("csv", {"delimiter": "\t", "encoding_errors": "replace"}),
+    ".parquet": ("parquet", {}),
+    ".arrow": ("arrow", {}),
+    ".jsonl": ("json", {}),
+    ".json": ("json", {}),
+}
+PATH_PREFIXES = ("/", "./", "../", "~")
+PROBE_RECORDS = 1000  # rows looked at, at most, to tell a dataset with no usable record
+
+
+def load_image_text_dataset(
+    source: str,
+    *,
+    split: str = "train",
+    image_column: str | None = None,
+    caption_column: str | None = None,
+    streaming: bool = False,
+    data_files=None,
+    seed: int = 0,
+    shuffle_buffer: int | None = 1000,
+    **options,
+) -> ImageTextDataset | ImageTextStream:
+    """Image-caption records from `source`, which may be
+
+    - `"synthetic"` or `"synthetic:<split>"`: the built-in scenes (`options` go to `build_synthetic_dataset`,
+      e.g. `num_samples`, `p_mismatch`; `seed` seeds the scenes too);
+    - a folder saved with `save_to_disk`; a folder of WebDataset `.tar` shards; a folder of parquet files;
+      an image folder with captions in `metadata.jsonl` / `metadata.csv`;
+    - a `.csv` / `.tsv` / `.jsonl` / `.parquet` / `.arrow` table of image paths (relative to the table's folder)
+      or images, and captions; a `.tar` shard;
+    - anything else `datasets.load_dataset` accepts (`options` go to it), streamed with `streaming=True`.
+
+    Columns are found by name (`IMAGE_COLUMNS`, `CAPTION_COLUMNS`) unless given. A caption column may hold a
+    list of captions: one is drawn per sample, seeded by (seed, epoch, index). Returns an `ImageTextDataset`
+    (map-style, use with `EpochSampler`) or, when streaming, an `ImageTextStream` shuffled with `shuffle_buffer`.
+    Raises `DataError` for a missing path, a dataset that cannot be loaded, missing columns, or no usable record.
+    """
+    raw, base_dir = _load_raw(source, split, streaming, data_files, seed, options)
+    if streaming and isinstance(raw, datasets.Dataset):
+        raw = raw.to_iterable_dataset(num_shards=min(len(raw), 64) or 1)
+    columns = _find_columns(raw, image_column, caption_column, base_dir, source)
+    for column in columns.image:
+        # Images stay undecoded until a worker decodes them, where a corrupt one can be caught and skipped.
+        if isinstance((raw.features or {}).get(column), datasets.Image):
+            raw = raw.cast_column(column, datasets.Image(decode=False))
+    _require_usable_record(raw, columns, source)
+    if isinstance(raw, datasets.IterableDataset):
+        return ImageTextStream(raw, columns, seed, shuffle_buffer)
+    return ImageTextDataset(raw, columns, seed)
+
+
+def _load_raw(source: str, split: str, streaming: bool, data_files, seed: int, options: dict):
+    """The `datasets` dataset behind `source`, and the folder relative image paths start from."""
+    if source == "synthetic" or source.startswith("synthetic:"):
+        return build_synthetic_dataset(source.partition(":")[2] or split, seed=seed, **options), None
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return _load_folder(path, split, streaming, options), str(path)
+    if path.is_file():
+        return _load_file(path, split, streaming, options), str(path.parent)
+    if source.startswith(PATH_PREFIXES) or path.suffix.lower() in TABLE_BUILDERS or path.suffix.lower() == ".tar":
+        raise DataError(f"no such file or directory: {source}")
+    return _load_dataset(source, split=split, streaming=streaming, data_files=data_files, **options), None
+
+
+def _load_folder(path: Path, split: str, streaming: bool, options: dict):
+    if (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists():
+        return _load_from_disk(path, split)
+    shards = sorted(str(p) for p in path.rglob("*.tar"))
+    if shards:
+        return load_webdataset_shards(shards, streaming=streaming)
+    if any(path.rglob("*.parquet")):
+        return _load_dataset("parquet", data_files={split: str(path / "**" / "*.parquet")}, split=split,
+                             streaming=streaming, **options)
+    return _load_dataset("imagefolder", data_dir=str(path), split=split, streaming=streaming, **options)
+
+
+def _load_file(path: Path, split: str, streaming: bool, options: dict):
+    suffix = path.suffix.lower()
+    if suffix == ".tar":
+        return load_webdataset_shards([str(path)], streaming=streaming)
+    if suffix not in TABLE_BUILDERS:
+        raise DataError(f"cannot read {path}: expected one of {', '.join(TABLE_BUILDERS)}, .tar or a folder")
+    builder, builder_options = TABLE_BUILDERS[suffix]
+    return _load_dataset(builder, data_files={split: str(path)}, split=split, streaming=streaming,
+                         **builder_options, **options)
+
+
+def _load_from_disk(path: Path, split: str) -> datasets.Dataset:
+    loaded = datasets.load_from_disk(str(path))
+    if isinstance(loaded, datasets.DatasetDict):
+        if split not in loaded:
+            raise DataError(f"{path} has no split {split!r}; it has {', '.join(loaded)}")
+        return loaded[split]
+    return loaded
+
+
+def _load_dataset(*args, **kwargs):
+    # load_dataset fails in many ways on a user's input (unknown name, offline hub, bad files, unknown split);
+    # each is reported in one line.
+    try:
+        return datasets.load_dataset(*args, **kwargs)
+    except Exception as error:
+        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise DataError(f"cannot load {args[0]!r}: {message}") from None
+
+
+def _find_columns(raw, image_column, caption_column, base_dir, source) -> RecordColumns:
+    names = raw.column_names or list(next(iter(raw), {}))
+    features = raw.features or {}
+    image = _pick_columns(names, image_column, "image", IMAGE_COLUMNS, source,
+                          also=[name for name in names if isinstance(features.get(name), datasets.Image)])
+    caption = _pick_columns(names, caption_column, "caption", CAPTION_COLUMNS, source)
+    return RecordColumns(image=image, caption=caption, base_dir=base_dir)
+
+
+def _pick_columns(names, chosen, role, candidates, source, also=()) -> tuple[str, ...]:
+    if chosen is not None:
+        if chosen not in names:
+            raise DataError(f"{source!r} has no {role} column {chosen!r}; its columns are {', '.join(names)}")
+        return (chosen,)
+    found = tuple(dict.fromkeys([name for name in candidates if name in names] + list(also)))
+    if not found:
+        raise DataError(f"{source!r} has no {role} column (columns: {', '.join(names)}); "
+                        f"name one with {role}_column=")
+    return found
+
+
+def _require_usable_record(raw, columns: RecordColumns, source: str):
+    rng = np.random.default_rng(0)
+    reasons = Counter()
+    rows = raw.select(range(min(len(raw), PROBE_RECORDS))) if isinstance(raw, datasets.Dataset) else raw
+    for row in itertools.islice(rows, PROBE_RECORDS):
+        try:
+            columns.decode(row, rng)
+            return
+        except BadRecord as bad:
+            reasons[bad.reason] += 1
+    if not reasons:
+        raise DataError(f"{source!r} has no records")
+    summary = ", ".join(f"{count} {reason}" for reason, count in reasons.most_common())
+    raise DataError(f"{source!r} has no usable record among its first {sum(reasons.values())} ({summary})")

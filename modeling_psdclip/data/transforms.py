@@ -1,0 +1,38 @@
+"""Training augmentation on PIL images (torchvision, which has these, cannot be used here)."""
+
+import math
+
+import numpy as np
+import torch
+from PIL import Image
+
+
+def random_resized_crop(image: Image.Image, rng: np.random.Generator, size: tuple[int, int],
+                        scale: tuple[float, float], ratio: tuple[float, float]) -> Image.Image:
+    """A random crop covering `scale` of the area with aspect ratio in `ratio`, resized to `size` (height, width).
+
+    The same sampling as torchvision's RandomResizedCrop: ten tries, then a central crop at the closest ratio.
+    """
+    width, height = image.size
+    for _ in range(10):
+        area = width * height * rng.uniform(*scale)
+        aspect = math.exp(rng.uniform(math.log(ratio[0]), math.log(ratio[1])))
+        crop_width, crop_height = round(math.sqrt(area * aspect)), round(math.sqrt(area / aspect))
+        if 0 < crop_width <= width and 0 < crop_height <= height:
+            left = int(rng.integers(width - crop_width + 1))
+            top = int(rng.integers(height - crop_height + 1))
+            return _resize(image, (left, top, left + crop_width, top + crop_height), size)
+    aspect = min(max(width / height, ratio[0]), ratio[1])
+    crop_width, crop_height = min(width, round(height * aspect)), min(height, round(width / aspect))
+    left, top = (width - crop_width) // 2, (height - crop_height) // 2
+    return _resize(image, (left, top, left + crop_width, top + crop_height), size)
+
+
+def _resize(image: Image.Image, box: tuple[int, int, int, int], size: tuple[int, int]) -> Image.Image:
+    return image.resize((size[1], size[0]), Image.Resampling.BICUBIC, box=box)
+
+
+def normalize(image: Image.Image, mean, std) -> torch.Tensor:
+    """A (3, height, width) float tensor standardised by the per-channel mean and std."""
+    pixels = (np.asarray(image, dtype=np.float32) / 255.0 - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    return torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1)))

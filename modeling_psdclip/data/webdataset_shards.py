@@ -1,0 +1,50 @@
+"""WebDataset `.tar` shards as a `datasets` dataset of raw bytes.
+
+The `datasets` "webdataset" builder decodes `.txt` strictly, so one undecodable caption fails the whole load,
+and it needs every shard to hold the same fields. Reading the members with `tarfile` and keeping the bytes lets
+a bad caption be skipped later like any other bad record, and lets `jpg`+`txt` and `png`+`json` shards mix.
+"""
+
+import itertools
+import tarfile
+
+import datasets
+
+from .errors import DataError
+
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")
+FEATURES = datasets.Features({
+    "image": datasets.Image(decode=False),
+    "txt": datasets.Value("binary"),
+    "json": datasets.Value("binary"),
+})
+
+
+def load_webdataset_shards(shards: list[str], streaming: bool = False):
+    """Columns `image` (the first image member of each sample), `txt` and `json` (raw bytes, or None)."""
+    builder = datasets.IterableDataset if streaming else datasets.Dataset
+    return builder.from_generator(_samples, features=FEATURES, gen_kwargs={"shards": shards})
+
+
+def _samples(shards: list[str]):
+    for shard in shards:
+        try:
+            with tarfile.open(shard) as tar:
+                files = (member for member in tar if member.isfile())
+                for key, members in itertools.groupby(files, key=lambda member: _split_name(member.name)[0]):
+                    yield _sample(key, {_split_name(m.name)[1]: tar.extractfile(m).read() for m in members})
+        except tarfile.TarError as error:
+            raise DataError(f"cannot read the tar shard {shard}: {error}") from None
+
+
+def _split_name(name: str) -> tuple[str, str]:
+    """WebDataset's convention: the sample key runs to the first dot of the file name, the field is the rest."""
+    folder, _, file_name = name.rpartition("/")
+    stem, _, field = file_name.partition(".")
+    return f"{folder}/{stem}" if folder else stem, field.lower()
+
+
+def _sample(key: str, fields: dict[str, bytes]) -> dict:
+    extension = next((ext for ext in IMAGE_EXTENSIONS if ext in fields), None)
+    image = {"bytes": fields[extension], "path": f"{key}.{extension}"} if extension else None
+    return {"image": image, "txt": fields.get("txt"), "json": fields.get("json")}
