@@ -46,6 +46,12 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--classnames", metavar="FILE", help="class names, one a line, replacing the data's")
     common.add_argument("--num-samples", type=int, default=1000, help="synthetic data: examples per split")
     common.add_argument("--image-size", type=int, default=64, help="synthetic data: image side in pixels")
+    common.add_argument("--p-mismatch", type=float, default=0.0,
+                        help="synthetic train split: share of captions describing another scene")
+    common.add_argument("--p-partial", type=float, default=0.0,
+                        help="synthetic train split: share of captions with one wrong attribute")
+    common.add_argument("--p-generic", type=float, default=0.0,
+                        help="synthetic train split: share of uninformative captions")
     common.add_argument("--seed", type=int, default=0)
     common.add_argument("--batch-size", type=int, default=256)
     common.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
@@ -73,8 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def load_data(args, source: str) -> EvalData:
+    noise = {"p_mismatch": args.p_mismatch, "p_partial": args.p_partial, "p_generic": args.p_generic}
     data = load_eval_data(source, label_column=args.label_column, num_samples=args.num_samples, seed=args.seed,
-                          image_size=args.image_size)
+                          image_size=args.image_size, **{key: value for key, value in noise.items() if value})
     if args.classnames:
         names = read_lines(args.classnames, "class name")
         if data.class_names is not None and len(names) != len(data.class_names):

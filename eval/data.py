@@ -104,11 +104,13 @@ def _captions(dataset) -> list[list[str]] | None:
 
 
 def load_eval_data(source: str, *, label_column: str | None = None, num_samples: int = 1000, seed: int = 0,
-                   image_size: int = 64) -> EvalData:
+                   image_size: int = 64, **synthetic_options) -> EvalData:
     """Load one split of any supported source (see the module docstring) as `EvalData`. `num_samples`,
-    `seed` and `image_size` apply to the synthetic data only."""
+    `seed`, `image_size` and `synthetic_options` (e.g. the train split's `p_mismatch`) apply to the synthetic
+    data only."""
     if source.startswith("synthetic:"):
-        return _synthetic(source.partition(":")[2], label_column, num_samples, seed, image_size)
+        return _synthetic(source.partition(":")[2], label_column, num_samples=num_samples, seed=seed,
+                          image_size=image_size, **synthetic_options)
     path, split = _path_and_split(source)
     if (path / "classnames.txt").is_file():
         return _clip_benchmark_webdataset(path, split or "test", label_column)
@@ -129,13 +131,13 @@ def _path_and_split(source: str) -> tuple[Path, str | None]:
     return path, None
 
 
-def _synthetic(split, label_column, num_samples, seed, image_size) -> EvalData:
+def _synthetic(split, label_column, **options) -> EvalData:
     try:
         from modeling_psdclip.data import build_synthetic_dataset
     except ImportError as error:
         raise EvalInputError("synthetic data needs the modeling_psdclip package") from error
     try:
-        dataset = build_synthetic_dataset(split, num_samples=num_samples, seed=seed, image_size=image_size)
+        dataset = build_synthetic_dataset(split, **options)
     except (KeyError, ValueError) as error:
         raise EvalInputError(f"synthetic split {split!r}: {str(error).splitlines()[0]}") from error
     return EvalData.from_dataset(dataset, f"synthetic:{split}", label_column=label_column or "label_shape")

@@ -142,16 +142,16 @@ def build_openmoji(out: str | Path, *, image_size: int = 64, seed: int = 0, svg_
 
 
 def split_by_emoji(count: int, groups: list[str], seed: int) -> dict[str, np.ndarray]:
-    """Disjoint train/validation/test index sets, stratified by group where every group is big enough."""
-    indices = np.arange(count)
-    held_out = sum(SPLIT_FRACTIONS.values())
+    """Disjoint train/validation/test index sets (at least one emoji each), stratified by group where every
+    group is big enough."""
+    sizes = {name: max(1, round(fraction * count)) for name, fraction in SPLIT_FRACTIONS.items()}
 
-    def split(items, labels, fraction):
+    def split(items, size):
         try:
-            return train_test_split(items, test_size=fraction, random_state=seed, stratify=labels)
+            return train_test_split(items, test_size=size, random_state=seed, stratify=[groups[i] for i in items])
         except ValueError:  # a group too small to stratify (small builds): split without
-            return train_test_split(items, test_size=fraction, random_state=seed)
+            return train_test_split(items, test_size=size, random_state=seed)
 
-    train, rest = split(indices, groups, held_out)
-    validation, test = split(rest, [groups[i] for i in rest], SPLIT_FRACTIONS["test"] / held_out)
+    rest, test = split(np.arange(count), sizes["test"])
+    train, validation = split(rest, sizes["validation"])
     return {"train": np.sort(train), "validation": np.sort(validation), "test": np.sort(test)}
