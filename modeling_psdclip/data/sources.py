@@ -83,7 +83,7 @@ def _load_raw(source: str, split: str, streaming: bool, data_files, seed: int, o
         return _load_file(path, split, streaming, options), str(path.parent)
     if source.startswith(PATH_PREFIXES) or path.suffix.lower() in TABLE_BUILDERS or path.suffix.lower() == ".tar":
         raise DataError(f"no such file or directory: {source}")
-    return _load_dataset(source, split=split, streaming=streaming, data_files=data_files, **options), None
+    return _load_dataset(source, source, split=split, streaming=streaming, data_files=data_files, **options), None
 
 
 def _load_folder(path: Path, split: str, streaming: bool, options: dict):
@@ -93,9 +93,9 @@ def _load_folder(path: Path, split: str, streaming: bool, options: dict):
     if shards:
         return load_webdataset_shards(shards, streaming=streaming)
     if any(path.rglob("*.parquet")):
-        return _load_dataset("parquet", data_files={split: str(path / "**" / "*.parquet")}, split=split,
+        return _load_dataset(path, "parquet", data_files={split: str(path / "**" / "*.parquet")}, split=split,
                              streaming=streaming, **options)
-    return _load_dataset("imagefolder", data_dir=str(path), split=split, streaming=streaming, **options)
+    return _load_dataset(path, "imagefolder", data_dir=str(path), split=split, streaming=streaming, **options)
 
 
 def _load_file(path: Path, split: str, streaming: bool, options: dict):
@@ -105,7 +105,7 @@ def _load_file(path: Path, split: str, streaming: bool, options: dict):
     if suffix not in TABLE_BUILDERS:
         raise DataError(f"cannot read {path}: expected one of {', '.join(TABLE_BUILDERS)}, .tar or a folder")
     builder, builder_options = TABLE_BUILDERS[suffix]
-    return _load_dataset(builder, data_files={split: str(path)}, split=split, streaming=streaming,
+    return _load_dataset(path, builder, data_files={split: str(path)}, split=split, streaming=streaming,
                          **builder_options, **options)
 
 
@@ -118,14 +118,14 @@ def _load_from_disk(path: Path, split: str) -> datasets.Dataset:
     return loaded
 
 
-def _load_dataset(*args, **kwargs):
+def _load_dataset(source, path: str, **kwargs):
     # load_dataset fails in many ways on a user's input (unknown name, offline hub, bad files, unknown split);
     # each is reported in one line.
     try:
-        return datasets.load_dataset(*args, **kwargs)
+        return datasets.load_dataset(path, **kwargs)
     except Exception as error:
         message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise DataError(f"cannot load {args[0]!r}: {message}") from None
+        raise DataError(f"cannot load {str(source)!r}: {message}") from None
 
 
 def _find_columns(raw, image_column, caption_column, base_dir, source) -> RecordColumns:

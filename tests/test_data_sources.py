@@ -1,0 +1,238 @@
+"""User data through `load_image_text_dataset`: every format, column detection, bad records and one-line errors.
+
+Every fixture is written into tmp_path by the test that uses it.
+"""
+
+import collections
+import io
+import json
+import tarfile
+
+import datasets
+import numpy as np
+import pytest
+from PIL import Image
+
+from modeling_psdclip.data import DataError, ImageTextDataset, ImageTextStream, SampleKey, load_image_text_dataset
+
+
+def encoded(colour="red", mode="RGB", fmt="PNG", size=(12, 10)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new(mode, size, colour).save(buffer, fmt)
+    return buffer.getvalue()
+
+
+def write_images(folder, names):
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        (folder / name).write_bytes(encoded(fmt="JPEG" if name.endswith(".jpg") else "PNG"))
+
+
+def records(dataset) -> list[dict]:
+    if isinstance(dataset, ImageTextStream):
+        return list(dataset)
+    return [dataset[index] for index in range(len(dataset))]
+
+
+def assert_loads(dataset, captions):
+    loaded = records(dataset)
+    assert sorted(record["caption"] for record in loaded) == sorted(captions)
+    assert all(record["image"].mode == "RGB" and record["image"].size == (12, 10) for record in loaded)
+    assert all(record["skipped"] == {} for record in loaded)
+
+
+def test_imagefolder_with_metadata_jsonl(tmp_path):
+    write_images(tmp_path, ["a.png", "b.jpg"])
+    lines = [{"file_name": "a.png", "text": "a red image"}, {"file_name": "b.jpg", "text": "another one"}]
+    (tmp_path / "metadata.jsonl").write_text("\n".join(json.dumps(line) for line in lines))
+    assert_loads(load_image_text_dataset(str(tmp_path)), ["a red image", "another one"])
+
+
+def test_imagefolder_with_metadata_csv(tmp_path):
+    write_images(tmp_path, ["a.png", "b.png"])
+    (tmp_path / "metadata.csv").write_text("file_name,caption\na.png,first\nb.png,second\n")
+    assert_loads(load_image_text_dataset(str(tmp_path)), ["first", "second"])
+
+
+def test_csv_of_paths_relative_to_its_folder(tmp_path):
+    write_images(tmp_path / "images", ["0.jpg", "1.jpg"])
+    (tmp_path / "pairs.csv").write_text("filepath,caption\nimages/0.jpg,a cat\nimages/1.jpg,\"a dog, running\"\n")
+    assert_loads(load_image_text_dataset(str(tmp_path / "pairs.csv")), ["a cat", "a dog, running"])
+
+
+def test_tsv_with_other_column_names(tmp_path):
+    write_images(tmp_path / "images", ["0.png"])
+    (tmp_path / "pairs.tsv").write_text("image_path\ttitle\nimages/0.png\ta title, with a comma\n")
+    assert_loads(load_image_text_dataset(str(tmp_path / "pairs.tsv")), ["a title, with a comma"])
+
+
+def image_table(n: int, **columns) -> datasets.Dataset:
+    table = datasets.Dataset.from_dict({"image": [{"bytes": encoded(), "path": None}] * n, **columns})
+    return table.cast_column("image", datasets.Image())
+
+
+def test_parquet_file_and_folder(tmp_path):
+    image_table(2, text=["one", "two"]).to_parquet(str(tmp_path / "part-0.parquet"))
+    assert_loads(load_image_text_dataset(str(tmp_path / "part-0.parquet")), ["one", "two"])
+    assert_loads(load_image_text_dataset(str(tmp_path)), ["one", "two"])
+
+
+def test_save_to_disk_folder_and_named_columns(tmp_path):
+    image_table(2, picture_caption=["x", "y"]).rename_column("image", "photo").save_to_disk(str(tmp_path / "saved"))
+    dataset = load_image_text_dataset(str(tmp_path / "saved"), image_column="photo", caption_column="picture_caption")
+    assert_loads(dataset, ["x", "y"])
+
+
+def add_member(tar: tarfile.TarFile, name: str, data: bytes):
+    member = tarfile.TarInfo(name)
+    member.size = len(data)
+    tar.addfile(member, io.BytesIO(data))
+
+
+def write_shards(folder):
+    folder.mkdir()
+    with tarfile.open(folder / "shard-000.tar", "w") as tar:
+        add_member(tar, "s0.jpg", encoded(fmt="JPEG"))
+        add_member(tar, "s0.txt", b"a jpg with a txt")
+    with tarfile.open(folder / "shard-001.tar", "w") as tar:
+        add_member(tar, "s1.png", encoded())
+        add_member(tar, "s1.json", json.dumps({"caption": "a png with a json", "url": "x"}).encode())
+    return folder
+
+
+def test_webdataset_shards_with_jpg_txt_and_png_json(tmp_path):
+    shards = write_shards(tmp_path / "shards")
+    assert_loads(load_image_text_dataset(str(shards)), ["a jpg with a txt", "a png with a json"])
+    assert_loads(load_image_text_dataset(str(shards / "shard-001.tar")), ["a png with a json"])
+
+
+def test_streaming_yields_the_same_records(tmp_path):
+    shards = write_shards(tmp_path / "shards")
+    stream = load_image_text_dataset(str(shards), streaming=True, shuffle_buffer=4)
+    assert isinstance(stream, ImageTextStream)
+    assert_loads(stream, ["a jpg with a txt", "a png with a json"])
+
+
+def test_synthetic_source(tmp_path):
+    dataset = load_image_text_dataset("synthetic:val", num_samples=6, image_size=16, cache_dir=str(tmp_path))
+    assert isinstance(dataset, ImageTextDataset) and len(dataset) == 6
+    captions = {dataset[SampleKey(epoch, 0)]["caption"] for epoch in range(20)}
+    assert len(captions) > 1  # a held-out image has several captions, one drawn per epoch
+
+
+def test_several_captions_per_image_are_drawn_by_seed_and_key(tmp_path):
+    options = ["first caption", "second caption", "third caption"]
+    image_table(1, captions=[options]).save_to_disk(str(tmp_path / "saved"))
+    dataset = load_image_text_dataset(str(tmp_path / "saved"), seed=1)
+    drawn = [dataset[SampleKey(epoch, 0)]["caption"] for epoch in range(30)]
+    assert set(drawn) == set(options)
+    assert drawn == [dataset[SampleKey(epoch, 0)]["caption"] for epoch in range(30)]
+    reseeded = load_image_text_dataset(str(tmp_path / "saved"), seed=2)
+    assert drawn != [reseeded[SampleKey(epoch, 0)]["caption"] for epoch in range(30)]
+
+
+def bad_and_awkward_csv(folder):
+    """A CSV with one record of each kind of fault, and images in every mode that must be converted."""
+    images = folder / "images"
+    images.mkdir(parents=True)
+    files = {
+        "good.jpg": encoded(fmt="JPEG"),
+        "cmyk.jpg": encoded((255, 0, 0, 0), mode="CMYK", fmt="JPEG"),  # pure cyan ink
+        "grey.png": encoded(128, mode="L"),
+        "rgba.png": encoded((255, 0, 0, 0), mode="RGBA"),
+        "palette.png": encoded(3, mode="P"),
+        "corrupt.jpg": b"these bytes are not an image",
+        "truncated.jpg": encoded(fmt="JPEG", size=(64, 64))[:300],
+    }
+    for name, data in files.items():
+        (images / name).write_bytes(data)
+    rows = [
+        b"images/good.jpg,a good one",
+        b"images/cmyk.jpg,a cmyk one",
+        b"images/grey.png,a grey one",
+        b"images/rgba.png,a transparent one",
+        b"images/palette.png,a palette one",
+        b"images/good.jpg," + b"very long " * 1000,
+        b"images/missing.jpg,a missing one",
+        b"images/corrupt.jpg,a corrupt one",
+        b"images/truncated.jpg,a truncated one",
+        b"images/good.jpg,",
+        b'images/good.jpg,"   "',
+        b"images/good.jpg,caf\xe9 in latin-1",
+    ]
+    (folder / "pairs.csv").write_bytes(b"filepath,caption\n" + b"\n".join(rows) + b"\n")
+    return folder / "pairs.csv"
+
+
+EXPECTED_SKIPS = {"missing_image": 1, "corrupt_image": 2, "empty_caption": 2, "undecodable_caption": 1}
+
+
+def test_bad_records_are_skipped_and_counted_once_per_epoch(tmp_path):
+    dataset = load_image_text_dataset(str(bad_and_awkward_csv(tmp_path)))
+    loaded = records(dataset)
+    assert len(loaded) == len(dataset) == 12  # each bad row is replaced by the next usable one
+    counts = collections.Counter()
+    for record in loaded:
+        counts.update(record["skipped"])
+    assert counts == EXPECTED_SKIPS
+    assert {record["caption"] for record in loaded if not record["skipped"]} >= {"a cmyk one", "a palette one"}
+    assert len(loaded[5]["caption"]) == len(("very long " * 1000).strip())
+
+
+def test_streaming_skips_bad_records_with_the_same_counts(tmp_path):
+    stream = load_image_text_dataset(str(bad_and_awkward_csv(tmp_path)), streaming=True, shuffle_buffer=None)
+    loaded = records(stream)
+    assert len(loaded) == 12 - sum(EXPECTED_SKIPS.values())
+    counts = collections.Counter()
+    for record in loaded:
+        counts.update(record["skipped"])
+    assert counts == EXPECTED_SKIPS
+
+
+def test_every_image_mode_is_converted_to_rgb(tmp_path):
+    dataset = load_image_text_dataset(str(bad_and_awkward_csv(tmp_path)))
+    by_caption = {record["caption"]: record["image"] for record in records(dataset)}
+    assert all(image.mode == "RGB" for image in by_caption.values())
+    assert by_caption["a grey one"].getpixel((0, 0)) == (128, 128, 128)
+    assert by_caption["a transparent one"].getpixel((0, 0)) == (255, 255, 255)  # transparent lies over white
+    cyan = np.asarray(by_caption["a cmyk one"])[0, 0]
+    assert cyan[0] < 60 and cyan[1] > 200 and cyan[2] > 200
+
+
+def test_undecodable_webdataset_caption_is_skipped(tmp_path):
+    (tmp_path / "shards").mkdir()
+    with tarfile.open(tmp_path / "shards" / "0.tar", "w") as tar:
+        add_member(tar, "good.png", encoded())
+        add_member(tar, "good.txt", b"fine")
+        add_member(tar, "bad.png", encoded())
+        add_member(tar, "bad.txt", b"\xff\xfe not utf-8")
+        add_member(tar, "badjson.png", encoded())
+        add_member(tar, "badjson.json", b"{not json")
+    loaded = records(load_image_text_dataset(str(tmp_path / "shards")))
+    counts = collections.Counter()
+    for record in loaded:
+        counts.update(record["skipped"])
+    assert counts == {"undecodable_caption": 2}
+    assert {record["caption"] for record in loaded} == {"fine"}
+
+
+def one_line_error(source, **kwargs) -> str:
+    with pytest.raises(DataError) as error:
+        load_image_text_dataset(source, **kwargs)
+    assert "\n" not in str(error.value)
+    return str(error.value)
+
+
+def test_user_mistakes_are_one_line_data_errors(tmp_path):
+    assert "no such file" in one_line_error(str(tmp_path / "absent.csv"))
+    assert "no such file" in one_line_error("./absent-folder/")
+    assert "cannot load" in one_line_error("someone/not-a-dataset-anywhere")
+    write_images(tmp_path / "unlabelled" / "cats", ["0.png"])
+    assert "no caption column" in one_line_error(str(tmp_path / "unlabelled"))
+    (tmp_path / "pairs.csv").write_text("filepath,caption\nnowhere.jpg,a caption\nalso-nowhere.jpg,another\n")
+    assert "no usable record" in one_line_error(str(tmp_path / "pairs.csv"))
+    assert "no image column 'photo'" in one_line_error(str(tmp_path / "pairs.csv"), image_column="photo")
+    (tmp_path / "empty.csv").write_text("filepath,caption\n")
+    assert "empty.csv" in one_line_error(str(tmp_path / "empty.csv"))
+    (tmp_path / "notes.txt").write_text("hello")
+    assert "cannot read" in one_line_error(str(tmp_path / "notes.txt"))
