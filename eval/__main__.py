@@ -92,8 +92,13 @@ def load_data(args, source: str) -> EvalData:
 
 
 def load_models(args) -> list[tuple[Path, EmbeddingModel]]:
-    return [(Path(folder), EmbeddingModel.from_pretrained(folder, batch_size=args.batch_size, device=args.device))
-            for folder in args.model]
+    """The --model folders, named by folder name; a repeated name gets its position appended, since results
+    and file names are keyed by it."""
+    names = [Path(folder).resolve().name for folder in args.model]
+    names = [name if names.count(name) == 1 else f"{name}-{i + 1}" for i, name in enumerate(names)]
+    return [(Path(folder), EmbeddingModel.from_pretrained(folder, name=name, batch_size=args.batch_size,
+                                                          device=args.device))
+            for folder, name in zip(args.model, names)]
 
 
 def run_per_model(args, task_type: str, task_name: str, evaluate_one) -> tuple[dict, list[dict]]:

@@ -49,22 +49,21 @@ def robustness(models: list[ImageTextEncoder], in_distribution: EvalData, shifte
     for data in shifted:
         if data.class_names != in_distribution.class_names:
             raise EvalInputError(f"shifted data {data.name!r} has other class names than {in_distribution.name!r}")
-    accuracy = {  # model name -> set name -> top-1 accuracy
-        model.name: {data.name: zero_shot_classification(model, data, templates)["top1_accuracy"]
-                     for data in (in_distribution, *shifted)}
+    accuracy = [  # per model: set name -> top-1 accuracy
+        {data.name: zero_shot_classification(model, data, templates)["top1_accuracy"]
+         for data in (in_distribution, *shifted)}
         for model in models
-    }
-    for by_set in accuracy.values():
+    ]
+    for by_set in accuracy:
         by_set[AVERAGE] = float(np.mean([by_set[data.name] for data in shifted]))
-    in_accuracy = [by_set[in_distribution.name] for by_set in accuracy.values()]
+    in_accuracy = [by_set[in_distribution.name] for by_set in accuracy]
     set_names = [data.name for data in shifted] + [AVERAGE]
-    baselines = {name: fit_baseline(in_accuracy, [by_set[name] for by_set in accuracy.values()])
-                 for name in set_names}
+    baselines = {name: fit_baseline(in_accuracy, [by_set[name] for by_set in accuracy]) for name in set_names}
     results = []
-    for model_name, by_set in accuracy.items():
+    for model, by_set in zip(models, accuracy):
         base = by_set[in_distribution.name]
         results.append({
-            "model": model_name,
+            "model": model.name,
             "in_distribution_accuracy": base,
             "shifted": {
                 name: {

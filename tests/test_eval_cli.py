@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from huggingface_hub import ModelCard
 from test_eval_support import save_tiny_clip, write_imagefolder
 
@@ -95,3 +96,18 @@ def test_card_update_keeps_front_matter_and_replaces_same_results(tmp_path):
                       ("openmoji:test", "text_to_image_recall@1"): 0.25}
     assert card.text.startswith("# A model\n\nIntro.\n")
     assert card.text.count("## Evaluation results") == 1 and "| Retrieval | openmoji:test |" in card.text
+
+
+def test_embedding_model_batches_without_changing_results(workspace):
+    from test_eval_support import colour_image
+
+    from eval import EmbeddingModel
+
+    model = EmbeddingModel.from_pretrained(workspace["model"], batch_size=2, progress=False)
+    images = [colour_image(colour, seed=i) for i, colour in enumerate(["red", "blue", "green", "red", "yellow"])]
+    small_batches = model.encode_images(images)
+    model.batch_size = 64
+    assert torch.allclose(small_batches, model.encode_images(images), atol=1e-5)
+    assert torch.allclose(small_batches.norm(dim=1), torch.ones(5))
+    texts = model.encode_texts(["a red square", "a photo of a blue square"])
+    assert texts.shape == (2, 16) and model.logit_scale == pytest.approx(torch.tensor(2.6592).exp().item(), rel=1e-4)
