@@ -8,7 +8,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import shutil
 import tempfile
 from pathlib import Path
 
