@@ -18,6 +18,7 @@ full-batch gradient, so the contrastive loss sees all N pairs whatever the memor
 """
 
 import contextlib
+import itertools
 import json
 import math
 import os
@@ -320,6 +321,7 @@ def train(options, accelerator: Accelerator) -> None:
     progress = tqdm(total=total_steps, initial=state.step, desc="training", unit="step",
                     disable=not (options.progress_bar and accelerator.is_local_main_process))
     window = Counter()  # sums since the last log line
+    grad_norm = None
     started = time.perf_counter()
     steps_this_run = 0
     while state.step < total_steps:
@@ -328,7 +330,7 @@ def train(options, accelerator: Accelerator) -> None:
                        if state.batches_in_epoch else train_loader)
         while state.step < total_steps:
             data_started = time.perf_counter()
-            micro_batches = [batch for batch, _ in zip(batches, range(options.accum_steps))]
+            micro_batches = list(itertools.islice(batches, options.accum_steps))
             if len(micro_batches) < options.accum_steps:
                 break  # End of the epoch.
             state.batches_in_epoch += options.accum_steps

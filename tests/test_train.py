@@ -1,0 +1,230 @@
+"""train.py end to end on a micro model and tiny synthetic data, plus its pieces in-process."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from accelerate import Accelerator
+from PIL import Image
+from safetensors.torch import load_file
+
+from modeling_psdclip import PSDCLIPConfig, PSDCLIPModel
+from modeling_psdclip.checkpointing import MARKER, CheckpointManager
+from modeling_psdclip.processing import build_processor
+from modeling_psdclip.training_options import parse_options
+from tests.helpers import random_batch
+
+REPO = Path(__file__).resolve().parents[1]
+TRAIN = str(REPO / "train.py")
+
+
+def micro_model_config() -> PSDCLIPConfig:
+    # CLIP's own vocabulary size so the shipped tokenizer fits; everything else as small as it goes.
+    tower = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2}
+    return PSDCLIPConfig(text_config={**tower, "max_position_embeddings": 16},
+                         vision_config={**tower, "image_size": 16, "patch_size": 8}, projection_dim=16)
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    # The synthetic splits are cached per module run, not in the user's cache.
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "XDG_CACHE_HOME": str(tmp_path_factory.mktemp("cache")),
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+            "OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(scope="module")
+def micro_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("micro")
+    torch.manual_seed(0)
+    PSDCLIPModel(micro_model_config()).save_pretrained(folder)
+    build_processor(image_size=16, context_length=16).save_pretrained(folder)
+    return folder
+
+
+def micro_args(micro_folder, root: Path, *extra) -> list[str]:
+    return ["--init-from", str(micro_folder), "--train-samples", "256", "--val-samples", "32", "--batch-size", "16",
+            "--report-to", "none", "--no-progress-bar", "--log-every", "1", "--eval-every", "0",
+            "--warmup-steps", "2", "--output-dir", str(root / "model"), "--run-dir", str(root / "run"), *extra]
+
+
+def run(args, env, launcher=(sys.executable,), check=True) -> subprocess.CompletedProcess:
+    done = subprocess.run([*launcher, TRAIN, *args], env=env, capture_output=True, text=True, timeout=300)
+    if check:
+        assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def log_lines(root: Path) -> list[dict]:
+    return [json.loads(line) for line in (root / "run" / "metrics.jsonl").read_text().splitlines()]
+
+
+def weights(root: Path) -> dict:
+    return load_file(root / "model" / "model.safetensors")
+
+
+def test_shortened_default_run_saves_a_loadable_model_and_learns(tmp_path, env):
+    done = run(["--max-steps", "30", "--batch-size", "32", "--train-samples", "960", "--val-samples", "64",
+                "--warmup-steps", "5", "--log-every", "5", "--eval-every", "15", "--no-progress-bar",
+                "--output-dir", str(tmp_path / "model"), "--run-dir", str(tmp_path / "run"),
+                "--push-to-hub", "someone/psdclip-test"], env, check=False)
+    # Offline, the push fails with one line, after the model was saved.
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1].startswith("train.py: error: could not push")
+    assert "Traceback" not in done.stderr
+
+    model = PSDCLIPModel.from_pretrained(tmp_path / "model")
+    assert model.config.vision_config.image_size == 64
+    card = (tmp_path / "model" / "README.md").read_text()
+    assert "p_mismatch" in card and "val/text_to_image_R@1" in card
+    metrics = json.loads((tmp_path / "model" / "metrics.json").read_text())
+    assert metrics["steps"] == 30 and metrics["skipped_records_total"] == 0
+    losses = [line["train/loss"] for line in log_lines(tmp_path) if "train/loss" in line]
+    assert losses[-1] < losses[0]
+    assert any("val/loss" in line and line["step"] == 15 for line in log_lines(tmp_path))
+
+
+def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, env, micro_folder):
+    one, two = tmp_path / "one", tmp_path / "two"
+    run(micro_args(micro_folder, one, "--max-steps", "1"), env)
+    launcher = (sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no")
+    run(micro_args(micro_folder, two, "--max-steps", "1"), env, launcher=launcher)
+    assert log_lines(two)[0]["train/loss"] == pytest.approx(log_lines(one)[0]["train/loss"], abs=1e-5)
+    reference = weights(one)
+    for name, tensor in weights(two).items():
+        torch.testing.assert_close(tensor, reference[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_killed_run_resumed_from_latest_ends_with_the_same_weights(tmp_path, env, micro_folder):
+    steps = ["--max-steps", "40", "--checkpoint-every", "3", "--keep-checkpoints", "2"]
+    run(micro_args(micro_folder, tmp_path / "whole", *steps), env)
+
+    killed = tmp_path / "killed"
+    process = subprocess.Popen([sys.executable, TRAIN, *micro_args(micro_folder, killed, *steps)], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = killed / "run" / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (log.exists() and len(log.read_text().splitlines()) >= 10):
+        time.sleep(0.02)
+    assert process.poll() is None, "the run finished before it could be killed"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (killed / "model").exists()
+
+    run(micro_args(micro_folder, killed, *steps, "--resume", "latest"), env)
+    whole = weights(tmp_path / "whole")
+    for name, tensor in weights(killed).items():
+        assert torch.equal(tensor, whole[name]), name
+    assert [line["step"] for line in log_lines(killed) if "train/loss" in line] == list(range(1, 41))
+
+
+def write_pairs_with_bad_records(folder: Path) -> dict:
+    """16 rows: 13 usable, one corrupt image, one missing image, one empty caption."""
+    folder.mkdir()
+    rows = []
+    for index in range(13):
+        Image.new("RGB", (16, 16), (index * 19, 80, 160)).save(folder / f"{index}.png")
+        rows.append((f"{index}.png", f"a picture number {index}"))
+    (folder / "corrupt.png").write_bytes(b"not a png at all")
+    rows += [("corrupt.png", "a broken picture"), ("missing.png", "a lost picture"), ("0.png", "")]
+    table = folder / "pairs.csv"
+    table.write_text("image,caption\n" + "".join(f"{image},{caption}\n" for image, caption in rows))
+    return {"missing_image": 1, "corrupt_image": 1, "empty_caption": 1, "undecodable_caption": 0}
+
+
+def test_bad_records_are_skipped_and_counted_exactly(tmp_path, env, micro_folder):
+    expected = write_pairs_with_bad_records(tmp_path / "pairs")
+    run(micro_args(micro_folder, tmp_path, "--data", str(tmp_path / "pairs" / "pairs.csv"), "--epochs", "1"), env)
+    metrics = json.loads((tmp_path / "model" / "metrics.json").read_text())
+    assert metrics["skipped_records"] == expected
+    assert metrics["skipped_records_total"] == 3
+
+
+def test_missing_data_and_bad_options_are_one_line_errors_with_status_2(tmp_path, env, micro_folder):
+    done = run(micro_args(micro_folder, tmp_path, "--data", str(tmp_path / "nowhere.csv")), env, check=False)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("train.py: error: --data: no such file")
+
+    done = run(micro_args(micro_folder, tmp_path, "--accum-steps", "3"), env, check=False)
+    assert done.returncode == 2 and "--batch-size 16 must split evenly" in done.stderr
+
+
+def test_options_come_from_yaml_and_flags_override_it(tmp_path, capsys):
+    config = tmp_path / "run.yaml"
+    config.write_text("batch-size: 64\nmixed_precision: bf16\ndistill_alpha_max: 0\n")
+    options = parse_options(["--config", str(config), "--batch-size", "32"])
+    assert (options.batch_size, options.mixed_precision, options.distill_alpha_max) == (32, "bf16", 0.0)
+    assert options.run_dir == str(Path("runs") / "psdclip-tiny")
+
+    for argv, option in [(["--batch-size", "0"], "--batch-size"), (["--lr", "x"], "--lr"),
+                         (["--distill-alpha-max", "1.5"], "--distill-alpha-max"),
+                         (["--mixed-precision", "fp8"], "--mixed-precision")]:
+        with pytest.raises(SystemExit) as exited:
+            parse_options(argv)
+        assert exited.value.code == 2
+        error = capsys.readouterr().err.strip()
+        assert len(error.splitlines()) == 1 and option in error
+
+    config.write_text("batch_sise: 64\n")
+    with pytest.raises(SystemExit) as exited:
+        parse_options(["--config", str(config)])
+    assert exited.value.code == 2 and "batch_sise" in capsys.readouterr().err
+
+
+def test_help_lists_every_option_with_its_default(env):
+    done = subprocess.run([sys.executable, TRAIN, "--help"], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0
+    for text in ("--accum-steps", "--resume", "--push-to-hub", "--mixed-precision", "(default: 128)"):
+        assert text in done.stdout
+
+
+def test_feature_caching_gives_the_full_batch_loss_and_gradients():
+    from train import forward_backward  # noqa: PLC0415 (train.py is a script, imported only here)
+
+    config = micro_model_config()
+    config.distill_alpha_max = 0.7
+    batch = random_batch(config, 8)
+    results = []
+    for accum_steps in (1, 4):
+        torch.manual_seed(0)
+        model = PSDCLIPModel(config)
+        model.set_distill_progress(5, 10)
+        micro_batches = [{k: v.chunk(accum_steps)[i] for k, v in batch.items()} for i in range(accum_steps)]
+        losses = forward_backward(Accelerator(cpu=True), model, micro_batches)
+        results.append((losses, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    (full, full_grads), (cached, cached_grads) = results
+    for part in ("loss", "loss_hard", "loss_soft", "teacher_entropy", "paired_probability"):
+        torch.testing.assert_close(getattr(cached, part), getattr(full, part))
+    assert full_grads.keys() == cached_grads.keys()
+    for name, grad in full_grads.items():
+        torch.testing.assert_close(cached_grads[name], grad, atol=1e-6, rtol=1e-4, msg=name)
+
+
+class FakeAccelerator:
+    is_main_process = True
+
+    def wait_for_everyone(self):
+        pass
+
+    def save_state(self, folder):
+        Path(folder).mkdir(parents=True)
+        (Path(folder) / "model.safetensors").write_bytes(b"weights")
+
+
+def test_checkpoints_are_complete_or_ignored_and_only_the_last_are_kept(tmp_path):
+    manager = CheckpointManager(tmp_path, keep_last=2)
+    for step in (10, 20, 30):
+        manager.save(FakeAccelerator(), step)
+    assert [p.name for p in manager.complete_checkpoints()] == ["step-00000020", "step-00000030"]
+    # What a kill leaves behind: a staging folder mid-write, or a renamed one whose marker is gone mid-delete.
+    (tmp_path / ".staging-step-00000040").mkdir()
+    (tmp_path / "step-00000050").mkdir()
+    assert manager.latest() == tmp_path / "step-00000030"
+    assert (manager.latest() / MARKER).is_file()
