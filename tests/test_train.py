@@ -228,3 +228,8 @@ def test_checkpoints_are_complete_or_ignored_and_only_the_last_are_kept(tmp_path
     (tmp_path / "step-00000050").mkdir()
     assert manager.latest() == tmp_path / "step-00000030"
     assert (manager.latest() / MARKER).is_file()
+
+
+@pytest.mark.parametrize("config", sorted((REPO / "configs").glob("*.yaml")), ids=lambda path: path.name)
+def test_example_configs_are_valid(config):
+    parse_options(["--config", str(config)])
