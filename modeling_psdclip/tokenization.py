@@ -79,14 +79,15 @@ def _ftfy_character_fixes() -> list[normalizers.Normalizer]:
 def clip_normalizer(lowercase: bool = True) -> normalizers.Normalizer:
     """OpenAI CLIP's cleanup: ftfy.fix_text, html.unescape twice, whitespace collapse, lower-casing."""
     steps = [
-        *_entity_rewrites(without_semicolon=False),  # ftfy decodes entities first...
+        # ftfy decodes entities first; html.unescape decodes again after ftfy, so without its quote fixes.
+        *_entity_rewrites(without_semicolon=False),
         *_ftfy_character_fixes(),
         normalizers.Replace(Regex(ftfy.chardata.SINGLE_QUOTE_RE.pattern), "'"),
         normalizers.Replace(Regex(ftfy.chardata.DOUBLE_QUOTE_RE.pattern), '"'),
         normalizers.Replace(Regex(ftfy.fixes.ANSI_RE.pattern), ""),
         normalizers.Replace(Regex(_char_class(map(chr, ftfy.chardata.CONTROL_CHARS))), ""),
         normalizers.NFC(),
-        *_entity_rewrites(without_semicolon=True),  # ...and html.unescape decodes again after ftfy, without ftfy's quote fixes.
+        *_entity_rewrites(without_semicolon=True),
         normalizers.Replace(Regex(r"\s+"), " "),
         normalizers.Strip(),
     ]
@@ -142,7 +143,7 @@ def _clip_tokenizer(
     )
 
 
-def read_merges(path: Path) -> list[tuple[str, str]]:
+def _read_merges(path: Path) -> list[tuple[str, str]]:
     lines = path.read_text(encoding="utf-8").splitlines()
     return [tuple(line.split()) for line in lines if line and not line.startswith("#version")]
 
@@ -150,7 +151,7 @@ def read_merges(path: Path) -> list[tuple[str, str]]:
 def load_clip_tokenizer(context_length: int = 77) -> PreTrainedTokenizerFast:
     """OpenAI CLIP's 49,408-token BPE tokenizer, from the files shipped in `bpe/`."""
     vocab = json.loads((BPE_DIR / "vocab.json").read_text(encoding="utf-8"))
-    return _clip_tokenizer(vocab, read_merges(BPE_DIR / "merges.txt"), lowercase=True, context_length=context_length)
+    return _clip_tokenizer(vocab, _read_merges(BPE_DIR / "merges.txt"), lowercase=True, context_length=context_length)
 
 
 def train_bpe_tokenizer(

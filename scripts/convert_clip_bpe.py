@@ -20,7 +20,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from modeling_psdclip.tokenization import BPE_DIR, BOS_TOKEN, EOS_TOKEN, clip_vocabulary  # noqa: E402
+from modeling_psdclip.tokenization import BOS_TOKEN, BPE_DIR, EOS_TOKEN, clip_vocabulary  # noqa: E402
 
 MERGES_MEMBER = "open_clip/bpe_simple_vocab_16e6.txt.gz"
 TOKENIZER_MEMBER = "open_clip/tokenizer.py"
@@ -41,7 +41,8 @@ CAPTIONS = [
     "\u4e00\u53ea\u732b\u5728\u6c99\u53d1\u4e0a\u7761\u89c9\uff0c\u5f88\u53ef\u7231\uff01",
     "\uff2c\uff2f\uff35\uff24\u3000\uff2e\uff2f\uff29\uff33\uff25\uff33 \uff11\uff12\uff13",
     "\uc11c\uc6b8\uc758 \uc57c\uacbd \ud55c\uad6d\uc5b4",
-    "\u041c\u043e\u0441\u043a\u0432\u0430 \u0437\u0438\u043c\u043e\u0439 \u0394\u0399\u0391\u039a\u039f\u03a0\u0397\u03a3 \u039f\u0394\u039f\u03a3 \u0391\u0398\u0397\u039d\u0391\u03a3",
+    "\u041c\u043e\u0441\u043a\u0432\u0430 \u0437\u0438\u043c\u043e\u0439 "
+    "\u0394\u0399\u0391\u039a\u039f\u03a0\u0397\u03a3 \u039f\u0394\u039f\u03a3 \u0391\u0398\u0397\u039d\u0391\u03a3",
     "emoji party \U0001f389\U0001f431\U0001f44d\U0001f3fd \U0001f468\u200d\U0001f469\u200d\U0001f467 \u2764\ufe0f",
     "non\u00a0breaking\u00a0space\ttab\nnewline\r\ncrlf   many    spaces  ",
     "  leading and trailing whitespace \u2003 em space \u3000 ideographic  ",
@@ -103,7 +104,10 @@ def make_reference_fixture(wheel: Path, vocab: dict[str, int]) -> None:
     # The reference pads with 0; keep each row up to and including its end token.
     ids = [row[: row.index(reference.eot_token_id) + 1] for row in rows]
     FIXTURE.parent.mkdir(parents=True, exist_ok=True)
-    cases = [{"text": text, "ids": row, "matches": text not in KNOWN_DIFFERENT} for text, row in zip(CAPTIONS, ids)]
+    cases = [
+        {"text": text, "ids": row, "matches": text not in KNOWN_DIFFERENT}
+        for text, row in zip(CAPTIONS, ids, strict=True)
+    ]
     # One case a line keeps the fixture readable and its diffs small.
     lines = ",\n  ".join(json.dumps(case, ensure_ascii=False) for case in cases)
     FIXTURE.write_text(

@@ -31,7 +31,7 @@ def reference_cases():
 def test_ids_match_reference_fixture(tokenizer, reference_cases):
     texts = [case["text"] for case in reference_cases]
     ids = tokenizer(texts, truncation=True)["input_ids"]
-    for case, row in zip(reference_cases, ids):
+    for case, row in zip(reference_cases, ids, strict=True):
         assert row == case["ids"], case["text"]
 
 
@@ -45,8 +45,8 @@ def test_ids_match_live_reference(tokenizer, reference_cases):
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
     reference = module.SimpleTokenizer()
-    texts = [case["text"] for case in reference_cases] + ["a photo of a {}.".format(w) for w in ("tench", "goldfish")]
-    for text, row in zip(texts, tokenizer(texts, truncation=True)["input_ids"]):
+    texts = [case["text"] for case in reference_cases] + [f"a photo of a {w}." for w in ("tench", "goldfish")]
+    for text, row in zip(texts, tokenizer(texts, truncation=True)["input_ids"], strict=True):
         expected = reference([text])[0].tolist()
         assert row == expected[: expected.index(reference.eot_token_id) + 1], text
 
