@@ -446,6 +446,9 @@ def main(argv: list[str] | None = None) -> None:
     options = parse_options(argv, prog=PROG)
     try:
         accelerator = Accelerator(
+            # Without an accelerator device, Accelerate would treat a multi-process launch as one process each;
+            # `cpu` makes it gloo DDP on CPU.
+            cpu=not torch.accelerator.is_available(),
             mixed_precision=options.mixed_precision,
             log_with=trackers(options) or None,
             project_config=ProjectConfiguration(project_dir=options.run_dir,
