@@ -86,7 +86,7 @@ REMOTE_SCRIPT = textwrap.dedent(
     with torch.inference_mode():
         out = model(**inputs)
     classifier = pipeline("zero-shot-image-classification", model=folder, trust_remote_code=True)
-    ranked = classifier(image_path, candidate_labels=%r)
+    ranked = classifier(image_path, candidate_labels=%r, hypothesis_template="{}")
     json.dump({"module": type(model).__module__, "image": out.image_embeds.tolist(),
                "text": out.text_embeds.tolist(), "ranked": ranked}, open(out_path, "w"))
     """
