@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import ProjectConfiguration, TorchDynamoPlugin, set_seed
+from accelerate.utils import DistributedType, ProjectConfiguration, TorchDynamoPlugin, set_seed
 from tqdm.auto import tqdm
 from transformers import AutoProcessor, get_cosine_schedule_with_warmup
 
@@ -159,6 +159,13 @@ def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def parameters_are_sharded(accelerator: Accelerator) -> bool:
+    if accelerator.distributed_type == DistributedType.FSDP:
+        return True
+    plugin = accelerator.state.deepspeed_plugin
+    return accelerator.distributed_type == DistributedType.DEEPSPEED and plugin is not None and plugin.zero_stage == 3
+
+
 def training_flops_per_sample(model: PSDCLIPModel, feature_caching: bool) -> float:
     """Approximate FLOPs of one training sample: 2 per weight per token forward, twice that backward.
 
@@ -278,6 +285,9 @@ def train(options, accelerator: Accelerator) -> None:
     if micro_batch * accelerator.num_processes * options.accum_steps != options.batch_size or micro_batch == 0:
         raise OptionError(f"--batch-size {options.batch_size} must split evenly over {accelerator.num_processes} "
                           f"processes x {options.accum_steps} accumulation steps")
+    if options.accum_steps > 1 and parameters_are_sharded(accelerator):
+        raise OptionError("--accum-steps: feature caching reads the logit scale outside the model's forward, which "
+                          "FSDP and DeepSpeed ZeRO-3 do not allow; use --accum-steps 1 there")
     # The sampler's order depends only on (seed, epoch), and augmentation is seeded per sample: a resumed run
     # skips the batches it has seen and then reads exactly what the uninterrupted run would have.
     train_loader = torch.utils.data.DataLoader(

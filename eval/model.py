@@ -21,11 +21,6 @@ class ImageTextEncoder(Protocol):
     def encode_texts(self, texts: Sequence[str]) -> torch.Tensor: ...
 
     @property
-    def context_length(self) -> int:
-        # The model's position table, not the tokenizer's model_max_length, bounds what it can read.
-        return self.model.config.text_config.max_position_embeddings
-
-    @property
     def logit_scale(self) -> float: ...
 
 

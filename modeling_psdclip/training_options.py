@@ -43,8 +43,8 @@ class TrainingOptions:
     train_samples: int = option(20480, "size of the built-in synthetic training split (made once, then cached)")
     val_samples: int = option(512, "size of the built-in synthetic validation split")
     p_mismatch: float = option(0.2, "synthetic data: probability a caption describes another scene")
-    p_partial: float = option(0.2, "synthetic data: probability a caption names only part of the scene")
-    p_generic: float = option(0.1, "synthetic data: probability a caption is uninformative boilerplate")
+    p_partial: float = option(0.2, "synthetic data: probability one attribute of a caption is wrong")
+    p_generic: float = option(0.1, "synthetic data: probability a caption is generic (fits many scenes)")
     image_size: int | None = option(None, "input resolution in pixels (default: the model's)")
     num_workers: int = option(0, "DataLoader worker processes per training process")
     # Optimisation.
