@@ -1,6 +1,7 @@
 """train.py end to end on a micro model and tiny synthetic data, plus its pieces in-process."""
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -233,3 +234,11 @@ def test_checkpoints_are_complete_or_ignored_and_only_the_last_are_kept(tmp_path
 @pytest.mark.parametrize("config", sorted((REPO / "configs").glob("*.yaml")), ids=lambda path: path.name)
 def test_example_configs_are_valid(config):
     parse_options(["--config", str(config)])
+
+
+def test_bf16_gradient_checkpointing_and_feature_caching_train(tmp_path, env, micro_folder):
+    run(micro_args(micro_folder, tmp_path, "--max-steps", "3", "--mixed-precision", "bf16",
+                   "--gradient-checkpointing", "--accum-steps", "2"), env)
+    losses = [line["train/loss"] for line in log_lines(tmp_path) if "train/loss" in line]
+    assert len(losses) == 3 and all(math.isfinite(loss) for loss in losses)
+    PSDCLIPModel.from_pretrained(tmp_path / "model")
