@@ -385,7 +385,7 @@ def train(options, accelerator: Accelerator) -> None:
                     "train/loss": parts[0], "train/loss_hard": parts[1], "train/loss_soft": parts[2],
                     "train/teacher_entropy": parts[3], "train/paired_probability": parts[4],
                     "train/distill_alpha": losses.distill_alpha.item(),
-                    "train/logit_scale": psd.logit_multiplier().item(),
+                    "train/logit_scale": losses.logit_scale.item(),
                     "train/lr": scheduler.get_last_lr()[0],
                     "train/grad_norm": grad_norm.item() if grad_norm is not None else float("nan"),
                     "perf/samples_per_s": samples_per_s,

@@ -34,6 +34,7 @@ class PSDLossOutput:
     distill_alpha: torch.Tensor
     teacher_entropy: torch.Tensor
     paired_probability: torch.Tensor
+    logit_scale: torch.Tensor
 
 
 @dataclass
@@ -46,6 +47,7 @@ class PSDCLIPOutput(CLIPOutput):
     distill_alpha (`torch.Tensor`): the teacher weight `a(t)` used this step.
     teacher_entropy (`torch.Tensor`): mean entropy of the teacher's rows, both directions.
     paired_probability (`torch.Tensor`): mean teacher probability of each row's own pair, both directions.
+    logit_scale (`torch.Tensor`): the similarity scale s the logits were multiplied by (no gradient).
     """
 
     loss_hard: torch.Tensor | None = None
@@ -53,6 +55,7 @@ class PSDCLIPOutput(CLIPOutput):
     distill_alpha: torch.Tensor | None = None
     teacher_entropy: torch.Tensor | None = None
     paired_probability: torch.Tensor | None = None
+    logit_scale: torch.Tensor | None = None
 
 
 def gather_with_grad(features: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -149,6 +152,8 @@ class PSDContrastiveLoss(nn.Module):
             distill_alpha=torch.tensor(alpha, device=image_embeds.device),
             teacher_entropy=entropy,
             paired_probability=paired,
+            # Reported from here so a training loop never reads a parameter that FSDP may hold sharded.
+            logit_scale=logit_scale.detach(),
         )
 
 

@@ -96,3 +96,4 @@ def test_constant_schedule_and_diagnostics():
     out = loss_fn(embeds, embeds, torch.tensor(10.0))
     assert out.teacher_entropy.item() == pytest.approx(math.log(6), rel=1e-5)
     assert out.paired_probability.item() == pytest.approx(1 / 6, rel=1e-5)
+    assert out.logit_scale.item() == 10.0 and not out.logit_scale.requires_grad
