@@ -159,11 +159,9 @@ def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def parameters_are_sharded(accelerator: Accelerator) -> bool:
-    if accelerator.distributed_type == DistributedType.FSDP:
-        return True
-    plugin = accelerator.state.deepspeed_plugin
-    return accelerator.distributed_type == DistributedType.DEEPSPEED and plugin is not None and plugin.zero_stage == 3
+def feature_caching_unsupported(accelerator: Accelerator) -> bool:
+    # FSDP shards the logit scale outside the forward; DeepSpeed steps the optimizer inside every backward.
+    return accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
 
 
 def training_flops_per_sample(model: PSDCLIPModel, feature_caching: bool) -> float:
@@ -188,9 +186,23 @@ def training_flops_per_sample(model: PSDCLIPModel, feature_caching: bool) -> flo
 # One step, validation
 
 
-def forward_backward(accelerator: Accelerator, model, micro_batches: list[dict]):
-    """Forward and backward of this process's share of the global batch; returns the loss parts."""
+LOSS_PARTS = ("loss", "loss_hard", "loss_soft", "teacher_entropy", "paired_probability")
+
+
+def global_loss_parts(accelerator: Accelerator, losses) -> dict:
+    """The loss parts of the whole global batch: the mean over processes of their rows' means."""
+    local = torch.stack([getattr(losses, name) for name in LOSS_PARTS]).detach().float()
+    return dict(zip(LOSS_PARTS, accelerator.reduce(local, "mean").tolist()))
+
+
+def forward_backward(accelerator: Accelerator, model, micro_batches: list[dict]) -> tuple[object, dict]:
+    """Forward and backward of this process's share of the global batch.
+
+    Returns the last micro-step's loss output and the global loss parts. A non-finite loss (on any process) is
+    not backpropagated at all: under DeepSpeed the backward pass itself steps the optimizer.
+    """
     psd = accelerator.unwrap_model(model)
+    parts = None
     cached_images = cached_texts = None
     if len(micro_batches) > 1:
         with torch.no_grad():
@@ -212,30 +224,39 @@ def forward_backward(accelerator: Accelerator, model, micro_batches: list[dict])
                 # Every micro-step's loss contains the scale; its gradient is taken once so the sum over
                 # micro-steps is exactly the full-batch gradient.
                 losses = psd.psd_loss(images, texts, scale if index == last else scale.detach())
+            if parts is None:
+                # Every micro-step's loss has the full-batch value, so the first one decides for the step.
+                parts = global_loss_parts(accelerator, losses)
+                if not math.isfinite(parts["loss"]):
+                    return losses, parts
             accelerator.backward(losses.loss)
-    return losses
+    return losses, parts
 
 
 @torch.no_grad()
 def validate(accelerator: Accelerator, model, loader) -> dict:
-    """Held-out CLIP loss (alpha-free, so runs with any schedule compare) and retrieval Recall@1."""
+    """Held-out CLIP loss (alpha-free, so runs with any schedule compare) and retrieval Recall@1.
+
+    Embeddings are gathered batch by batch, inside the loop, so `gather_for_metrics` can drop the samples
+    Accelerate repeats to even out the last batch; each batch's loss is over the global batch, so it does not
+    depend on the number of processes.
+    """
     model.eval()
     images, texts, batch_losses = [], [], []
     for batch in loader:
         output = model(**{k: batch[k] for k in MODEL_INPUTS}, return_loss=False)
-        labels = torch.arange(len(output.logits_per_image), device=output.logits_per_image.device)
-        loss = (F.cross_entropy(output.logits_per_image.float(), labels) +
-                F.cross_entropy(output.logits_per_text.float(), labels)) / 2
-        batch_losses.append(loss.reshape(1))
-        images.append(output.image_embeds.float())
-        texts.append(output.text_embeds.float())
+        image_embeds = accelerator.gather_for_metrics(output.image_embeds.float())
+        text_embeds = accelerator.gather_for_metrics(output.text_embeds.float())
+        logits = output.logit_scale.float() * image_embeds @ text_embeds.t()
+        labels = torch.arange(len(logits), device=logits.device)
+        batch_losses.append((F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)).item() / 2)
+        images.append(image_embeds.cpu())
+        texts.append(text_embeds.cpu())
     model.train()
-    images = accelerator.gather_for_metrics(torch.cat(images)).cpu()
-    texts = accelerator.gather_for_metrics(torch.cat(texts)).cpu()
-    batch_losses = accelerator.gather(torch.cat(batch_losses))
+    images, texts = torch.cat(images), torch.cat(texts)
     pairs = torch.arange(len(images))
     return {
-        "val/loss": batch_losses.mean().item(),
+        "val/loss": sum(batch_losses) / len(batch_losses),
         "val/image_to_text_R@1": float((true_match_ranks(images, texts, pairs, pairs) < 1).mean()),
         "val/text_to_image_R@1": float((true_match_ranks(texts, images, pairs, pairs) < 1).mean()),
     }
@@ -285,9 +306,10 @@ def train(options, accelerator: Accelerator) -> None:
     if micro_batch * accelerator.num_processes * options.accum_steps != options.batch_size or micro_batch == 0:
         raise OptionError(f"--batch-size {options.batch_size} must split evenly over {accelerator.num_processes} "
                           f"processes x {options.accum_steps} accumulation steps")
-    if options.accum_steps > 1 and parameters_are_sharded(accelerator):
-        raise OptionError("--accum-steps: feature caching reads the logit scale outside the model's forward, which "
-                          "FSDP and DeepSpeed ZeRO-3 do not allow; use --accum-steps 1 there")
+    if options.accum_steps > 1 and feature_caching_unsupported(accelerator):
+        raise OptionError("--accum-steps: feature caching backpropagates several times per optimizer step and reads "
+                          "the logit scale outside the model's forward, which FSDP and DeepSpeed do not allow; use "
+                          "--accum-steps 1 there")
     # The sampler's order depends only on (seed, epoch), and augmentation is seeded per sample: a resumed run
     # skips the batches it has seen and then reads exactly what the uninterrupted run would have.
     train_loader = torch.utils.data.DataLoader(
@@ -320,6 +342,8 @@ def train(options, accelerator: Accelerator) -> None:
     if resume_from is not None:
         accelerator.load_state(str(resume_from))
         logger.info(f"resumed from {resume_from} at step {state.step}", main_process_only=True)
+        if accelerator.is_main_process:
+            checkpoints.discard_newer_than(state.step)
     log = JsonlLog(run_dir / "metrics.jsonl", accelerator.is_main_process)
     log.restart_from(state.step)
     accelerator.init_trackers("psdclip", config=tracker_config(options))
@@ -347,25 +371,21 @@ def train(options, accelerator: Accelerator) -> None:
             compute_started = time.perf_counter()
 
             psd.set_distill_progress(state.step, total_steps)
-            skipped = accelerator.reduce(torch.tensor([[b["skipped"][reason] for reason in SKIP_REASONS]
-                                                       for b in micro_batches], device=accelerator.device).sum(0),
-                                         "sum")
-            losses = forward_backward(accelerator, model, [{k: b[k] for k in MODEL_INPUTS} for b in micro_batches])
-            # Loss parts of the whole global batch: the mean over processes of their rows' means.
-            parts = accelerator.reduce(torch.stack([
-                losses.loss, losses.loss_hard, losses.loss_soft, losses.teacher_entropy, losses.paired_probability,
-            ]).detach().float(), "mean").tolist()
-            if math.isfinite(parts[0]):
+            skipped = accelerator.reduce(sum(b["skipped"].sum(0) for b in micro_batches).to(accelerator.device), "sum")
+            losses, parts = forward_backward(accelerator, model, [{k: b[k] for k in MODEL_INPUTS}
+                                                                  for b in micro_batches])
+            if math.isfinite(parts["loss"]):
                 grad_norm = (accelerator.clip_grad_norm_(model.parameters(), options.max_grad_norm)
                              if options.max_grad_norm else None)
                 optimizer.step()
                 state.nonfinite_in_row = 0
             else:
+                grad_norm = None
                 state.nonfinite_in_row += 1
                 state.nonfinite_total += 1
-                logger.warning(f"step {state.step}: non-finite loss, step skipped", main_process_only=True)
+                logger.warning(f"step {state.step + 1}: non-finite loss, step skipped", main_process_only=True)
                 if state.nonfinite_in_row >= options.max_nonfinite_steps:
-                    raise TrainingDiverged(f"stopped at step {state.step}: {state.nonfinite_in_row} non-finite "
+                    raise TrainingDiverged(f"stopped at step {state.step + 1}: {state.nonfinite_in_row} non-finite "
                                            "losses in a row (try a lower --lr or --mixed-precision no)")
             optimizer.zero_grad(set_to_none=True)
             scheduler.step()
@@ -376,18 +396,17 @@ def train(options, accelerator: Accelerator) -> None:
             step_done = time.perf_counter()
             progress.update()
 
-            window.update(steps=1, data_s=compute_started - data_started, compute_s=step_done - compute_started,
-                          loss=parts[0] if math.isfinite(parts[0]) else 0)
+            window.update(steps=1, data_s=compute_started - data_started, compute_s=step_done - compute_started)
             if state.step % options.log_every == 0 or state.step == total_steps:
                 seconds = window["data_s"] + window["compute_s"]
                 samples_per_s = window["steps"] * options.batch_size / seconds
                 metrics = {
-                    "train/loss": parts[0], "train/loss_hard": parts[1], "train/loss_soft": parts[2],
-                    "train/teacher_entropy": parts[3], "train/paired_probability": parts[4],
+                    **{f"train/{name}": value for name, value in parts.items()},
                     "train/distill_alpha": losses.distill_alpha.item(),
                     "train/logit_scale": losses.logit_scale.item(),
                     "train/lr": scheduler.get_last_lr()[0],
-                    "train/grad_norm": grad_norm.item() if grad_norm is not None else float("nan"),
+                    # float(): DeepSpeed returns the norm as a Python float, other backends as a tensor.
+                    "train/grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
                     "perf/samples_per_s": samples_per_s,
                     "perf/data_wait_s": window["data_s"] / window["steps"],
                     "perf/compute_s": window["compute_s"] / window["steps"],
@@ -396,7 +415,7 @@ def train(options, accelerator: Accelerator) -> None:
                 if options.peak_tflops:
                     metrics["perf/mfu"] = metrics["perf/tflops_per_device"] / options.peak_tflops
                 report(metrics)
-                progress.set_postfix(loss=f"{parts[0]:.3f}", alpha=f"{metrics['train/distill_alpha']:.2f}",
+                progress.set_postfix(loss=f"{parts['loss']:.3f}", alpha=f"{metrics['train/distill_alpha']:.2f}",
                                      samples_s=f"{samples_per_s:.0f}")
                 window.clear()
             if val_loader is not None and options.eval_every and state.step % options.eval_every == 0 \

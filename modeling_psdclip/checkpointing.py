@@ -62,6 +62,15 @@ class CheckpointManager:
                  if (match := STEP_FOLDER.fullmatch(path.name)) and is_complete(path)]
         return [path for _, path in sorted(found)]
 
+    def discard_newer_than(self, step: int) -> None:
+        """Remove the complete checkpoints past `step` (main process, after resuming from an earlier one).
+
+        The resumed run writes a new history; `latest` must never lead back into the old one.
+        """
+        for checkpoint in self.complete_checkpoints():
+            if int(STEP_FOLDER.fullmatch(checkpoint.name).group(1)) > step:
+                remove_checkpoint(checkpoint)
+
     def latest(self) -> Path | None:
         checkpoints = self.complete_checkpoints()
         return checkpoints[-1] if checkpoints else None

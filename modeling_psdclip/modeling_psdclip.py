@@ -47,7 +47,7 @@ class PSDCLIPOutput(CLIPOutput):
     distill_alpha (`torch.Tensor`): the teacher weight `a(t)` used this step.
     teacher_entropy (`torch.Tensor`): mean entropy of the teacher's rows, both directions.
     paired_probability (`torch.Tensor`): mean teacher probability of each row's own pair, both directions.
-    logit_scale (`torch.Tensor`): the similarity scale s the logits were multiplied by (no gradient).
+    logit_scale (`torch.Tensor`): the similarity scale s the logits were multiplied by (no gradient; always set).
     """
 
     loss_hard: torch.Tensor | None = None
@@ -200,7 +200,10 @@ class PSDCLIPModel(CLIPModel):
         logit_scale = self.logit_multiplier()
         logits_per_image = logit_scale * image_embeds @ text_embeds.t()
 
-        loss_parts = vars(self.psd_loss(image_embeds, text_embeds, logit_scale)) if return_loss else {}
+        if return_loss:
+            loss_parts = vars(self.psd_loss(image_embeds, text_embeds, logit_scale))
+        else:
+            loss_parts = {"logit_scale": logit_scale.detach()}
         return PSDCLIPOutput(
             logits_per_image=logits_per_image,
             logits_per_text=logits_per_image.t(),

@@ -23,6 +23,8 @@ from tests.helpers import random_batch
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = str(REPO / "train.py")
+TWO_PROCESSES = (sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                 "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no")
 
 
 def micro_model_config() -> PSDCLIPConfig:
@@ -93,11 +95,13 @@ def test_shortened_default_run_saves_a_loadable_model_and_learns(tmp_path, env):
 
 def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, env, micro_folder):
     one, two = tmp_path / "one", tmp_path / "two"
-    run(micro_args(micro_folder, one, "--max-steps", "1"), env)
-    launcher = (sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no")
-    run(micro_args(micro_folder, two, "--max-steps", "1"), env, launcher=launcher)
+    # 30 validation records: the last global batch is uneven, so two processes pad it and must drop the padding.
+    args = ("--max-steps", "1", "--val-samples", "30")
+    run(micro_args(micro_folder, one, *args), env)
+    run(micro_args(micro_folder, two, *args), env, launcher=TWO_PROCESSES)
     assert log_lines(two)[0]["train/loss"] == pytest.approx(log_lines(one)[0]["train/loss"], abs=1e-5)
+    for metric, value in log_lines(one)[-1].items():
+        assert log_lines(two)[-1][metric] == pytest.approx(value, abs=1e-5), metric
     reference = weights(one)
     for name, tensor in weights(two).items():
         torch.testing.assert_close(tensor, reference[name], atol=1e-5, rtol=1e-4, msg=name)
@@ -126,11 +130,11 @@ def test_killed_run_resumed_from_latest_ends_with_the_same_weights(tmp_path, env
     assert [line["step"] for line in log_lines(killed) if "train/loss" in line] == list(range(1, 41))
 
 
-def write_pairs_with_bad_records(folder: Path) -> dict:
-    """16 rows: 13 usable, one corrupt image, one missing image, one empty caption."""
+def write_pairs_with_bad_records(folder: Path, usable: int = 13) -> dict:
+    """`usable` good rows, then one corrupt image, one missing image, one empty caption."""
     folder.mkdir()
     rows = []
-    for index in range(13):
+    for index in range(usable):
         Image.new("RGB", (16, 16), (index * 19, 80, 160)).save(folder / f"{index}.png")
         rows.append((f"{index}.png", f"a picture number {index}"))
     (folder / "corrupt.png").write_bytes(b"not a png at all")
@@ -146,6 +150,26 @@ def test_bad_records_are_skipped_and_counted_exactly(tmp_path, env, micro_folder
     metrics = json.loads((tmp_path / "model" / "metrics.json").read_text())
     assert metrics["skipped_records"] == expected
     assert metrics["skipped_records_total"] == 3
+
+
+def test_streamed_bad_records_are_counted_exactly_over_two_processes(tmp_path, env, micro_folder):
+    # 12 usable records are exactly 3 steps of 4: every record is read, so every bad row's count arrives.
+    expected = write_pairs_with_bad_records(tmp_path / "pairs", usable=12)
+    run(micro_args(micro_folder, tmp_path, "--data", str(tmp_path / "pairs" / "pairs.csv"), "--streaming",
+                   "--batch-size", "4", "--max-steps", "3"), env, launcher=TWO_PROCESSES)
+    assert json.loads((tmp_path / "model" / "metrics.json").read_text())["skipped_records"] == expected
+
+
+def test_diverging_run_skips_non_finite_steps_then_stops_with_one_line(tmp_path, env, micro_folder):
+    done = run(micro_args(micro_folder, tmp_path, "--lr", "1e30", "--warmup-steps", "0", "--max-steps", "20",
+                          "--max-nonfinite-steps", "3"), env, launcher=TWO_PROCESSES, check=False)
+    # The launcher prints its own report of a failed worker; train.py itself exits with one line.
+    assert done.returncode == 1 and f'File "{TRAIN}"' not in done.stderr
+    assert "train.py: error: stopped at step 4: 3 non-finite losses in a row" in done.stderr
+    # The first step is finite; the next three are not and are skipped.
+    losses = [line["train/loss"] for line in log_lines(tmp_path)]
+    assert math.isfinite(losses[0]) and len(losses) == 3 and not any(map(math.isfinite, losses[1:]))
+    assert not (tmp_path / "model").exists()
 
 
 def test_missing_data_and_bad_options_are_one_line_errors_with_status_2(tmp_path, env, micro_folder):
@@ -229,6 +253,9 @@ def test_checkpoints_are_complete_or_ignored_and_only_the_last_are_kept(tmp_path
     (tmp_path / "step-00000050").mkdir()
     assert manager.latest() == tmp_path / "step-00000030"
     assert (manager.latest() / MARKER).is_file()
+    # Resumed from step 20: the old step 30 is another history and must not be offered again.
+    manager.discard_newer_than(20)
+    assert manager.latest() == tmp_path / "step-00000020"
 
 
 @pytest.mark.parametrize("config", sorted((REPO / "configs").glob("*.yaml")), ids=lambda path: path.name)

@@ -1,7 +1,5 @@
 """From a list of decoded records to a model batch: augmentation or eval preprocessing, tokenization, skip counts."""
 
-from collections import Counter
-
 import torch
 
 from .records import SKIP_REASONS
@@ -12,9 +10,11 @@ from .transforms import normalize, random_resized_crop
 class ImageTextCollator:
     """The DataLoader `collate_fn`; it runs in the workers, so augmentation does too.
 
-    Returns `{"pixel_values", "input_ids", "attention_mask", "skipped"}`, where `skipped` maps every reason in
-    `SKIP_REASONS` to the number of bad rows passed over for this batch; summing it over batches, workers and
-    processes gives the run's totals.
+    Returns `{"pixel_values", "input_ids", "attention_mask", "skipped"}`, where `skipped` is a `(batch,
+    len(SKIP_REASONS))` count tensor: per record, the bad rows of each reason passed over on the way to it.
+    Summing it over batches, workers and processes gives the run's totals. It is a tensor with one row per record
+    so that Accelerate can concatenate, broadcast and split it with the rest of the batch (as it does for
+    streamed data over several processes).
 
     `train=True` crops at random (CLIP's random resized crop, seeded by the sample key so a resumed run crops
     alike) and normalises with the image processor's mean and std; `train=False` uses the image processor
@@ -33,15 +33,13 @@ class ImageTextCollator:
     def __call__(self, records: list[dict]) -> dict:
         text = self.processor.tokenizer([record["caption"] for record in records], padding="max_length",
                                         truncation=True, max_length=self.context_length, return_tensors="pt")
-        skipped = Counter()
-        for record in records:
-            skipped.update(record.get("skipped", {}))
         return {
             "pixel_values": self._pixel_values([record["image"] for record in records],
                                                [record.get("key") for record in records]),
             "input_ids": text["input_ids"],
             "attention_mask": text["attention_mask"],
-            "skipped": {reason: skipped[reason] for reason in SKIP_REASONS},
+            "skipped": torch.tensor([[record.get("skipped", {}).get(reason, 0) for reason in SKIP_REASONS]
+                                     for record in records], dtype=torch.long),
         }
 
     def _pixel_values(self, images: list, keys: list[SampleKey | None]) -> torch.Tensor:
