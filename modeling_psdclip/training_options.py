@@ -59,7 +59,7 @@ class TrainingOptions:
     adam_beta1: float = option(0.9, "AdamW beta1")
     adam_beta2: float = option(0.98, "AdamW beta2")
     adam_eps: float = option(1e-6, "AdamW epsilon")
-    max_grad_norm: float = option(1.0, "clip the gradient norm to this; 0 disables")
+    max_grad_norm: float = option(1.0, "clip the gradient norm to this; 0 disables (DeepSpeed: its gradient_clipping)")
     mixed_precision: str = option("no", "autocast dtype (Accelerate)", choices=("no", "bf16", "fp16"))
     compile: bool = option(False, "torch.compile the model")
     gradient_checkpointing: bool = option(False, "recompute activations in the backward pass to save memory")
