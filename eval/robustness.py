@@ -3,8 +3,9 @@ effective robustness (Taori et al. 2020, "Measuring robustness to natural distri
 
 Effective robustness is a model's shifted accuracy above what a baseline predicts from its in-distribution
 accuracy. The baseline is a line fitted, in logit-scaled accuracy, through the (in-distribution, shifted)
-points of the models evaluated together; it needs at least two models with different in-distribution
-accuracy, and is None otherwise.
+points of the models evaluated together. A line through two points fits both exactly, which would report 0 for
+every model, so the fit needs at least three models and two different in-distribution accuracies; effective
+robustness is None otherwise.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ def _logit(accuracy):
 def fit_baseline(in_accuracy, shifted_accuracy) -> tuple[float, float] | None:
     """Slope and intercept of logit(shifted) = slope * logit(in) + intercept, or None when underdetermined."""
     x = _logit(np.asarray(in_accuracy, dtype=float))
-    if len(x) < 2 or np.ptp(x) == 0:
+    if len(x) < 3 or np.ptp(x) == 0:
         return None
     slope, intercept = np.polyfit(x, _logit(np.asarray(shifted_accuracy, dtype=float)), 1)
     return float(slope), float(intercept)

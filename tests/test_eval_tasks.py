@@ -99,8 +99,11 @@ def test_noisy_pairs_aligned_finds_every_mismatch(tmp_path):
 
 
 def test_effective_robustness_against_a_logit_linear_baseline():
-    # Three models on the line logit(shifted) = logit(in) - 1: the fit recovers it; one model fits nothing.
+    # Three models on the line logit(shifted) = logit(in) - 1: the fit recovers it; two models fit nothing (any
+    # line through two points leaves no residual to measure).
     assert fit_baseline([0.5], [0.4]) is None
+    assert fit_baseline([0.5, 0.7], [0.4, 0.5]) is None
+    assert fit_baseline([0.5, 0.5, 0.5], [0.4, 0.5, 0.3]) is None
     in_accuracy = np.array([0.3, 0.5, 0.8])
     on_line = baseline_prediction((1.0, -1.0), in_accuracy)
     slope, intercept = fit_baseline(in_accuracy, on_line)
@@ -114,10 +117,12 @@ def test_robustness_reports_accuracy_drop_and_effective_robustness():
     aligned, random = results["models"]
     assert aligned["in_distribution_accuracy"] == aligned["shifted"]["shifted"]["accuracy"] == 1.0
     assert aligned["shifted"]["shifted"]["drop"] == 0.0
-    # Two points define the baseline line, so both lie on it.
-    assert aligned["shifted"]["average"]["effective_robustness"] == pytest.approx(0.0, abs=1e-3)
-    assert results["baselines"]["shifted"] is not None
-    single = robustness([KeywordEncoder(CLASSES)], in_distribution, [shifted], ["a {}"])
-    assert single["models"][0]["shifted"]["shifted"]["effective_robustness"] is None
+    # Two models are too few for a baseline fit; a third gives one, and a value for every model.
+    assert aligned["shifted"]["average"]["effective_robustness"] is None
+    assert results["baselines"]["shifted"] is None
+    three = robustness([KeywordEncoder(CLASSES), RandomEncoder(), RandomEncoder(seed=1)], in_distribution, [shifted],
+                       ["a {}"])
+    assert three["baselines"]["shifted"] is not None
+    assert all(isinstance(entry["shifted"]["average"]["effective_robustness"], float) for entry in three["models"])
     with pytest.raises(EvalInputError, match="other class names"):
         robustness([RandomEncoder()], in_distribution, [classification_data(classes=CLASSES[::-1])])
