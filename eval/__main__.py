@@ -87,6 +87,9 @@ def load_data(args, source: str) -> EvalData:
         if data.class_names is not None and len(names) != len(data.class_names):
             raise EvalInputError(f"{args.classnames} has {len(names)} class names; data {data.name!r} has "
                                  f"{len(data.class_names)} classes")
+        if data.labels is not None and data.labels.max() >= len(names):
+            raise EvalInputError(f"data {data.name!r} has labels beyond the {len(names)} class names of "
+                                 f"{args.classnames}")
         data.class_names = names
     return data
 

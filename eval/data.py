@@ -2,9 +2,10 @@
 
 Sources (`load_eval_data(source)`):
 - `synthetic:SPLIT` — the library's built-in captioned scenes (train, val, test, sketch, unseen_texture, ...).
-- `PATH[:SPLIT]` where PATH holds `classnames.txt` — a CLIP_benchmark webdataset export: shards
-  `SPLIT/*.tar` (default split "test") with an image (.webp/.jpg/.png) and .cls (class index) or .txt
-  (captions, one a line) per sample, plus optional `zeroshot_classification_templates.txt`.
+- `PATH[:SPLIT]` where PATH holds `classnames.txt` or `dataset_type.txt` — a CLIP_benchmark webdataset export
+  (classification or retrieval): shards `SPLIT/*.tar` (default split "test") with an image (.webp/.jpg/.png)
+  and .cls (class index) or .txt (captions, one a line) per sample, plus optional
+  `zeroshot_classification_templates.txt`.
 - `PATH[:SPLIT]` written by `Dataset.save_to_disk` / `DatasetDict.save_to_disk` (e.g. the OpenMoji benchmark).
 - `PATH[:SPLIT]` any other folder — `datasets`' imagefolder: classes from sub-folder names; or, with a
   `metadata.jsonl`/`metadata.csv` next to the images (datasets then infers no folder classes), captions,
@@ -13,6 +14,7 @@ Sources (`load_eval_data(source)`):
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -85,9 +87,7 @@ def _labels(dataset, column, class_names, name):
         index = {class_name: i for i, class_name in enumerate(class_names)}
         return np.asarray([index[value] for value in values]), class_names
     labels = np.asarray(values, dtype=int)
-    if class_names is None:
-        raise EvalInputError(f"data {name!r} has integer labels in {column!r} but no class names")
-    if labels.min() < 0 or labels.max() >= len(class_names):
+    if labels.min() < 0 or (class_names is not None and labels.max() >= len(class_names)):
         raise EvalInputError(f"data {name!r} has labels outside its {len(class_names)} class names")
     return labels, class_names
 
@@ -95,12 +95,24 @@ def _labels(dataset, column, class_names, name):
 def _captions(dataset) -> list[list[str]] | None:
     columns = dataset.column_names
     if "captions" in columns:
-        return [list(captions) for captions in dataset["captions"]]
+        return [_caption_list(captions) for captions in dataset["captions"]]
     if "caption" in columns:
         return [[caption] for caption in dataset["caption"]]
     if "txt" in columns:
         return [text.splitlines() for text in dataset["txt"]]
     return None
+
+
+def _caption_list(captions) -> list[str]:
+    """Several captions as a list; a table (metadata.csv) holds them as text: a JSON list, or one a line."""
+    if not isinstance(captions, str):
+        return list(captions)
+    if captions.lstrip().startswith("["):
+        try:
+            return [str(caption) for caption in json.loads(captions)]
+        except json.JSONDecodeError:
+            pass
+    return captions.splitlines()
 
 
 def load_eval_data(source: str, *, label_column: str | None = None, num_samples: int = 1000, seed: int = 0,
@@ -112,7 +124,7 @@ def load_eval_data(source: str, *, label_column: str | None = None, num_samples:
         return _synthetic(source.partition(":")[2], label_column, num_samples=num_samples, seed=seed,
                           image_size=image_size, **synthetic_options)
     path, split = _path_and_split(source)
-    if (path / "classnames.txt").is_file():
+    if (path / "classnames.txt").is_file() or (path / "dataset_type.txt").is_file():
         return _clip_benchmark_webdataset(path, split or "test", label_column)
     if (path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file():
         return _saved_to_disk(path, split, label_column)
@@ -152,15 +164,44 @@ def _split_of(dataset_dict: datasets.DatasetDict, split: str | None, name: str) 
 
 
 def _clip_benchmark_webdataset(root: Path, split: str, label_column) -> EvalData:
-    shards = sorted((root / split).glob("*.tar"))
+    """Read with the training data's shard reader: datasets' webdataset builder fails on shards that mix image
+    formats (CLIP_benchmark keeps each image's own) and on a caption that is not UTF-8."""
+    from modeling_psdclip.data import DataError
+    from modeling_psdclip.data.webdataset_shards import load_webdataset_shards
+
+    name = f"{root.name}:{split}"
+    shards = sorted(str(shard) for shard in (root / split).glob("*.tar"))
     if not shards:
         raise EvalInputError(f"webdataset {root} has no shards {split}/*.tar")
-    dataset = datasets.load_dataset("webdataset", data_files={split: [str(shard) for shard in shards]},
-                                    split=split)
+    try:
+        raw = load_webdataset_shards(shards)
+    except DataError as error:
+        raise EvalInputError(str(error)) from None
+    dataset = raw.select_columns(["image"]).cast_column("image", datasets.Image())
+    for field in ("cls", "txt"):
+        values = [_utf8(value, name, field) for value in raw[field]]
+        if all(value is not None for value in values):
+            dataset = dataset.add_column(field, [_class_index(v, name) for v in values] if field == "cls" else values)
+    classnames_file = root / "classnames.txt"
     templates_file = root / "zeroshot_classification_templates.txt"
-    templates = read_lines(templates_file, "template") if templates_file.is_file() else None
-    return EvalData.from_dataset(dataset, f"{root.name}:{split}", label_column=label_column,
-                                 class_names=read_lines(root / "classnames.txt", "class name"), templates=templates)
+    return EvalData.from_dataset(
+        dataset, name, label_column=label_column,
+        class_names=read_lines(classnames_file, "class name") if classnames_file.is_file() else None,
+        templates=read_lines(templates_file, "template") if templates_file.is_file() else None)
+
+
+def _utf8(value: bytes | None, name: str, field: str) -> str | None:
+    try:
+        return None if value is None else value.decode("utf-8")
+    except UnicodeDecodeError:
+        raise EvalInputError(f"data {name!r} has a .{field} member that is not UTF-8 text") from None
+
+
+def _class_index(text: str, name: str) -> int:
+    try:
+        return int(text.strip())
+    except ValueError:
+        raise EvalInputError(f"data {name!r} has a .cls member that is not a class index: {text[:40]!r}") from None
 
 
 def _saved_to_disk(path: Path, split, label_column) -> EvalData:

@@ -77,6 +77,21 @@ def test_parquet_file_and_folder(tmp_path):
     assert_loads(load_image_text_dataset(str(tmp_path)), ["one", "two"])
 
 
+def test_folders_with_splits_keep_them_apart(tmp_path):
+    image_table(2, text=["train one", "train two"]).to_parquet(str(tmp_path / "table" / "train-0.parquet"))
+    image_table(1, text=["test one"]).to_parquet(str(tmp_path / "table" / "test-0.parquet"))
+    assert_loads(load_image_text_dataset(str(tmp_path / "table")), ["train one", "train two"])
+    assert_loads(load_image_text_dataset(str(tmp_path / "table"), split="test"), ["test one"])
+
+    for split in ("train", "test"):
+        (tmp_path / "shards" / split).mkdir(parents=True)
+        with tarfile.open(tmp_path / "shards" / split / "0.tar", "w") as tar:
+            add_member(tar, "s0.png", encoded())
+            add_member(tar, "s0.txt", f"a {split} picture".encode())
+    assert_loads(load_image_text_dataset(str(tmp_path / "shards")), ["a train picture"])
+    assert_loads(load_image_text_dataset(str(tmp_path / "shards"), split="test"), ["a test picture"])
+
+
 def test_save_to_disk_folder_and_named_columns(tmp_path):
     image_table(2, picture_caption=["x", "y"]).rename_column("image", "photo").save_to_disk(str(tmp_path / "saved"))
     dataset = load_image_text_dataset(str(tmp_path / "saved"), image_column="photo", caption_column="picture_caption")
@@ -104,6 +119,18 @@ def test_webdataset_shards_with_jpg_txt_and_png_json(tmp_path):
     shards = write_shards(tmp_path / "shards")
     assert_loads(load_image_text_dataset(str(shards)), ["a jpg with a txt", "a png with a json"])
     assert_loads(load_image_text_dataset(str(shards / "shard-001.tar")), ["a png with a json"])
+
+
+def test_rewritten_shard_is_read_again_and_a_damaged_one_is_a_data_error(tmp_path):
+    shard = tmp_path / "shard.tar"
+    for caption in ("first caption", "a longer second caption"):
+        with tarfile.open(shard, "w") as tar:
+            add_member(tar, "s0.png", encoded())
+            add_member(tar, "s0.txt", caption.encode())
+        assert_loads(load_image_text_dataset(str(shard)), [caption])
+    shard.write_bytes(b"not a tar archive" * 50)
+    error = one_line_error(str(shard))
+    assert "cannot read the tar shard" in error
 
 
 def test_streaming_yields_the_same_records(tmp_path):

@@ -4,10 +4,11 @@ import json
 import subprocess
 import sys
 
+import datasets
 import pytest
 import torch
 from huggingface_hub import ModelCard
-from test_eval_support import save_tiny_clip, write_imagefolder
+from test_eval_support import COLOURS, colour_image, save_tiny_clip, write_imagefolder
 
 from eval.__main__ import main
 from eval.card import update_model_card
@@ -53,6 +54,19 @@ def test_robustness_over_two_models_and_linear_probe(workspace):
     assert (workspace["root"] / "out" / "robustness.png").is_file()
     assert run(workspace, "linear-probe", "--model", str(workspace["model"]), "--data", data, "--test-data", data,
                "--val-data", data, "--no-card") == 0
+
+
+def test_classnames_file_names_integer_labels(workspace, tmp_path):
+    colours = sorted(COLOURS)
+    datasets.Dataset.from_dict({"image": [colour_image(colour) for colour in colours], "label": [0, 1, 2, 3]}) \
+        .cast_column("image", datasets.Image()).save_to_disk(str(tmp_path / "integer-labels"))
+    names = tmp_path / "classnames.txt"
+    names.write_text("\n".join(colours) + "\n")
+    data = ["--data", str(tmp_path / "integer-labels"), "--templates", "simple", "--no-card"]
+    assert run(workspace, "zeroshot", "--model", str(workspace["model"]), *data, "--classnames", str(names)) == 0
+    assert run(workspace, "zeroshot", "--model", str(workspace["model"]), *data) == 2  # no names at all
+    names.write_text("red\ngreen\n")
+    assert run(workspace, "zeroshot", "--model", str(workspace["model"]), *data, "--classnames", str(names)) == 2
 
 
 @pytest.mark.parametrize("arguments", [

@@ -1,6 +1,8 @@
 """Each data layout loads from a tiny fixture into the same EvalData shape; bad data is a one-line error."""
 
+import csv
 import io
+import json
 import tarfile
 
 import datasets
@@ -28,18 +30,36 @@ def test_imagefolder_with_metadata_has_captions_and_noise(tmp_path):
     assert data.noise == ["clean"] * 12
 
 
-def write_clip_benchmark_export(root, task="classification"):
-    """CLIP_benchmark's webdataset export: classnames.txt, templates, and split/*.tar shards."""
+def test_imagefolder_with_metadata_csv_keeps_caption_lists(tmp_path):
+    folder = write_imagefolder(tmp_path / "folder", metadata=True)
+    rows = [json.loads(line) for line in (folder / "metadata.jsonl").read_text().splitlines()]
+    (folder / "metadata.jsonl").unlink()
+    with open(folder / "metadata.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows({**row, "captions": json.dumps(row["captions"])} for row in rows)
+    data = load_eval_data(str(folder))
+    assert len(data.captions[0]) == 2 and data.captions[0][0].startswith("a ") and data.captions[0][0].endswith(" square")
+
+
+def write_clip_benchmark_export(root, task="classification", bad_member=None):
+    """CLIP_benchmark's webdataset export: classnames.txt and templates (classification) or dataset_type.txt
+    (retrieval), and split/*.tar shards whose images keep their own formats."""
     (root / "test").mkdir(parents=True)
-    (root / "classnames.txt").write_text("\n".join(CLASS_NAMES) + "\n")
-    (root / "zeroshot_classification_templates.txt").write_text("a photo of a {c}.\na {c} thing.\n")
+    if task == "classification":
+        (root / "classnames.txt").write_text("\n".join(CLASS_NAMES) + "\n")
+        (root / "zeroshot_classification_templates.txt").write_text("a photo of a {c}.\na {c} thing.\n")
+    else:
+        (root / "dataset_type.txt").write_text("retrieval\n")
     with tarfile.open(root / "test" / "0.tar", "w") as shard:
         for i, colour in enumerate(CLASS_NAMES * 2):
             image = io.BytesIO()
-            colour_image(colour, seed=i).save(image, format="PNG")
+            image_format = ("jpg", "JPEG") if i % 2 else ("png", "PNG")
+            colour_image(colour, seed=i).save(image, format=image_format[1])
             text = str(CLASS_NAMES.index(colour)) if task == "classification" else f"a {colour} square\n{colour}"
-            for suffix, payload in (("png", image.getvalue()), ("cls" if task == "classification" else "txt",
-                                                                 text.encode())):
+            payload = bad_member if bad_member is not None and i == 3 else text.encode()
+            for suffix, payload in ((image_format[0], image.getvalue()),
+                                    ("cls" if task == "classification" else "txt", payload)):
                 info = tarfile.TarInfo(f"s{i:07d}.{suffix}")
                 info.size = len(payload)
                 shard.addfile(info, io.BytesIO(payload))
@@ -57,6 +77,16 @@ def test_clip_benchmark_webdataset_classification(tmp_path):
 def test_clip_benchmark_webdataset_retrieval_captions_one_a_line(tmp_path):
     data = load_eval_data(f"{write_clip_benchmark_export(tmp_path / 'wds', 'retrieval')}:test")
     assert data.captions[1] == [f"a {CLASS_NAMES[1]} square", CLASS_NAMES[1]]
+    assert data.class_names is None and data.labels is None and len(data) == 8
+    assert [data.images[i].size for i in (0, 1)] == [(16, 16)] * 2  # png and jpg samples side by side
+
+
+def test_clip_benchmark_webdataset_bad_members_are_one_line_errors(tmp_path):
+    with pytest.raises(EvalInputError, match="not UTF-8"):
+        load_eval_data(str(write_clip_benchmark_export(tmp_path / "latin1", "retrieval",
+                                                       bad_member="é".encode("latin-1"))))
+    with pytest.raises(EvalInputError, match="not a class index"):
+        load_eval_data(str(write_clip_benchmark_export(tmp_path / "cls", bad_member=b"cat")))
 
 
 def test_save_to_disk_folder_with_splits(tmp_path):

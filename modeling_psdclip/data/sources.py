@@ -89,12 +89,15 @@ def _load_raw(source: str, split: str, streaming: bool, data_files, seed: int, o
 def _load_folder(path: Path, split: str, streaming: bool, options: dict):
     if (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists():
         return _load_from_disk(path, split)
-    shards = sorted(str(p) for p in path.rglob("*.tar"))
+    # Shards in a folder named after the split (CLIP_benchmark's and img2dataset's layout) belong to that split
+    # alone; otherwise every shard in the folder does.
+    shard_root = path / split if (path / split).is_dir() else path
+    shards = sorted(str(p) for p in shard_root.rglob("*.tar"))
     if shards:
         return load_webdataset_shards(shards, streaming=streaming)
     if any(path.rglob("*.parquet")):
-        return _load_dataset(path, "parquet", data_files={split: str(path / "**" / "*.parquet")}, split=split,
-                             streaming=streaming, **options)
+        # datasets assigns files to splits by their names and folders (train-*.parquet, data/test/...).
+        return _load_dataset(path, "parquet", data_dir=str(path), split=split, streaming=streaming, **options)
     return _load_dataset(path, "imagefolder", data_dir=str(path), split=split, streaming=streaming, **options)
 
 

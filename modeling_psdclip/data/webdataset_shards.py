@@ -5,7 +5,9 @@ and it needs every shard to hold the same fields. Reading the members with `tarf
 a bad caption be skipped later like any other bad record, and lets `jpg`+`txt` and `png`+`json` shards mix.
 """
 
+import hashlib
 import itertools
+import os
 import tarfile
 
 import datasets
@@ -17,13 +19,26 @@ FEATURES = datasets.Features({
     "image": datasets.Image(decode=False),
     "txt": datasets.Value("binary"),
     "json": datasets.Value("binary"),
+    "cls": datasets.Value("binary"),
 })
 
 
 def load_webdataset_shards(shards: list[str], streaming: bool = False):
-    """Columns `image` (the first image member of each sample), `txt` and `json` (raw bytes, or None)."""
-    builder = datasets.IterableDataset if streaming else datasets.Dataset
-    return builder.from_generator(_samples, features=FEATURES, gen_kwargs={"shards": shards})
+    """Columns `image` (the first image member of each sample), `txt`, `json` and `cls` (raw bytes, or None)."""
+    if streaming:
+        return datasets.IterableDataset.from_generator(_samples, features=FEATURES, gen_kwargs={"shards": shards})
+    try:
+        # The cache key must change when a shard is rewritten in place; by default it covers only the paths.
+        return datasets.Dataset.from_generator(_samples, features=FEATURES, gen_kwargs={"shards": shards},
+                                               fingerprint=_fingerprint(shards))
+    except datasets.exceptions.DatasetGenerationError as error:
+        cause = error.__cause__
+        raise (cause if isinstance(cause, DataError) else DataError(f"cannot read the tar shards: {cause}")) from None
+
+
+def _fingerprint(shards: list[str]) -> str:
+    stats = [(shard, os.stat(shard).st_size, os.stat(shard).st_mtime_ns) for shard in shards]
+    return hashlib.sha256(repr(stats).encode()).hexdigest()
 
 
 def _samples(shards: list[str]):
@@ -34,7 +49,7 @@ def _samples(shards: list[str]):
                 for key, members in itertools.groupby(files, key=lambda member: _split_name(member.name)[0]):
                     yield _sample(key, {_split_name(m.name)[1]: tar.extractfile(m).read() for m in members})
         except tarfile.TarError as error:
-            raise DataError(f"cannot read the tar shard {shard}: {error}") from None
+            raise DataError(f"cannot read the tar shard {shard}: {' '.join(str(error).split())}") from None
 
 
 def _split_name(name: str) -> tuple[str, str]:
@@ -47,4 +62,4 @@ def _split_name(name: str) -> tuple[str, str]:
 def _sample(key: str, fields: dict[str, bytes]) -> dict:
     extension = next((ext for ext in IMAGE_EXTENSIONS if ext in fields), None)
     image = {"bytes": fields[extension], "path": f"{key}.{extension}"} if extension else None
-    return {"image": image, "txt": fields.get("txt"), "json": fields.get("json")}
+    return {"image": image, **{field: fields.get(field) for field in ("txt", "json", "cls")}}
