@@ -39,7 +39,7 @@ def test_imagefolder_with_metadata_csv_keeps_caption_lists(tmp_path):
         writer.writeheader()
         writer.writerows({**row, "captions": json.dumps(row["captions"])} for row in rows)
     data = load_eval_data(str(folder))
-    assert len(data.captions[0]) == 2 and data.captions[0][0].startswith("a ") and data.captions[0][0].endswith(" square")
+    assert data.captions == [row["captions"] for row in rows]
 
 
 def write_clip_benchmark_export(root, task="classification", bad_member=None):
