@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.logging import get_logger
 from accelerate.utils import DistributedType, ProjectConfiguration, TorchDynamoPlugin, set_seed
+from huggingface_hub.errors import StrictDataclassError
 from tqdm.auto import tqdm
 from transformers import AutoProcessor, get_cosine_schedule_with_warmup
 
@@ -109,7 +110,7 @@ def build_model_and_processor(options):
     try:
         config = PSDCLIPConfig.from_pretrained(options.init_from, **overrides)
         model = PSDCLIPModel.from_pretrained(options.init_from, config=config)
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, StrictDataclassError) as error:
         raise OptionError(f"--init-from: cannot load a model from {options.init_from}: {first_line(error)}")
     if options.image_size and options.image_size != config.vision_config.image_size:
         raise OptionError(f"--image-size: the model in {options.init_from} takes "
@@ -455,9 +456,9 @@ def save_final_model(accelerator, model, processor, options, data_description: d
         export = PSDCLIPModel(config)
         export.load_state_dict(state_dict)
         training = {key: value for key, value in vars(options).items() if value is not None}
-        folder = save_model_folder(export, processor, options.output_dir, data=data_description,
-                                   training=training, metrics={k: v for k, v in metrics.items()
-                                                               if not isinstance(v, dict)})
+        folder = save_model_folder(export, processor, options.output_dir, repo_id=options.push_to_hub,
+                                   data=data_description, training=training,
+                                   metrics={k: v for k, v in metrics.items() if not isinstance(v, dict)})
         write_json_atomically(folder / "metrics.json", metrics)
         print(f"saved the model to {folder}; metrics: {json.dumps(metrics)}")
         if options.push_to_hub:

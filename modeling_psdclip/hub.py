@@ -9,7 +9,8 @@ from huggingface_hub import ModelCard, ModelCardData, constants, upload_folder
 from .modeling_psdclip import PSDCLIPModel
 
 
-CARD_TEMPLATE = Path(__file__).resolve().parents[1] / "model_card.md"
+# The repository's model_card.md, linked into the package so that an installed (non-editable) package has it.
+CARD_TEMPLATE = Path(__file__).parent / "model_card.md"
 
 
 class HubError(RuntimeError):
@@ -35,17 +36,24 @@ def render_model_card(config, model_path: str, *, data: dict | None = None, trai
     )
 
 
-def save_model_folder(model: PSDCLIPModel, processor, folder, **card_fields) -> Path:
+def save_model_folder(model: PSDCLIPModel, processor, folder, repo_id: str | None = None, **card_fields) -> Path:
     """Write model, processor and card to `folder`, replacing it only once the new folder is complete.
 
+    The card's usage snippet names `repo_id` when the folder is meant for the Hub, else the folder.
     `card_fields` are `data`, `training`, `metrics` (dicts shown as tables) and `model_name`.
     """
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    model.save_pretrained(staging)
-    processor.save_pretrained(staging)
-    render_model_card(model.config, str(folder), **card_fields).save(staging / "README.md")
+    try:
+        # mkdtemp makes the folder private to its owner; a model folder is for every user who may load it.
+        staging.chmod(0o755)
+        model.save_pretrained(staging)
+        processor.save_pretrained(staging)
+        render_model_card(model.config, repo_id or str(folder), **card_fields).save(staging / "README.md")
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     if folder.exists():
         retired = folder.with_name(f".{folder.name}.retired")
         shutil.rmtree(retired, ignore_errors=True)

@@ -81,9 +81,9 @@ class TrainingOptions:
 
 
 POSITIVE = ("batch_size", "accum_steps", "train_samples", "val_samples", "log_every", "keep_checkpoints",
-            "max_nonfinite_steps", "lr", "adam_eps", "epochs")
+            "max_nonfinite_steps", "lr", "adam_eps", "epochs", "distill_temperature")
 NON_NEGATIVE = ("max_steps", "warmup_steps", "weight_decay", "max_grad_norm", "checkpoint_every", "eval_every",
-                "num_workers", "peak_tflops", "distill_temperature")
+                "num_workers", "peak_tflops")
 PROBABILITIES = ("distill_alpha_max", "distill_fraction", "p_mismatch", "p_partial", "p_generic",
                  "adam_beta1", "adam_beta2")
 KNOWN_TRACKERS = ("tensorboard", "wandb", "mlflow", "comet_ml", "aim", "clearml", "dvclive", "trackio", "swanlab")
@@ -153,6 +153,8 @@ def read_yaml(path: str) -> dict:
         if name not in fields or name == "config":
             raise OptionError(f"--config: unknown option {key!r} in {path}")
         kind = value_type(fields[name])
+        if value is None and type(None) not in typing.get_args(fields[name].type):
+            raise OptionError(f"{flag(name)}: expected {kind.__name__} in {path}, got an empty value")
         if value is not None:
             acceptable = (int, float) if kind is float else kind
             if not isinstance(value, acceptable) or (kind is not bool and isinstance(value, bool)):
@@ -167,17 +169,21 @@ def read_yaml(path: str) -> dict:
 
 def validate(options: TrainingOptions) -> None:
     """Raise OptionError naming the first option whose value is out of range."""
+    # Every check is written so that it fails for NaN (every comparison with NaN is false).
     for name in POSITIVE:
-        if not getattr(options, name) > 0:
-            raise OptionError(f"{flag(name)} must be positive, got {getattr(options, name)}")
+        value = getattr(options, name)
+        if value is not None and not value > 0:
+            raise OptionError(f"{flag(name)} must be positive, got {value}")
     for name in NON_NEGATIVE:
         value = getattr(options, name)
-        if value is not None and value < 0:
+        if not value >= 0:
             raise OptionError(f"{flag(name)} must not be negative, got {value}")
     for name in PROBABILITIES:
         value = getattr(options, name)
         if value is not None and not 0 <= value <= 1:
             raise OptionError(f"{flag(name)} must be in [0, 1], got {value}")
+    if not options.p_mismatch + options.p_partial + options.p_generic <= 1:
+        raise OptionError("--p-mismatch, --p-partial and --p-generic must add up to at most 1")
     if options.image_size is not None and options.image_size <= 0:
         raise OptionError(f"--image-size must be positive, got {options.image_size}")
     if options.streaming and not options.max_steps:

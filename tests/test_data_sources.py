@@ -235,12 +235,17 @@ def test_undecodable_webdataset_caption_is_skipped(tmp_path):
         add_member(tar, "bad.txt", b"\xff\xfe not utf-8")
         add_member(tar, "badjson.png", encoded())
         add_member(tar, "badjson.json", b"{not json")
+        # JSON escapes of an emoji decode to a surrogate pair, which is joined; a lone surrogate cannot be.
+        add_member(tar, "emoji.png", encoded())
+        add_member(tar, "emoji.json", b'{"caption": "a smile \\ud83d\\ude00"}')
+        add_member(tar, "lone.png", encoded())
+        add_member(tar, "lone.json", b'{"caption": "half a smile \\ud83d"}')
     loaded = records(load_image_text_dataset(str(tmp_path / "shards")))
     counts = collections.Counter()
     for record in loaded:
         counts.update(record["skipped"])
-    assert counts == {"undecodable_caption": 2}
-    assert {record["caption"] for record in loaded} == {"fine"}
+    assert counts == {"undecodable_caption": 3}
+    assert {record["caption"] for record in loaded} == {"fine", "a smile \U0001F600"}
 
 
 def one_line_error(source, **kwargs) -> str:

@@ -51,6 +51,7 @@ def saved(tmp_path_factory):
 
 def test_folder_contents(saved):
     _, _, folder = saved
+    assert folder.stat().st_mode & 0o777 == 0o755  # readable by every user who may load it
     config = json.loads((folder / "config.json").read_text())
     assert config["model_type"] == "psdclip"
     assert set(config["auto_map"]) == {"AutoConfig", "AutoModel", "AutoModelForZeroShotImageClassification"}
@@ -161,3 +162,18 @@ def test_missing_weights_fail_instead_of_random_init(saved, tmp_path):
 
     with pytest.raises(ValueError, match="missing 1 weights.*text_projection.weight"):
         PSDCLIPModel.from_pretrained(corrupt_copy(saved, tmp_path, drop))
+
+
+def test_card_names_the_hub_repository_and_a_failed_save_leaves_nothing(tmp_path):
+    model = PSDCLIPModel(small_tiny_config())
+    processor = build_processor(image_size=64, context_length=32)
+    folder = save_model_folder(model, processor, tmp_path / "model", repo_id="someone/psdclip-test")
+    assert 'model="someone/psdclip-test"' in (folder / "README.md").read_text()
+
+    class BrokenProcessor:
+        def save_pretrained(self, folder):
+            raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        save_model_folder(model, BrokenProcessor(), tmp_path / "other")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["model"]

@@ -190,17 +190,23 @@ def test_options_come_from_yaml_and_flags_override_it(tmp_path, capsys):
 
     for argv, option in [(["--batch-size", "0"], "--batch-size"), (["--lr", "x"], "--lr"),
                          (["--distill-alpha-max", "1.5"], "--distill-alpha-max"),
-                         (["--mixed-precision", "fp8"], "--mixed-precision")]:
+                         (["--mixed-precision", "fp8"], "--mixed-precision"),
+                         (["--distill-temperature", "0"], "--distill-temperature"),
+                         (["--weight-decay", "nan"], "--weight-decay"), (["--lr", "nan"], "--lr"),
+                         (["--p-mismatch", "0.6", "--p-partial", "0.6"], "--p-partial")]:
         with pytest.raises(SystemExit) as exited:
             parse_options(argv)
         assert exited.value.code == 2
         error = capsys.readouterr().err.strip()
         assert len(error.splitlines()) == 1 and option in error
 
-    config.write_text("batch_sise: 64\n")
-    with pytest.raises(SystemExit) as exited:
-        parse_options(["--config", str(config)])
-    assert exited.value.code == 2 and "batch_sise" in capsys.readouterr().err
+    for text, option in [("batch_sise: 64\n", "batch_sise"), ("batch_size:\n", "--batch-size"),
+                         ("report_to:\n", "--report-to")]:
+        config.write_text(text)
+        with pytest.raises(SystemExit) as exited:
+            parse_options(["--config", str(config)])
+        error = capsys.readouterr().err.strip()
+        assert exited.value.code == 2 and len(error.splitlines()) == 1 and option in error
 
 
 def test_help_lists_every_option_with_its_default(env):

@@ -73,7 +73,18 @@ def decode_caption(value, rng: np.random.Generator, as_json: bool = False) -> st
         raise BadRecord("empty_caption")
     if REPLACEMENT_CHARACTER in value:
         raise BadRecord("undecodable_caption")
-    return value.strip()
+    return _join_surrogate_pairs(value).strip()
+
+
+def _join_surrogate_pairs(text: str) -> str:
+    """Join each surrogate pair (what a JSON escape such as "\\ud83d\\ude00" decodes to) into its character.
+
+    No tokenizer accepts surrogates; a lone one is text that cannot be repaired.
+    """
+    try:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16")
+    except UnicodeDecodeError:
+        raise BadRecord("undecodable_caption") from None
 
 
 def decode_image(value, base_dir: str | None = None) -> Image.Image:
