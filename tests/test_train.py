@@ -228,7 +228,7 @@ def test_feature_caching_gives_the_full_batch_loss_and_gradients():
         model = PSDCLIPModel(config)
         model.set_distill_progress(5, 10)
         micro_batches = [{k: v.chunk(accum_steps)[i] for k, v in batch.items()} for i in range(accum_steps)]
-        losses = forward_backward(Accelerator(cpu=True), model, micro_batches)
+        losses, _ = forward_backward(Accelerator(cpu=True), model, micro_batches)
         results.append((losses, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
     (full, full_grads), (cached, cached_grads) = results
     for part in ("loss", "loss_hard", "loss_soft", "teacher_entropy", "paired_probability"):
