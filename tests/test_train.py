@@ -107,27 +107,42 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, en
         torch.testing.assert_close(tensor, reference[name], atol=1e-5, rtol=1e-4, msg=name)
 
 
-def test_killed_run_resumed_from_latest_ends_with_the_same_weights(tmp_path, env, micro_folder):
-    steps = ["--max-steps", "40", "--checkpoint-every", "3", "--keep-checkpoints", "2"]
-    run(micro_args(micro_folder, tmp_path / "whole", *steps), env)
-
-    killed = tmp_path / "killed"
-    process = subprocess.Popen([sys.executable, TRAIN, *micro_args(micro_folder, killed, *steps)], env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def assert_killed_and_resumed_run_ends_like_the_whole_run(root: Path, args_for, env, launcher, steps: int):
+    run(args_for(root / "whole"), env, launcher=launcher)
+    killed = root / "killed"
+    # A session of its own, so the kill reaches a launcher's workers too.
+    process = subprocess.Popen([*launcher, TRAIN, *args_for(killed)], env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, start_new_session=True)
     log = killed / "run" / "metrics.jsonl"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not (log.exists() and len(log.read_text().splitlines()) >= 10):
         time.sleep(0.02)
     assert process.poll() is None, "the run finished before it could be killed"
-    process.send_signal(signal.SIGKILL)
+    os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     assert not (killed / "model").exists()
 
-    run(micro_args(micro_folder, killed, *steps, "--resume", "latest"), env)
-    whole = weights(tmp_path / "whole")
+    run([*args_for(killed), "--resume", "latest"], env, launcher=launcher)
+    whole = weights(root / "whole")
     for name, tensor in weights(killed).items():
         assert torch.equal(tensor, whole[name]), name
-    assert [line["step"] for line in log_lines(killed) if "train/loss" in line] == list(range(1, 41))
+    assert [line["step"] for line in log_lines(killed) if "train/loss" in line] == list(range(1, steps + 1))
+    metrics = [json.loads((folder / "model" / "metrics.json").read_text()) for folder in (root / "whole", killed)]
+    assert metrics[0]["skipped_records"] == metrics[1]["skipped_records"]
+
+
+def test_killed_run_resumed_from_latest_ends_with_the_same_weights(tmp_path, env, micro_folder):
+    steps = ["--max-steps", "40", "--checkpoint-every", "3", "--keep-checkpoints", "2"]
+    assert_killed_and_resumed_run_ends_like_the_whole_run(
+        tmp_path, lambda root: micro_args(micro_folder, root, *steps), env, (sys.executable,), steps=40)
+
+
+def test_killed_streaming_run_over_two_processes_resumes_exactly(tmp_path, env, micro_folder):
+    write_pairs_with_bad_records(tmp_path / "pairs", usable=40)
+    steps = ["--data", str(tmp_path / "pairs" / "pairs.csv"), "--streaming", "--batch-size", "8",
+             "--max-steps", "24", "--checkpoint-every", "4"]
+    assert_killed_and_resumed_run_ends_like_the_whole_run(
+        tmp_path, lambda root: micro_args(micro_folder, root, *steps), env, TWO_PROCESSES, steps=24)
 
 
 def write_pairs_with_bad_records(folder: Path, usable: int = 13) -> dict:
