@@ -37,11 +37,12 @@ CLIP_SPLIT_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}
 # The entities web captions actually carry. "amp" comes first so one pass also decodes "&amp;quot;".
 HTML_ENTITIES = (
     "amp", "AMP", "lt", "LT", "gt", "GT", "quot", "QUOT", "apos", "nbsp", "hellip", "ndash", "mdash",
-    "lsquo", "rsquo", "ldquo", "rdquo", "laquo", "raquo", "copy", "reg", "trade", "deg", "middot", "bull",
+    "lsquo", "rsquo", "ldquo", "rdquo", "laquo", "raquo", "copy", "reg", "trade", "deg", "middot", "bull", "cent",
+    "pound", "euro",
     "times", "eacute", "Eacute", "egrave", "Egrave", "agrave", "Agrave", "aacute", "iacute", "oacute",
     "uacute", "ntilde", "Ntilde", "ccedil", "Ccedil", "uuml", "Uuml", "ouml", "Ouml", "auml", "Auml", "szlig",
     "#39", "#039", "#x27", "#34", "#034", "#x22", "#38", "#038", "#x26", "#160", "#xa0", "#xA0",
-    "#8211", "#8212", "#8216", "#8217", "#8220", "#8221", "#8230", "#x2019", "#x201c", "#x201d",
+    "#8211", "#8212", "#8216", "#8217", "#8220", "#8221", "#8230", "#x2018", "#x2019", "#x201c", "#x201d",
 )
 
 

@@ -46,6 +46,7 @@ def test_ids_match_live_reference(tokenizer, reference_cases):
     module_spec.loader.exec_module(module)
     reference = module.SimpleTokenizer()
     texts = [case["text"] for case in reference_cases] + [f"a photo of a {w}." for w in ("tench", "goldfish")]
+    texts += ["&#x2018;quoted&#x2019; for 5&cent; or &pound;3 &euro;4", "&centre &poundx"]
     for text, row in zip(texts, tokenizer(texts, truncation=True)["input_ids"], strict=True):
         expected = reference([text])[0].tolist()
         assert row == expected[: expected.index(reference.eot_token_id) + 1], text
