@@ -87,7 +87,9 @@ def _labels(dataset, column, class_names, name):
         index = {class_name: i for i, class_name in enumerate(class_names)}
         return np.asarray([index[value] for value in values]), class_names
     labels = np.asarray(values, dtype=int)
-    if labels.min() < 0 or (class_names is not None and labels.max() >= len(class_names)):
+    if labels.min() < 0:
+        raise EvalInputError(f"data {name!r} has negative labels in {column!r}")
+    if class_names is not None and labels.max() >= len(class_names):
         raise EvalInputError(f"data {name!r} has labels outside its {len(class_names)} class names")
     return labels, class_names
 

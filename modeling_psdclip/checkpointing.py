@@ -37,6 +37,10 @@ def fsync_directory(folder: Path) -> None:
         os.close(handle)
 
 
+def step_of(checkpoint: Path) -> int:
+    return int(STEP_FOLDER.fullmatch(checkpoint.name).group(1))
+
+
 def is_complete(folder: Path) -> bool:
     return (folder / MARKER).is_file()
 
@@ -58,9 +62,8 @@ class CheckpointManager:
         """Complete checkpoints, oldest first."""
         if not self.root.is_dir():
             return []
-        found = [(int(match.group(1)), path) for path in self.root.iterdir()
-                 if (match := STEP_FOLDER.fullmatch(path.name)) and is_complete(path)]
-        return [path for _, path in sorted(found)]
+        found = [path for path in self.root.iterdir() if STEP_FOLDER.fullmatch(path.name) and is_complete(path)]
+        return sorted(found, key=step_of)
 
     def discard_newer_than(self, step: int) -> None:
         """Remove the complete checkpoints past `step` (main process, after resuming from an earlier one).
@@ -68,7 +71,7 @@ class CheckpointManager:
         The resumed run writes a new history; `latest` must never lead back into the old one.
         """
         for checkpoint in self.complete_checkpoints():
-            if int(STEP_FOLDER.fullmatch(checkpoint.name).group(1)) > step:
+            if step_of(checkpoint) > step:
                 remove_checkpoint(checkpoint)
 
     def latest(self) -> Path | None:

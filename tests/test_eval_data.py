@@ -89,6 +89,13 @@ def test_clip_benchmark_webdataset_bad_members_are_one_line_errors(tmp_path):
         load_eval_data(str(write_clip_benchmark_export(tmp_path / "cls", bad_member=b"cat")))
 
 
+def test_negative_integer_labels_are_a_one_line_error(tmp_path):
+    datasets.Dataset.from_dict({"image": [colour_image("red")] * 2, "label": [0, -1]}) \
+        .cast_column("image", datasets.Image()).save_to_disk(str(tmp_path / "negative"))
+    with pytest.raises(EvalInputError, match="negative labels"):
+        load_eval_data(str(tmp_path / "negative"))
+
+
 def test_save_to_disk_folder_with_splits(tmp_path):
     dataset = datasets.Dataset.from_dict({
         "image": [colour_image(colour) for colour in CLASS_NAMES],

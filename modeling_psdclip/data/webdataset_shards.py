@@ -37,7 +37,7 @@ def load_webdataset_shards(shards: list[str], streaming: bool = False):
 
 
 def _fingerprint(shards: list[str]) -> str:
-    stats = [(shard, os.stat(shard).st_size, os.stat(shard).st_mtime_ns) for shard in shards]
+    stats = [(shard, stat.st_size, stat.st_mtime_ns) for shard, stat in zip(shards, map(os.stat, shards))]
     return hashlib.sha256(repr(stats).encode()).hexdigest()
 
 
