@@ -18,6 +18,7 @@ full-batch gradient, so the contrastive loss sees all N pairs whatever the memor
 """
 
 import contextlib
+import dataclasses
 import itertools
 import json
 import math
@@ -38,16 +39,19 @@ from transformers import AutoProcessor, get_cosine_schedule_with_warmup
 
 from eval.ranking import true_match_ranks
 from modeling_psdclip import PSDCLIPConfig, PSDCLIPModel
-from modeling_psdclip.checkpointing import CheckpointManager, is_complete
+from modeling_psdclip.modeling_psdclip import PSDLossOutput
+from modeling_psdclip.training.checkpoints import CheckpointManager, is_complete, load_tensors
 from modeling_psdclip.data import SKIP_REASONS, DataError, EpochSampler, ImageTextCollator, load_image_text_dataset
 from modeling_psdclip.hub import HubError, push_folder_to_hub, save_model_folder
 from modeling_psdclip.processing import build_processor
-from modeling_psdclip.training_options import OptionError, fail, parse_options
+from modeling_psdclip.training.options import OptionError, fail, parse_options
+from modeling_psdclip.training.teachers import (
+    PreviousEpochTeacher, Teacher, TeacherEmbeddings, build_teacher, model_inputs, teacher_kwargs,
+)
 
 logger = get_logger("train")
 
 PROG = "train.py"
-MODEL_INPUTS = ("input_ids", "attention_mask", "pixel_values")
 
 
 class TrainState:
@@ -98,7 +102,8 @@ class JsonlLog:
 def build_model_and_processor(options):
     """A new model from `--preset` or the one in `--init-from`, with the distillation options applied."""
     overrides = {name: getattr(options, name) for name in
-                 ("distill_alpha_max", "distill_fraction", "distill_schedule", "distill_temperature")
+                 ("distill_alpha_max", "distill_fraction", "distill_schedule", "distill_temperature",
+                  "distill_teacher", "distill_ema_decay")
                  if getattr(options, name) is not None}
     overrides["distill_seed"] = options.seed
     if options.init_from is None:
@@ -165,11 +170,11 @@ def feature_caching_unsupported(accelerator: Accelerator) -> bool:
     return accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
 
 
-def training_flops_per_sample(model: PSDCLIPModel, feature_caching: bool) -> float:
+def training_flops_per_sample(model: PSDCLIPModel, feature_caching: bool, ema_teacher: bool) -> float:
     """Approximate FLOPs of one training sample: 2 per weight per token forward, twice that backward.
 
     Embedding lookups cost nothing and attention's quadratic term is left out, as in nanoGPT's estimate.
-    Feature caching adds one more forward.
+    Feature caching adds one more forward, and so does an EMA teacher.
     """
     def matmul_weights(module):
         tables = sum(m.weight.numel() for m in module.modules() if isinstance(m, torch.nn.Embedding))
@@ -180,14 +185,16 @@ def training_flops_per_sample(model: PSDCLIPModel, feature_caching: bool) -> flo
     forward = 2 * (matmul_weights(model.vision_model) + model.visual_projection.weight.numel()) * image_tokens
     forward += 2 * (matmul_weights(model.text_model) + model.text_projection.weight.numel()) * \
         text.max_position_embeddings
-    return forward * (4 if feature_caching else 3)
+    return forward * (3 + feature_caching + ema_teacher)
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # One step, validation
 
 
-LOSS_PARTS = ("loss", "loss_hard", "loss_soft", "teacher_entropy", "paired_probability")
+# Every per-step number of the loss output that is averaged over the global batch (alpha and the scale are global).
+LOSS_PARTS = tuple(field.name for field in dataclasses.fields(PSDLossOutput)
+                   if field.name not in ("distill_alpha", "logit_scale"))
 
 
 def global_loss_parts(accelerator: Accelerator, losses) -> dict:
@@ -196,27 +203,32 @@ def global_loss_parts(accelerator: Accelerator, losses) -> dict:
     return dict(zip(LOSS_PARTS, accelerator.reduce(local, "mean").tolist()))
 
 
-def forward_backward(accelerator: Accelerator, model, micro_batches: list[dict]) -> tuple[object, dict]:
-    """Forward and backward of this process's share of the global batch.
+def forward_backward(accelerator: Accelerator, model, micro_batches: list[dict], teacher: Teacher | None = None
+                     ) -> tuple[object, dict]:
+    """Forward and backward of this process's share of the global batch, with the teacher's targets.
 
     Returns the last micro-step's loss output and the global loss parts. A non-finite loss (on any process) is
-    not backpropagated at all: under DeepSpeed the backward pass itself steps the optimizer.
+    not backpropagated at all (under DeepSpeed the backward pass itself steps the optimizer), and the teacher does
+    not record its embeddings.
     """
     psd = accelerator.unwrap_model(model)
+    targets = [teacher.embeddings(batch) if teacher is not None else None for batch in micro_batches]
+    inputs = [model_inputs(batch) for batch in micro_batches]
     parts = None
-    cached_images = cached_texts = None
     if len(micro_batches) > 1:
         with torch.no_grad():
-            cached = [model(**batch, return_loss=False) for batch in micro_batches]
+            cached = [model(**batch, return_loss=False) for batch in inputs]
         cached_images = [output.image_embeds for output in cached]
         cached_texts = [output.text_embeds for output in cached]
+        step_targets = teacher_kwargs(TeacherEmbeddings.concatenate(targets))
     last = len(micro_batches) - 1
-    for index, batch in enumerate(micro_batches):
+    for index, batch in enumerate(inputs):
         # Gradients are all-reduced once, after the last micro-batch.
         with accelerator.no_sync(model) if index < last else contextlib.nullcontext():
-            if cached_images is None:
+            if len(micro_batches) == 1:
                 # The model's own forward computes the loss, which works under every Accelerate backend.
-                losses = model(**batch, return_loss=True)
+                losses = model(**batch, return_loss=True, **teacher_kwargs(targets[0]))
+                step_images, step_texts = losses.image_embeds, losses.text_embeds
             else:
                 fresh = model(**batch, return_loss=False)
                 images = torch.cat([*cached_images[:index], fresh.image_embeds, *cached_images[index + 1:]])
@@ -224,13 +236,18 @@ def forward_backward(accelerator: Accelerator, model, micro_batches: list[dict])
                 scale = psd.logit_multiplier()
                 # Every micro-step's loss contains the scale; its gradient is taken once so the sum over
                 # micro-steps is exactly the full-batch gradient.
-                losses = psd.psd_loss(images, texts, scale if index == last else scale.detach())
+                losses = psd.psd_loss(images, texts, scale if index == last else scale.detach(), **step_targets)
+                step_images, step_texts = torch.cat(cached_images), torch.cat(cached_texts)
             if parts is None:
                 # Every micro-step's loss has the full-batch value, so the first one decides for the step.
                 parts = global_loss_parts(accelerator, losses)
                 if not math.isfinite(parts["loss"]):
                     return losses, parts
             accelerator.backward(losses.loss)
+    if teacher is not None:
+        pair_index = torch.cat([batch["pair_index"] for batch in micro_batches]) if "pair_index" in \
+            micro_batches[0] else None
+        teacher.record({"pair_index": pair_index}, step_images, step_texts)
     return losses, parts
 
 
@@ -245,7 +262,7 @@ def validate(accelerator: Accelerator, model, loader) -> dict:
     model.eval()
     images, texts, batch_losses = [], [], []
     for batch in loader:
-        output = model(**{k: batch[k] for k in MODEL_INPUTS}, return_loss=False)
+        output = model(**model_inputs(batch), return_loss=False)
         image_embeds = accelerator.gather_for_metrics(output.image_embeds.float())
         text_embeds = accelerator.gather_for_metrics(output.text_embeds.float())
         logits = output.logit_scale.float() * image_embeds @ text_embeds.t()
@@ -323,7 +340,9 @@ def train(options, accelerator: Accelerator) -> None:
 
     if options.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    flops_per_sample = training_flops_per_sample(model, feature_caching=options.accum_steps > 1)
+    flops_per_sample = training_flops_per_sample(model, feature_caching=options.accum_steps > 1,
+                                                 ema_teacher=model.config.distill_teacher == "ema"
+                                                 and model.config.distill_alpha_max > 0)
     optimizer = torch.optim.AdamW(parameter_groups(model, options.weight_decay), lr=options.lr,
                                   betas=(options.adam_beta1, options.adam_beta2), eps=options.adam_eps)
 
@@ -337,14 +356,28 @@ def train(options, accelerator: Accelerator) -> None:
     if val_loader is not None:
         val_loader = accelerator.prepare(val_loader)
     psd = accelerator.unwrap_model(model)
+    try:
+        teacher = build_teacher(psd.config, model, accelerator, run_dir / "teacher_bank",
+                                num_pairs=None if options.streaming else len(train_data),
+                                resume=resume_from is not None)
+    except ValueError as error:
+        raise OptionError(f"--distill-teacher: {error}") from error
+    if isinstance(teacher, PreviousEpochTeacher) and total_steps <= steps_per_epoch:
+        logger.warning("the previous_epoch teacher distils from the second epoch on; this run has one epoch, so it "
+                       "trains as CLIP (use --distill-teacher ema)", main_process_only=True)
 
     state = TrainState()
     accelerator.register_for_checkpointing(state)
     if resume_from is not None:
         accelerator.load_state(str(resume_from))
+        if teacher is not None:
+            teacher.load_state_dict(load_tensors(resume_from, "teacher") or {})
         logger.info(f"resumed from {resume_from} at step {state.step}", main_process_only=True)
         if accelerator.is_main_process:
             checkpoints.discard_newer_than(state.step)
+
+    def save_checkpoint() -> None:
+        checkpoints.save(accelerator, state.step, tensors={"teacher": teacher.state_dict() if teacher else {}})
     log = JsonlLog(run_dir / "metrics.jsonl", accelerator.is_main_process)
     log.restart_from(state.step)
     accelerator.init_trackers("psdclip", config=tracker_config(options))
@@ -361,6 +394,8 @@ def train(options, accelerator: Accelerator) -> None:
     steps_this_run = 0
     while state.step < total_steps:
         train_loader.set_epoch(state.epoch)
+        if teacher is not None:
+            teacher.start_epoch(state.epoch)
         batches = iter(accelerator.skip_first_batches(train_loader, state.batches_in_epoch)
                        if state.batches_in_epoch else train_loader)
         while state.step < total_steps:
@@ -373,12 +408,13 @@ def train(options, accelerator: Accelerator) -> None:
 
             psd.set_distill_progress(state.step, total_steps)
             skipped = accelerator.reduce(sum(b["skipped"].sum(0) for b in micro_batches).to(accelerator.device), "sum")
-            losses, parts = forward_backward(accelerator, model, [{k: b[k] for k in MODEL_INPUTS}
-                                                                  for b in micro_batches])
+            losses, parts = forward_backward(accelerator, model, micro_batches, teacher)
             if math.isfinite(parts["loss"]):
                 grad_norm = (accelerator.clip_grad_norm_(model.parameters(), options.max_grad_norm)
                              if options.max_grad_norm else None)
                 optimizer.step()
+                if teacher is not None:
+                    teacher.after_optimizer_step(model)
                 state.nonfinite_in_row = 0
             else:
                 grad_norm = None
@@ -422,8 +458,12 @@ def train(options, accelerator: Accelerator) -> None:
             if val_loader is not None and options.eval_every and state.step % options.eval_every == 0 \
                     and state.step < total_steps:
                 report(validate(accelerator, model, val_loader))
-            if options.checkpoint_every and state.step % options.checkpoint_every == 0:
-                checkpoints.save(accelerator, state.step)
+            # The previous-epoch teacher also checkpoints at the end of each epoch: the next epoch overwrites the
+            # bank that an earlier checkpoint's epoch reads, so a resume must never go back across the boundary.
+            epoch_ends = isinstance(teacher, PreviousEpochTeacher) and \
+                state.batches_in_epoch == steps_per_epoch * options.accum_steps
+            if options.checkpoint_every and (state.step % options.checkpoint_every == 0 or epoch_ends):
+                save_checkpoint()
         if state.step >= total_steps:
             break
         state.epoch += 1

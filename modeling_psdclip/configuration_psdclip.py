@@ -5,6 +5,7 @@ from transformers import CLIPConfig
 
 
 DISTILL_SCHEDULES = ("linear", "constant")
+DISTILL_TEACHERS = ("previous_epoch", "ema")
 
 
 def towers(text_width: int, text_heads: int, vision_width: int, vision_heads: int, layers: int,
@@ -41,13 +42,20 @@ class PSDCLIPConfig(CLIPConfig):
     `config.json` loads into it unchanged, with the distillation settings at their defaults.
 
     distill_alpha_max (`float`, defaults to 0.5):
-        Final weight of the model's own prediction in the soft targets, in [0, 1]. 0 gives plain CLIP.
+        Final weight of the teacher's prediction in the soft targets, in [0, 1]. 0 gives plain CLIP.
     distill_fraction (`float`, defaults to 0.5):
         Fraction of the image rows and, independently, of the caption rows that get soft targets each step.
     distill_schedule (`str`, defaults to `"linear"`):
         `"linear"` ramps alpha from 0 to `distill_alpha_max` over training; `"constant"` holds it there.
     distill_temperature (`float`, defaults to 1.0):
-        Temperature of the teacher's softmax over the (stop-gradient) logits.
+        Temperature of the teacher's softmax over its logits.
+    distill_teacher (`str`, defaults to `"previous_epoch"`):
+        Where the teacher comes from during training: `"previous_epoch"` (the embeddings the model produced for
+        each pair in the previous epoch, stored as it trains: no extra compute) or `"ema"` (a momentum copy of the
+        model's weights run on the same batch: one extra forward). Only training reads it; inference never builds
+        a teacher.
+    distill_ema_decay (`float`, defaults to 0.99):
+        Decay of the `"ema"` teacher's moving average, updated once per optimizer step, in [0, 1).
     distill_seed (`int`, defaults to 0):
         Seed of the per-step draw of distilled rows; with the step number it fixes the draw, so a resumed run
         repeats it.
@@ -61,6 +69,8 @@ class PSDCLIPConfig(CLIPConfig):
     distill_fraction: float | int = 0.5
     distill_schedule: str = "linear"
     distill_temperature: float | int = 1.0
+    distill_teacher: str = "previous_epoch"
+    distill_ema_decay: float | int = 0.99
     distill_seed: int = 0
     logit_scale_max: float | int = 100.0
 
@@ -77,6 +87,10 @@ class PSDCLIPConfig(CLIPConfig):
                 raise ValueError(f"{name} must be in [0, 1], got {value}")
         if self.distill_schedule not in DISTILL_SCHEDULES:
             raise ValueError(f"distill_schedule must be one of {DISTILL_SCHEDULES}, got {self.distill_schedule!r}")
+        if self.distill_teacher not in DISTILL_TEACHERS:
+            raise ValueError(f"distill_teacher must be one of {DISTILL_TEACHERS}, got {self.distill_teacher!r}")
+        if not 0.0 <= self.distill_ema_decay < 1.0:
+            raise ValueError(f"distill_ema_decay must be in [0, 1), got {self.distill_ema_decay}")
         if not self.distill_temperature > 0:
             raise ValueError(f"distill_temperature must be positive, got {self.distill_temperature}")
         if not self.logit_scale_max > 0:
@@ -94,4 +108,4 @@ class PSDCLIPConfig(CLIPConfig):
         return cls(text_config=text_config, vision_config=vision_config, **overrides)
 
 
-__all__ = ["PSDCLIPConfig", "PRESETS"]
+__all__ = ["DISTILL_SCHEDULES", "DISTILL_TEACHERS", "PRESETS", "PSDCLIPConfig"]

@@ -1,15 +1,20 @@
 """PSD-CLIP: CLIP trained with progressive self-distillation.
 
 The towers, projections and feature methods are transformers' CLIP; this file adds the objective. For a random
-subset of image rows and of caption rows, the one-hot target of CLIP's contrastive loss is mixed with the model's
-own (stop-gradient) alignment distribution from the same forward pass, with a weight that grows over training.
+subset of image rows and of caption rows, the one-hot target of CLIP's contrastive loss is mixed with a teacher's
+alignment distribution over the same global batch, with a weight that grows over training. The teacher is an
+earlier self of the model (its previous epoch, or a momentum copy), given to `forward` as embeddings: it must be
+a different function of the data than the student at this step, since with the student's own logits the soft
+part of the loss has zero gradient (see the "Objective" section of the project README).
 
 This file and `configuration_psdclip.py` are copied next to saved weights for `trust_remote_code`, so they import
-only from transformers, torch and each other.
+only from transformers, torch, numpy and each other.
 """
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.distributed.nn.functional as dist_fn
@@ -25,15 +30,18 @@ from .configuration_psdclip import PSDCLIPConfig
 class PSDLossOutput:
     """The objective of one step and its diagnostics, all 0-d tensors over this process's rows.
 
-    `loss == loss_hard + loss_soft`: the one-hot and the teacher parts of the soft-target cross-entropy.
+    `loss == loss_hard + loss_soft`: the one-hot and the teacher parts of the soft-target cross-entropy. The
+    teacher diagnostics are means over the rows that have a teacher (NaN when none has).
     """
 
     loss: torch.Tensor
     loss_hard: torch.Tensor
     loss_soft: torch.Tensor
     distill_alpha: torch.Tensor
+    teacher_share: torch.Tensor
     teacher_entropy: torch.Tensor
     paired_probability: torch.Tensor
+    teacher_agreement: torch.Tensor
     logit_scale: torch.Tensor
 
 
@@ -45,17 +53,25 @@ class PSDCLIPOutput(CLIPOutput):
     loss_hard (`torch.Tensor`): the part of the loss weighted by the one-hot targets.
     loss_soft (`torch.Tensor`): the part weighted by the teacher's distribution.
     distill_alpha (`torch.Tensor`): the teacher weight `a(t)` used this step.
+    teacher_share (`torch.Tensor`): share of rows that had a teacher, both directions.
     teacher_entropy (`torch.Tensor`): mean entropy of the teacher's rows, both directions.
     paired_probability (`torch.Tensor`): mean teacher probability of each row's own pair, both directions.
+    teacher_agreement (`torch.Tensor`): share of rows where student and teacher rank the same item first.
     logit_scale (`torch.Tensor`): the similarity scale s the logits were multiplied by (no gradient; always set).
     """
 
     loss_hard: torch.Tensor | None = None
     loss_soft: torch.Tensor | None = None
     distill_alpha: torch.Tensor | None = None
+    teacher_share: torch.Tensor | None = None
     teacher_entropy: torch.Tensor | None = None
     paired_probability: torch.Tensor | None = None
+    teacher_agreement: torch.Tensor | None = None
     logit_scale: torch.Tensor | None = None
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 def gather_with_grad(features: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -64,19 +80,77 @@ def gather_with_grad(features: torch.Tensor) -> tuple[torch.Tensor, int]:
     The gather keeps the autograd graph (its backward sums every process's gradient into the owner's rows), so each
     process can take the loss of its own rows against all columns. All processes must hold the same number of rows.
     """
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    if not is_distributed():
         return features, 0
     gathered = torch.cat(dist_fn.all_gather(features), dim=0)
     return gathered, dist.get_rank() * features.shape[0]
 
 
-class PSDContrastiveLoss(nn.Module):
-    """Symmetric soft-target contrastive loss with progressive self-distillation (DESIGN.md §2).
+def gather_without_grad(features: torch.Tensor) -> torch.Tensor:
+    """All processes' rows in rank order, for tensors that take no gradient (the teacher's)."""
+    if not is_distributed():
+        return features
+    gathered = [torch.empty_like(features) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, features.contiguous())
+    return torch.cat(gathered, dim=0)
 
-    For row r with logits z (one image against all captions, or one caption against all images):
-        target = (1 - w_r) * onehot(r) + w_r * softmax(stopgrad(z) / tau),   w_r = a(t) if r is drawn, else 0
-        loss_r = cross_entropy(z, target)
-    averaged over rows and over the two directions. With a = 0 or no drawn rows this is CLIP's InfoNCE.
+
+class DirectionLoss(NamedTuple):
+    """One direction of the loss (images against captions, or captions against images), means over its rows."""
+
+    hard: torch.Tensor
+    soft: torch.Tensor
+    teacher_share: torch.Tensor
+    teacher_entropy: torch.Tensor
+    paired_probability: torch.Tensor
+    teacher_agreement: torch.Tensor
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return (values * mask).sum() / mask.sum()  # NaN when no row counts: the diagnostic is undefined, not zero.
+
+
+def teacher_distribution(teacher_logits: torch.Tensor, column_has_teacher: torch.Tensor, temperature: float):
+    """softmax(T / tau) over the columns that have a teacher embedding; rows with no such column are NaN."""
+    masked = (teacher_logits / temperature).masked_fill(~column_has_teacher, float("-inf"))
+    return torch.softmax(masked, dim=-1)
+
+
+def direction_loss(logits, teacher_logits, labels, weights, row_has_teacher, column_has_teacher, temperature):
+    """Soft-target cross-entropy of rows of student logits against all columns, and the teacher diagnostics.
+
+    Row r's target is `(1 - w_r) * onehot(r) + w_r * softmax(T_r / tau)`, with `w_r = 0` for rows without a
+    teacher. Split as `(1 - w_r) * CE(z_r, onehot) + w_r * CE(z_r, teacher_r)`, its gradient with respect to
+    `z_r` is `softmax(z_r) - target_r` (per row, before the mean).
+    """
+    hard = F.cross_entropy(logits, labels, reduction="none")
+    if teacher_logits is None:
+        zero, undefined = logits.new_zeros(()), logits.new_full((), float("nan"))
+        return DirectionLoss(hard.mean(), zero, zero, undefined, undefined, undefined)
+    teacher = teacher_distribution(teacher_logits, column_has_teacher, temperature)
+    # Rows without a teacher have weight 0; zero their (possibly NaN) distribution so 0 * NaN cannot appear.
+    teacher = torch.where(row_has_teacher[:, None], teacher, 0.0)
+    soft = F.cross_entropy(logits, teacher, reduction="none")
+    has = row_has_teacher.float()
+    return DirectionLoss(
+        hard=((1 - weights) * hard).mean(),
+        soft=(weights * soft).mean(),
+        teacher_share=has.mean(),
+        teacher_entropy=masked_mean(-torch.special.xlogy(teacher, teacher).sum(-1), has),
+        paired_probability=masked_mean(teacher.gather(1, labels[:, None]).squeeze(1), has),
+        teacher_agreement=masked_mean((logits.detach().argmax(-1) == teacher.argmax(-1)).float(), has),
+    )
+
+
+class PSDContrastiveLoss(nn.Module):
+    """Symmetric soft-target contrastive loss with progressive self-distillation.
+
+    Student logits `Z = s * U V^T` over the global batch (all processes' rows); teacher logits `T = s * U' V'^T`
+    from the teacher's embeddings of the same pairs, with the student's scale s (no gradient). For row r:
+        target = (1 - w_r) * onehot(r) + w_r * softmax(T_r / tau),   w_r = a(t) if r is drawn and has a teacher
+        loss_r = cross_entropy(Z_r, target)
+    averaged over rows and over the two directions. Without a teacher, with a = 0 or with no drawn rows this is
+    CLIP's InfoNCE exactly.
 
     Training progress (step t of T) is state held here and set by `set_progress`; it fixes a(t) and, with the
     seed, the draw of distilled rows.
@@ -106,52 +180,69 @@ class PSDContrastiveLoss(nn.Module):
 
     def draw_distilled_rows(self, num_rows: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """Masks over the global image rows and caption rows, drawn independently, the same on every process."""
-        generator = torch.Generator().manual_seed((self.seed * 1_000_003 + self.step) % 2**63)
+        rng = np.random.default_rng([self.seed, self.step])
         num_drawn = round(self.fraction * num_rows)
         masks = []
         for _ in range(2):
             mask = torch.zeros(num_rows, dtype=torch.bool)
-            mask[torch.randperm(num_rows, generator=generator)[:num_drawn]] = True
+            mask[torch.from_numpy(rng.permutation(num_rows)[:num_drawn])] = True
             masks.append(mask.to(device))
         return masks[0], masks[1]
 
-    def one_direction(self, logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor):
-        """Hard and soft parts of the loss and the teacher diagnostics for rows of logits against all columns."""
-        teacher = torch.softmax(logits.detach() / self.temperature, dim=-1)
-        hard = F.cross_entropy(logits, labels, reduction="none")
-        soft = F.cross_entropy(logits, teacher, reduction="none")
-        entropy = -torch.special.xlogy(teacher, teacher).sum(-1)
-        paired = teacher.gather(1, labels[:, None]).squeeze(1)
-        return ((1 - weights) * hard).mean(), (weights * soft).mean(), entropy.mean(), paired.mean()
-
     @torch.compiler.disable  # Python-side step state and the seeded draw would recompile or break a graph.
-    def forward(self, image_embeds: torch.Tensor, text_embeds: torch.Tensor, logit_scale: torch.Tensor):
-        """Loss of this process's rows; `*_embeds` are L2-normalised, `logit_scale` is the multiplier s."""
+    def forward(self, image_embeds: torch.Tensor, text_embeds: torch.Tensor, logit_scale: torch.Tensor,
+                teacher_image_embeds: torch.Tensor | None = None, teacher_text_embeds: torch.Tensor | None = None,
+                teacher_mask: torch.Tensor | None = None) -> PSDLossOutput:
+        """Loss of this process's rows.
+
+        `*_embeds` are L2-normalised and `logit_scale` is the multiplier s. `teacher_*_embeds` are the teacher's
+        L2-normalised embeddings of the same rows (no gradient), `teacher_mask` marks the rows that have them
+        (default: all); without them the loss is CLIP's.
+        """
         all_image_embeds, offset = gather_with_grad(image_embeds)
         all_text_embeds, _ = gather_with_grad(text_embeds)
         num_local, num_global = image_embeds.shape[0], all_image_embeds.shape[0]
-        labels = torch.arange(offset, offset + num_local, device=image_embeds.device)
+        device = image_embeds.device
+        labels = torch.arange(offset, offset + num_local, device=device)
+        local = slice(offset, offset + num_local)
 
-        alpha = self.alpha
-        image_drawn, text_drawn = self.draw_distilled_rows(num_global, image_embeds.device)
-        image_weights = alpha * image_drawn[offset : offset + num_local].float()
-        text_weights = alpha * text_drawn[offset : offset + num_local].float()
-
+        has_teacher = teacher_image_embeds is not None
+        alpha = self.alpha if has_teacher else 0.0
         # Softmax over the whole global batch in fp32, even under mixed precision.
-        with torch.autocast(device_type=image_embeds.device.type, enabled=False):
+        with torch.autocast(device_type=device.type, enabled=False):
             scale = logit_scale.float()
             logits_image_to_text = scale * image_embeds.float() @ all_text_embeds.float().t()
             logits_text_to_image = scale * text_embeds.float() @ all_image_embeds.float().t()
-            image_side = self.one_direction(logits_image_to_text, labels, image_weights)
-            text_side = self.one_direction(logits_text_to_image, labels, text_weights)
-        loss_hard, loss_soft, entropy, paired = ((a + b) / 2 for a, b in zip(image_side, text_side))
+            if has_teacher:
+                if teacher_mask is None:
+                    teacher_mask = torch.ones(num_local, dtype=torch.bool, device=device)
+                column_has_teacher = gather_without_grad(teacher_mask.to(device=device, dtype=torch.bool))
+                row_has_teacher = column_has_teacher[local]
+                teacher_images = teacher_image_embeds.detach().float()
+                teacher_texts = teacher_text_embeds.detach().float()
+                teacher_scale = scale.detach()
+                teacher_image_to_text = teacher_scale * teacher_images @ gather_without_grad(teacher_texts).t()
+                teacher_text_to_image = teacher_scale * teacher_texts @ gather_without_grad(teacher_images).t()
+                image_drawn, text_drawn = self.draw_distilled_rows(num_global, device)
+                image_weights = alpha * (image_drawn[local] & row_has_teacher).float()
+                text_weights = alpha * (text_drawn[local] & row_has_teacher).float()
+            else:
+                teacher_image_to_text = teacher_text_to_image = row_has_teacher = column_has_teacher = None
+                image_weights = text_weights = None
+            image_side = direction_loss(logits_image_to_text, teacher_image_to_text, labels, image_weights,
+                                        row_has_teacher, column_has_teacher, self.temperature)
+            text_side = direction_loss(logits_text_to_image, teacher_text_to_image, labels, text_weights,
+                                       row_has_teacher, column_has_teacher, self.temperature)
+        both = DirectionLoss(*((a + b) / 2 for a, b in zip(image_side, text_side)))
         return PSDLossOutput(
-            loss=loss_hard + loss_soft,
-            loss_hard=loss_hard,
-            loss_soft=loss_soft,
-            distill_alpha=torch.tensor(alpha, device=image_embeds.device),
-            teacher_entropy=entropy,
-            paired_probability=paired,
+            loss=both.hard + both.soft,
+            loss_hard=both.hard,
+            loss_soft=both.soft,
+            distill_alpha=torch.tensor(alpha, device=device),
+            teacher_share=both.teacher_share,
+            teacher_entropy=both.teacher_entropy,
+            paired_probability=both.paired_probability,
+            teacher_agreement=both.teacher_agreement,
             # Reported from here so a training loop never reads a parameter that FSDP may hold sharded.
             logit_scale=logit_scale.detach(),
         )
@@ -186,8 +277,17 @@ class PSDCLIPModel(CLIPModel):
         position_ids: torch.LongTensor | None = None,
         return_loss: bool | None = None,
         interpolate_pos_encoding: bool = False,
+        teacher_image_embeds: torch.Tensor | None = None,
+        teacher_text_embeds: torch.Tensor | None = None,
+        teacher_mask: torch.Tensor | None = None,
         **kwargs,
     ) -> PSDCLIPOutput:
+        r"""
+        CLIP's forward; with `return_loss=True` the loss is the PSD objective. `teacher_image_embeds` and
+        `teacher_text_embeds` (`(batch, projection_dim)`, L2-normalised, no gradient) are a teacher's embeddings of
+        this batch's pairs and `teacher_mask` (`(batch,)` bool) marks the pairs that have them; without a teacher
+        the loss is CLIP's.
+        """
         vision_outputs = self.get_image_features(
             pixel_values=pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, **kwargs
         )
@@ -201,7 +301,8 @@ class PSDCLIPModel(CLIPModel):
         logits_per_image = logit_scale * image_embeds @ text_embeds.t()
 
         if return_loss:
-            loss_parts = vars(self.psd_loss(image_embeds, text_embeds, logit_scale))
+            loss_parts = vars(self.psd_loss(image_embeds, text_embeds, logit_scale, teacher_image_embeds,
+                                            teacher_text_embeds, teacher_mask))
         else:
             loss_parts = {"logit_scale": logit_scale.detach()}
         return PSDCLIPOutput(
@@ -236,4 +337,5 @@ class PSDCLIPModel(CLIPModel):
 PSDCLIPConfig.register_for_auto_class()
 PSDCLIPModel.register_for_auto_class("AutoModel")
 
-__all__ = ["PSDCLIPModel", "PSDCLIPOutput", "PSDContrastiveLoss", "PSDLossOutput", "gather_with_grad"]
+__all__ = ["PSDCLIPModel", "PSDCLIPOutput", "PSDContrastiveLoss", "PSDLossOutput", "gather_with_grad",
+           "gather_without_grad"]

@@ -1,26 +1,45 @@
-"""The PSD objective against CLIP's loss, a hand computation, and its gradient."""
+"""The PSD objective: CLIP's loss without a teacher, a hand computation with one, and its gradient.
+
+For soft targets y that do not depend on the student, d CE(z, y) / dz = softmax(z) - y. The tests check that
+gradient against the teacher's targets, and keep the degenerate case (a teacher equal to the student at tau = 1,
+whose soft part has zero gradient) as a test so it cannot come back unnoticed.
+"""
 
 import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from transformers import CLIPModel
 from transformers.models.clip.modeling_clip import image_text_contrastive_loss
 
 from modeling_psdclip import PSDCLIPModel, PSDContrastiveLoss
+from modeling_psdclip.modeling_psdclip import direction_loss
 from tests.helpers import micro_config, random_batch
 
 
-@pytest.mark.parametrize("overrides", [{"distill_alpha_max": 0.0}, {"distill_fraction": 0.0}])
-def test_equals_clip_loss_without_distillation(overrides):
+def unit(rows) -> torch.Tensor:
+    return F.normalize(torch.as_tensor(rows, dtype=torch.float64), dim=-1)
+
+
+def constant_loss(alpha: float, fraction: float = 1.0, tau: float = 1.0) -> PSDContrastiveLoss:
+    return PSDContrastiveLoss(micro_config(distill_alpha_max=alpha, distill_fraction=fraction,
+                                           distill_schedule="constant", distill_temperature=tau))
+
+
+@pytest.mark.parametrize("overrides, with_teacher", [
+    ({"distill_alpha_max": 0.0}, True), ({"distill_fraction": 0.0}, True), ({"distill_alpha_max": 0.9}, False)])
+def test_equals_clip_loss_without_distillation(overrides, with_teacher):
     torch.manual_seed(0)
     config = micro_config(distill_schedule="constant", **overrides)
     model = PSDCLIPModel(config)
     clip = CLIPModel(config)
     clip.load_state_dict(model.state_dict())
     batch = random_batch(config, 8)
+    teacher = {"teacher_image_embeds": unit(torch.randn(8, 16)).float(),
+               "teacher_text_embeds": unit(torch.randn(8, 16)).float()} if with_teacher else {}
 
-    ours = model(**batch, return_loss=True)
+    ours = model(**batch, return_loss=True, **teacher)
     theirs = clip(**batch, return_loss=True)
 
     torch.testing.assert_close(ours.loss, theirs.loss)
@@ -28,45 +47,118 @@ def test_equals_clip_loss_without_distillation(overrides):
     assert ours.loss_soft.item() == 0.0
 
 
-def test_soft_target_loss_by_hand():
-    # Three orthonormal images; captions chosen so the logits are not symmetric.
-    images = torch.eye(3)
-    texts = torch.nn.functional.normalize(torch.tensor([[1.0, 0.5, 0.0], [0.0, 1.0, 1.0], [0.3, 0.0, 1.0]]), dim=-1)
+IMAGES = [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]
+TEXTS = [[1.0, 0.5, 0.0], [0.0, 1.0, 1.0], [0.3, 0.0, 1.0]]
+TEACHER_IMAGES = [[1.0, 0.2, 0.1], [0.4, 1.0, 0.0], [0.0, 0.6, 1.0]]
+TEACHER_TEXTS = [[0.9, 0.0, 0.5], [0.2, 1.0, 0.3], [0.0, 0.3, 1.0]]
+
+
+def soft_ce_by_hand(row, own, teacher_row, alpha, tau):
+    log_norm = math.log(sum(math.exp(z) for z in row))
+    teacher_norm = sum(math.exp(t / tau) for t in teacher_row)
+    target = [(1 - alpha) * (k == own) + alpha * math.exp(t / tau) / teacher_norm for k, t in enumerate(teacher_row)]
+    return -sum(y * (z - log_norm) for y, z in zip(target, row))
+
+
+def test_soft_target_loss_with_a_teacher_by_hand():
     scale, alpha, tau = 2.0, 0.4, 0.5
-    loss_fn = PSDContrastiveLoss(micro_config(distill_alpha_max=alpha, distill_fraction=1.0,
-                                              distill_schedule="constant", distill_temperature=tau))
-    out = loss_fn(images, texts, torch.tensor(scale))
+    images, texts = unit(IMAGES).tolist(), unit(TEXTS).tolist()
+    teacher_images, teacher_texts = unit(TEACHER_IMAGES).tolist(), unit(TEACHER_TEXTS).tolist()
+    out = constant_loss(alpha, tau=tau)(unit(IMAGES), unit(TEXTS), torch.tensor(scale, dtype=torch.float64),
+                                        unit(TEACHER_IMAGES), unit(TEACHER_TEXTS))
 
-    logits = [[scale * sum(images[i][k].item() * texts[j][k].item() for k in range(3)) for j in range(3)]
-              for i in range(3)]
+    def logits(a, b):
+        return [[scale * sum(x * y for x, y in zip(a[i], b[j])) for j in range(3)] for i in range(3)]
 
-    def soft_ce(row, own):
-        log_norm = math.log(sum(math.exp(z) for z in row))
-        teacher_norm = sum(math.exp(z / tau) for z in row)
-        target = [(1 - alpha) * (k == own) + alpha * math.exp(z / tau) / teacher_norm for k, z in enumerate(row)]
-        return -sum(t * (z - log_norm) for t, z in zip(target, row))
-
-    columns = [[logits[i][j] for i in range(3)] for j in range(3)]
-    expected = 0.5 * (sum(soft_ce(logits[i], i) for i in range(3)) / 3 + sum(soft_ce(columns[j], j) for j in range(3)) / 3)
+    student, teacher = logits(images, texts), logits(teacher_images, teacher_texts)
+    column = lambda matrix, j: [matrix[i][j] for i in range(3)]  # noqa: E731
+    image_side = sum(soft_ce_by_hand(student[i], i, teacher[i], alpha, tau) for i in range(3)) / 3
+    text_side = sum(soft_ce_by_hand(column(student, j), j, column(teacher, j), alpha, tau) for j in range(3)) / 3
+    expected = (image_side + text_side) / 2
     assert out.loss.item() == pytest.approx(expected, rel=1e-6)
     assert (out.loss_hard + out.loss_soft).item() == pytest.approx(expected, rel=1e-6)
     assert out.distill_alpha.item() == pytest.approx(alpha)
+    assert out.teacher_share.item() == 1.0
 
 
-def test_no_gradient_reaches_the_teacher():
-    # d/dz CE(z, y) = softmax(z) - y exactly when the target y is a constant.
-    loss_fn = PSDContrastiveLoss(micro_config(distill_temperature=0.7))
+def test_gradient_is_softmax_minus_the_teacher_targets():
+    torch.manual_seed(0)
     logits = torch.randn(5, 5, dtype=torch.float64, requires_grad=True)
+    teacher_logits = torch.randn(5, 5, dtype=torch.float64)
     labels = torch.arange(5)
     weights = torch.tensor([0.3, 0.0, 0.3, 0.3, 0.0], dtype=torch.float64)
-    loss_hard, loss_soft, _, _ = loss_fn.one_direction(logits, labels, weights)
-    (loss_hard + loss_soft).backward()
+    everywhere = torch.ones(5, dtype=torch.bool)
+    tau = 0.7
+    part = direction_loss(logits, teacher_logits, labels, weights, everywhere, everywhere, tau)
+    (part.hard + part.soft).backward()
 
     with torch.no_grad():
-        teacher = torch.softmax(logits / 0.7, dim=-1)
-        target = (1 - weights[:, None]) * torch.eye(5, dtype=torch.float64) + weights[:, None] * teacher
+        target = (1 - weights[:, None]) * torch.eye(5, dtype=torch.float64) + \
+            weights[:, None] * torch.softmax(teacher_logits / tau, dim=-1)
         expected = (torch.softmax(logits, dim=-1) - target) / 5
     torch.testing.assert_close(logits.grad, expected)
+
+    # The soft part alone pulls the student toward the teacher: w * (softmax(z) - softmax(T / tau)), not zero.
+    logits.grad = None
+    direction_loss(logits, teacher_logits, labels, weights, everywhere, everywhere, tau).soft.backward()
+    with torch.no_grad():
+        soft_expected = weights[:, None] * (torch.softmax(logits, -1) - torch.softmax(teacher_logits / tau, -1)) / 5
+    torch.testing.assert_close(logits.grad, soft_expected)
+    assert logits.grad[weights > 0].abs().max() > 1e-2
+
+
+def embedding_gradients(loss_fn, images, texts, scale, *teacher, part="loss"):
+    images, texts = images.clone().requires_grad_(), texts.clone().requires_grad_()
+    getattr(loss_fn(images, texts, scale, *teacher), part).backward()
+    return images.grad, texts.grad
+
+
+def test_a_teacher_equal_to_the_student_distils_nothing():
+    # The withdrawn same-step teacher: at tau = 1 the soft part has zero gradient, and the whole gradient is
+    # CLIP's scaled by (1 - a) (every row drawn). A lagging teacher gives the soft part a real gradient.
+    torch.manual_seed(0)
+    images, texts = unit(torch.randn(6, 4)), unit(torch.randn(6, 4))
+    scale, alpha = torch.tensor(5.0, dtype=torch.float64), 0.4
+    psd, clip = constant_loss(alpha), constant_loss(0.0)
+
+    same = (images, texts)
+    soft_grads = embedding_gradients(psd, images, texts, scale, *same, part="loss_soft")
+    # The loss is computed in fp32: zero up to rounding.
+    assert max(grad.abs().max().item() for grad in soft_grads) < 1e-6
+    for ours, theirs in zip(embedding_gradients(psd, images, texts, scale, *same),
+                            embedding_gradients(clip, images, texts, scale)):
+        torch.testing.assert_close(ours, (1 - alpha) * theirs, atol=1e-6, rtol=1e-5)
+
+    lagging = (unit(images + 0.5 * torch.randn(6, 4)), unit(texts + 0.5 * torch.randn(6, 4)))
+    soft_grads = embedding_gradients(psd, images, texts, scale, *lagging, part="loss_soft")
+    assert max(grad.abs().max().item() for grad in soft_grads) > 1e-2
+
+
+def test_pairs_without_a_teacher_keep_one_hot_targets_and_get_no_teacher_mass():
+    alpha, tau = 0.5, 1.0
+    images, texts = unit(IMAGES), unit(TEXTS)
+    teacher_images, teacher_texts = unit(TEACHER_IMAGES), unit(TEACHER_TEXTS)
+    scale = torch.tensor(3.0, dtype=torch.float64)
+    mask = torch.tensor([True, False, True])
+    out = constant_loss(alpha, tau=tau)(images, texts, scale, teacher_images, teacher_texts, mask)
+
+    student = scale * images @ texts.t()
+    teacher = (scale * teacher_images @ teacher_texts.t()).masked_fill(~mask, float("-inf"))
+    expected = 0
+    for logits, teacher_logits in ((student, teacher), (student.t(), teacher.t().masked_fill(~mask, float("-inf")))):
+        for row in range(3):
+            target = torch.eye(3, dtype=torch.float64)[row]
+            if mask[row]:
+                target = (1 - alpha) * target + alpha * torch.softmax(teacher_logits[row] / tau, -1)
+                assert target[1] == 0  # the pair without a teacher gets no teacher probability
+            expected += -(target * torch.log_softmax(logits[row], -1)).sum() / 6
+    torch.testing.assert_close(out.loss, expected.float(), atol=1e-6, rtol=1e-6)
+    assert out.teacher_share.item() == pytest.approx(2 / 3)
+
+    # No pair with a teacher (the previous-epoch teacher's first epoch): CLIP's loss, finite, diagnostics undefined.
+    none = constant_loss(alpha)(images, texts, scale, teacher_images, teacher_texts, torch.zeros(3, dtype=torch.bool))
+    torch.testing.assert_close(none.loss, constant_loss(0.0)(images, texts, scale).loss)
+    assert none.teacher_share.item() == 0 and math.isnan(none.teacher_entropy.item())
 
 
 def test_progressive_alpha_and_reproducible_draw():
@@ -88,12 +180,15 @@ def test_progressive_alpha_and_reproducible_draw():
     assert not torch.equal(images, loss_fn.draw_distilled_rows(40, torch.device("cpu"))[0])
 
 
-def test_constant_schedule_and_diagnostics():
-    loss_fn = PSDContrastiveLoss(micro_config(distill_alpha_max=0.2, distill_schedule="constant"))
-    assert loss_fn.alpha == 0.2
-    # Identical embeddings: every teacher row is uniform over the batch.
-    embeds = torch.nn.functional.normalize(torch.ones(6, 4), dim=-1)
-    out = loss_fn(embeds, embeds, torch.tensor(10.0))
+def test_diagnostics():
+    loss_fn = constant_loss(0.2, fraction=0.5)
+    embeds = unit(torch.randn(6, 4))
+    # A teacher whose embeddings are all equal: every teacher row is uniform over the batch.
+    flat = unit(torch.ones(6, 4))
+    out = loss_fn(embeds, embeds, torch.tensor(10.0), flat, flat)
     assert out.teacher_entropy.item() == pytest.approx(math.log(6), rel=1e-5)
     assert out.paired_probability.item() == pytest.approx(1 / 6, rel=1e-5)
     assert out.logit_scale.item() == 10.0 and not out.logit_scale.requires_grad
+    # The teacher equal to the student agrees on every row's first choice.
+    out = loss_fn(embeds, embeds, torch.tensor(10.0), embeds, embeds)
+    assert out.teacher_agreement.item() == 1.0

@@ -9,16 +9,19 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from accelerate import Accelerator
 from PIL import Image
 from safetensors.torch import load_file
+from transformers import CLIPModel
 
 from modeling_psdclip import PSDCLIPConfig, PSDCLIPModel
-from modeling_psdclip.checkpointing import MARKER, CheckpointManager
+from modeling_psdclip.training.checkpoints import MARKER, CheckpointManager
 from modeling_psdclip.processing import build_processor
-from modeling_psdclip.training_options import parse_options
+from modeling_psdclip.training.options import parse_options
+from modeling_psdclip.training.teachers import EMATeacher
 from tests.helpers import random_batch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -93,21 +96,30 @@ def test_shortened_default_run_saves_a_loadable_model_and_learns(tmp_path, env):
     assert any("val/loss" in line and line["step"] == 15 for line in log_lines(tmp_path))
 
 
-def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, env, micro_folder):
+@pytest.mark.parametrize("teacher", ["previous_epoch", "ema"])
+def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path, env, micro_folder, teacher):
     one, two = tmp_path / "one", tmp_path / "two"
     # 30 validation records: the last global batch is uneven, so two processes pad it and must drop the padding.
-    args = ("--max-steps", "1", "--val-samples", "30")
+    args = ("--max-steps", "2", "--val-samples", "30", "--distill-teacher", teacher, "--distill-ema-decay", "0.5")
     run(micro_args(micro_folder, one, *args), env)
     run(micro_args(micro_folder, two, *args), env, launcher=TWO_PROCESSES)
-    assert log_lines(two)[0]["train/loss"] == pytest.approx(log_lines(one)[0]["train/loss"], abs=1e-5)
-    for metric, value in log_lines(one)[-1].items():
-        assert log_lines(two)[-1][metric] == pytest.approx(value, abs=1e-5), metric
+    for line_one, line_two in zip(log_lines(one), log_lines(two)):
+        for metric, value in line_one.items():
+            if not metric.startswith("perf/") and math.isfinite(value):
+                assert line_two[metric] == pytest.approx(value, abs=1e-5), metric
     reference = weights(one)
     for name, tensor in weights(two).items():
         torch.testing.assert_close(tensor, reference[name], atol=1e-5, rtol=1e-4, msg=name)
+    if teacher == "previous_epoch":
+        # Both processes wrote the global batch: the bank holds the same rows as the one-process run's.
+        for name in ("epoch", "image", "text"):
+            banks = [np.load(root / "run" / "teacher_bank" / f"{name}.npy") for root in (one, two)]
+            np.testing.assert_allclose(banks[1].astype(np.float32), banks[0].astype(np.float32), atol=2e-3)
+        assert (np.load(two / "run" / "teacher_bank" / "epoch.npy")[0] == 0).sum() == 32
 
 
-def assert_killed_and_resumed_run_ends_like_the_whole_run(root: Path, args_for, env, launcher, steps: int):
+def assert_killed_and_resumed_run_ends_like_the_whole_run(root: Path, args_for, env, launcher, steps: int,
+                                                          kill_after_lines: int = 10):
     run(args_for(root / "whole"), env, launcher=launcher)
     killed = root / "killed"
     # A session of its own, so the kill reaches a launcher's workers too.
@@ -115,7 +127,7 @@ def assert_killed_and_resumed_run_ends_like_the_whole_run(root: Path, args_for, 
                                stderr=subprocess.DEVNULL, start_new_session=True)
     log = killed / "run" / "metrics.jsonl"
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not (log.exists() and len(log.read_text().splitlines()) >= 10):
+    while time.monotonic() < deadline and not (log.exists() and len(log.read_text().splitlines()) >= kill_after_lines):
         time.sleep(0.02)
     assert process.poll() is None, "the run finished before it could be killed"
     os.killpg(process.pid, signal.SIGKILL)
@@ -135,6 +147,42 @@ def test_killed_run_resumed_from_latest_ends_with_the_same_weights(tmp_path, env
     steps = ["--max-steps", "40", "--checkpoint-every", "3", "--keep-checkpoints", "2"]
     assert_killed_and_resumed_run_ends_like_the_whole_run(
         tmp_path, lambda root: micro_args(micro_folder, root, *steps), env, (sys.executable,), steps=40)
+
+
+@pytest.mark.parametrize("teacher", ["previous_epoch", "ema"])
+def test_killed_run_with_a_teacher_resumes_exactly_across_an_epoch_boundary(tmp_path, env, micro_folder, teacher):
+    # 256 pairs / 16 = 16 steps an epoch. Checkpoints at 7 and 14, the epoch's end (16) for the bank, then 21...;
+    # the kill comes in the second epoch, after the first epoch's bank was written and the second's begun.
+    steps = ["--epochs", "3", "--checkpoint-every", "7", "--keep-checkpoints", "2", "--distill-teacher", teacher,
+             "--distill-alpha-max", "0.8", "--distill-ema-decay", "0.9"]
+    assert_killed_and_resumed_run_ends_like_the_whole_run(
+        tmp_path, lambda root: micro_args(micro_folder, root, *steps), env, (sys.executable,), steps=48,
+        kill_after_lines=19)
+    soft = [line["train/loss_soft"] for line in log_lines(tmp_path / "killed") if "train/loss_soft" in line]
+    assert soft[-1] > 0
+
+
+def test_ema_teacher_moves_once_per_optimizer_step_and_stays_out_of_the_export(tmp_path, env, micro_folder):
+    run(micro_args(micro_folder, tmp_path, "--max-steps", "1", "--accum-steps", "2", "--checkpoint-every", "1",
+                   "--distill-teacher", "ema", "--distill-ema-decay", "0.5"), env)
+    start, end = load_file(micro_folder / "model.safetensors"), weights(tmp_path)
+    teacher = load_file(tmp_path / "run" / "checkpoints" / "step-00000001" / "teacher.safetensors")
+    for name, tensor in teacher.items():  # one update, not one per micro-batch
+        torch.testing.assert_close(tensor, 0.5 * start[name] + 0.5 * end[name], msg=name)
+    # The exported folder holds CLIP's weights only, and loads into transformers' CLIPModel as they are.
+    config = PSDCLIPConfig.from_pretrained(tmp_path / "model")
+    assert set(end) == set(CLIPModel(config).state_dict())
+    _, info = CLIPModel.from_pretrained(tmp_path / "model", output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
+
+
+def test_previous_epoch_teacher_refuses_streamed_data_in_one_line(tmp_path, env, micro_folder):
+    write_pairs_with_bad_records(tmp_path / "pairs")
+    done = run(micro_args(micro_folder, tmp_path, "--data", str(tmp_path / "pairs" / "pairs.csv"), "--streaming",
+                          "--max-steps", "2", "--distill-teacher", "previous_epoch"), env, check=False)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("train.py: error: --distill-teacher:")
+    assert "ema" in done.stderr.strip().splitlines()[-1]
 
 
 def test_killed_streaming_run_over_two_processes_resumes_exactly(tmp_path, env, micro_folder):
@@ -237,16 +285,19 @@ def test_feature_caching_gives_the_full_batch_loss_and_gradients():
     config = micro_model_config()
     config.distill_alpha_max = 0.7
     batch = random_batch(config, 8)
+    torch.manual_seed(1)
+    teacher = EMATeacher(PSDCLIPModel(config), decay=0.9, accelerator=Accelerator(cpu=True))  # unlike the student
     results = []
     for accum_steps in (1, 4):
         torch.manual_seed(0)
         model = PSDCLIPModel(config)
         model.set_distill_progress(5, 10)
         micro_batches = [{k: v.chunk(accum_steps)[i] for k, v in batch.items()} for i in range(accum_steps)]
-        losses, _ = forward_backward(Accelerator(cpu=True), model, micro_batches)
+        losses, _ = forward_backward(Accelerator(cpu=True), model, micro_batches, teacher)
         results.append((losses, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
     (full, full_grads), (cached, cached_grads) = results
-    for part in ("loss", "loss_hard", "loss_soft", "teacher_entropy", "paired_probability"):
+    assert full.loss_soft.item() > 0
+    for part in ("loss", "loss_hard", "loss_soft", "teacher_entropy", "paired_probability", "teacher_agreement"):
         torch.testing.assert_close(getattr(cached, part), getattr(full, part))
     assert full_grads.keys() == cached_grads.keys()
     for name, grad in full_grads.items():

@@ -4,7 +4,7 @@ import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from modeling_psdclip import PSDCLIPModel
-from modeling_psdclip.trainer_callback import PSDProgressCallback
+from modeling_psdclip.training.trainer import PSDProgressCallback
 from tests.helpers import micro_config, random_batch
 
 

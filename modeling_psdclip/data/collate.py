@@ -10,7 +10,9 @@ from .transforms import normalize, random_resized_crop
 class ImageTextCollator:
     """The DataLoader `collate_fn`; it runs in the workers, so augmentation does too.
 
-    Returns `{"pixel_values", "input_ids", "attention_mask", "skipped"}`, where `skipped` is a `(batch,
+    Returns `{"pixel_values", "input_ids", "attention_mask", "pair_index", "skipped"}`. `pair_index` is each
+    record's index in a map-style dataset (the same pair in every epoch; what a previous-epoch teacher stores its
+    embeddings under). `skipped` is a `(batch,
     len(SKIP_REASONS))` count tensor: per record, the bad rows of each reason passed over on the way to it.
     Summing it over batches, workers and processes gives the run's totals. It is a tensor with one row per record
     so that Accelerate can concatenate, broadcast and split it with the rest of the batch (as it does for
@@ -31,13 +33,14 @@ class ImageTextCollator:
         self.context_length = context_length or processor.tokenizer.model_max_length
 
     def __call__(self, records: list[dict]) -> dict:
+        keys = [record.get("key") for record in records]
         text = self.processor.tokenizer([record["caption"] for record in records], padding="max_length",
                                         truncation=True, max_length=self.context_length, return_tensors="pt")
         return {
-            "pixel_values": self._pixel_values([record["image"] for record in records],
-                                               [record.get("key") for record in records]),
+            "pixel_values": self._pixel_values([record["image"] for record in records], keys),
             "input_ids": text["input_ids"],
             "attention_mask": text["attention_mask"],
+            "pair_index": torch.tensor([key.index if key is not None else -1 for key in keys], dtype=torch.long),
             "skipped": torch.tensor([[record.get("skipped", {}).get(reason, 0) for reason in SKIP_REASONS]
                                      for record in records], dtype=torch.long),
         }

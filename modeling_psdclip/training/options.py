@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from .configuration_psdclip import DISTILL_SCHEDULES, PRESETS
+from ..configuration_psdclip import DISTILL_SCHEDULES, DISTILL_TEACHERS, PRESETS
 
 
 def option(default, help: str, **argparse_kwargs):
@@ -32,6 +32,12 @@ class TrainingOptions:
     distill_fraction: float | None = option(None, "fraction of rows given soft targets each step (default: model's)")
     distill_schedule: str | None = option(None, "alpha schedule (default: model's)", choices=DISTILL_SCHEDULES)
     distill_temperature: float | None = option(None, "teacher softmax temperature (default: model's)")
+    distill_teacher: str | None = option(None, "teacher of the soft targets: the previous epoch's stored embeddings "
+                                               "(no extra compute) or a momentum copy, ema (one more forward; "
+                                               "works with --streaming) (default: model's)",
+                                         choices=DISTILL_TEACHERS)
+    distill_ema_decay: float | None = option(None, "decay of the ema teacher's weight average, in [0, 1) "
+                                                   "(default: model's)")
     # Data.
     data: str = option("synthetic", "training data: 'synthetic' (built-in captioned scenes), an imagefolder, "
                                     "CSV/TSV/JSONL, parquet/arrow, save_to_disk or webdataset path, or a `datasets` name")
@@ -188,6 +194,8 @@ def validate(options: TrainingOptions) -> None:
         raise OptionError(f"--image-size must be positive, got {options.image_size}")
     if options.streaming and not options.max_steps:
         raise OptionError("--streaming needs --max-steps: a stream has no length to count epochs in")
+    if options.distill_ema_decay is not None and not 0 <= options.distill_ema_decay < 1:
+        raise OptionError(f"--distill-ema-decay must be in [0, 1), got {options.distill_ema_decay}")
     if options.streaming and options.data == "synthetic":
         raise OptionError("--streaming applies to user --data; the built-in data is generated on disk")
     if options.init_from and not Path(options.init_from).is_dir():

@@ -5,6 +5,9 @@ DeepSpeed); it does not make the write atomic. So every checkpoint is written to
 are flushed to disk, a completion marker is added, and only then is the folder renamed to `step-NNNNNNNN`
 (a rename is atomic on POSIX file systems). A folder without the marker is never offered for resuming, and an
 old checkpoint loses its marker before it is deleted.
+
+State that Accelerate does not hold (the EMA teacher's weights) is saved beside it as safetensors files, which
+load without unpickling anything.
 """
 
 import json
@@ -13,7 +16,9 @@ import re
 import shutil
 from pathlib import Path
 
+import torch
 from accelerate import Accelerator
+from safetensors.torch import load_file, save_file
 
 
 MARKER = "checkpoint_complete.json"
@@ -78,8 +83,12 @@ class CheckpointManager:
         checkpoints = self.complete_checkpoints()
         return checkpoints[-1] if checkpoints else None
 
-    def save(self, accelerator: Accelerator, step: int) -> Path:
-        """Collective: every process must call it (sharded states are written by every rank)."""
+    def save(self, accelerator: Accelerator, step: int, tensors: dict[str, dict[str, torch.Tensor]] | None = None
+             ) -> Path:
+        """Collective: every process must call it (sharded states are written by every rank).
+
+        `tensors` maps a name to a state dict that is the same on every process, saved as `<name>.safetensors`.
+        """
         final = self.root / f"step-{step:08d}"
         staging = self.root / f".staging-{final.name}"
         if accelerator.is_main_process:
@@ -89,6 +98,9 @@ class CheckpointManager:
         accelerator.save_state(str(staging))
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
+            for name, state in (tensors or {}).items():
+                if state:
+                    save_file({key: value.cpu() for key, value in state.items()}, staging / f"{name}.safetensors")
             fsync_tree(staging)
             marker = staging / MARKER
             marker.write_text(json.dumps({"step": step}))
@@ -108,3 +120,9 @@ class CheckpointManager:
             remove_checkpoint(old)
         for leftover in self.root.glob(".staging-*"):
             shutil.rmtree(leftover, ignore_errors=True)
+
+
+def load_tensors(checkpoint: Path, name: str) -> dict[str, torch.Tensor] | None:
+    """The state dict saved as `name` by `CheckpointManager.save`, or None when the checkpoint has none."""
+    path = Path(checkpoint) / f"{name}.safetensors"
+    return load_file(path) if path.is_file() else None
