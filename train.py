@@ -476,6 +476,7 @@ def train(options, accelerator: Accelerator) -> None:
     metrics = {
         "steps": state.step, "samples_seen": state.samples_seen, "wall_time_s": round(wall_s, 1),
         "steps_per_s_this_run": round(steps_this_run / wall_s, 4),
+        "training_flops": flops_per_sample * state.samples_seen,
         "nonfinite_steps_skipped": state.nonfinite_total,
         "skipped_records": dict(state.skipped_records), "skipped_records_total": sum(state.skipped_records.values()),
         **{key: round(value, 4) for key, value in final.items()},

@@ -1,7 +1,7 @@
 """Command line: `python -m eval TASK --model FOLDER [--model FOLDER ...] --data SOURCE [options]`.
 
-Tasks: zeroshot, linear-probe, retrieval, robustness, noisy-pairs; and `build-openmoji OUT` to build the
-OpenMoji benchmark. Writes `<output>/<task>.json`, `<task>.md`, figures, and (unless --no-card) the results
+Tasks: zeroshot, linear-probe, retrieval, robustness, noisy-pairs; `build-openmoji OUT` to build the
+OpenMoji benchmark; `study --config FILE` to train and compare a matrix of models (see eval/study.py). Writes `<output>/<task>.json`, `<task>.md`, figures, and (unless --no-card) the results
 into each model folder's README.md. Mistakes in the command exit with status 2 and a one-line error.
 """
 
@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = OneLineErrorParser(prog="python -m eval", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     tasks = parser.add_subparsers(dest="task", required=True, parser_class=OneLineErrorParser,
-                                  metavar="{zeroshot,linear-probe,retrieval,robustness,noisy-pairs,build-openmoji}")
+                                  metavar="{zeroshot,linear-probe,retrieval,robustness,noisy-pairs,build-openmoji,study}")
 
     common = OneLineErrorParser(add_help=False)
     common.add_argument("--model", action="append", required=True, metavar="FOLDER",
@@ -75,6 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
     build = tasks.add_parser("build-openmoji", help="build the OpenMoji image-text benchmark into a folder")
     build.add_argument("out", type=Path)
     build.add_argument("--image-size", type=int, default=64)
+    study = tasks.add_parser("study", help="train and evaluate a matrix of runs (methods x noise x data x seeds)")
+    study.add_argument("--config", required=True, metavar="FILE", help="the study's YAML file, e.g. studies/noise.yaml")
+    study.add_argument("--quick", action="store_true", help="the study file's smaller `quick` size")
+    study.add_argument("--output", type=Path, help="folder of runs and report (default: the study file's)")
     return parser
 
 
@@ -177,6 +181,13 @@ def main(argv: list[str] | None = None) -> int:
             from .openmoji import build_openmoji
 
             print(build_openmoji(args.out, image_size=args.image_size))
+            return 0
+        if args.task == "study":
+            from .study import run_study
+            from .study_report import write_study_report
+
+            study, results = run_study(args.config, quick=args.quick, output=args.output)
+            print(f"report: {write_study_report(study, results, args.output or study['output'])}")
             return 0
         for folder in args.model:  # before any slow data loading
             require_model_folder(folder)

@@ -164,7 +164,8 @@ class EMATeacher:
     parameters are the same everywhere after each DDP step.
     """
 
-    def __init__(self, model: PSDCLIPModel, decay: float, accelerator: Accelerator):
+    def __init__(self, model: PSDCLIPModel, decay: float, accelerator: Accelerator | None = None):
+        accelerator = accelerator or Accelerator()  # a plain loop: one process, no mixed precision
         if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
             raise ValueError("the ema teacher needs the full weights on every process, which FSDP and DeepSpeed "
                              "shard: use the previous_epoch teacher there")

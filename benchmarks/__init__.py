@@ -1,0 +1,1 @@
+"""Speed benchmarks of training, run as modules: `python -m benchmarks.teacher_cost`."""

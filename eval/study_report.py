@@ -1,0 +1,211 @@
+"""The study's report: per cell, each method's mean +/- std over seeds and each PSD method's paired difference from
+CLIP with its 95% interval; effective robustness fitted over every model of the study; teacher diagnostics;
+training FLOPs; figures (metrics across cells, validation loss against step, shifted against in-distribution
+accuracy)."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display on servers and CI
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from .robustness import baseline_prediction, fit_baseline  # noqa: E402
+from .statistics import mean_std, paired_difference  # noqa: E402
+from .study import Run  # noqa: E402
+
+# (key in a run's results, column title); every one of them is better higher except the validation loss.
+METRICS = (
+    ("zeroshot_shape", "zero-shot shape"),
+    ("zeroshot_colour", "zero-shot colour"),
+    ("zeroshot_count", "zero-shot count"),
+    ("retrieval_r1", "retrieval R@1"),
+    ("linear_probe_shape", "linear probe shape"),
+    ("shifted_accuracy", "shifted zero-shot"),
+    ("effective_robustness", "effective robustness"),
+    ("noisy_pair_auroc", "noisy-pair AUROC"),
+    ("val_loss", "val loss"),
+)
+DIAGNOSTICS = ("teacher_share", "teacher_entropy", "paired_probability", "teacher_agreement", "logit_scale")
+
+
+def add_effective_robustness(results: list[dict]) -> tuple[float, float] | None:
+    """Effective robustness of every run against one baseline fitted over all the study's models (zero-shot
+    shape accuracy on clean test against the average over the shifted splits)."""
+    baseline = fit_baseline([r["zeroshot_shape"] for r in results], [r["shifted_accuracy"] for r in results])
+    for record in results:
+        record["effective_robustness"] = None if baseline is None else float(
+            record["shifted_accuracy"] - baseline_prediction(baseline, record["zeroshot_shape"]))
+    return baseline
+
+
+def cells_and_methods(results: list[dict]) -> tuple[list[str], list[str]]:
+    runs = [Run(**record["run"]) for record in results]
+    return list(dict.fromkeys(run.cell for run in runs)), list(dict.fromkeys(run.method for run in runs))
+
+
+def by_cell_and_method(results: list[dict]) -> dict:
+    """{(cell, method): {seed: record}}"""
+    grouped = defaultdict(dict)
+    for record in results:
+        run = Run(**record["run"])
+        grouped[run.cell, run.method][run.seed] = record
+    return grouped
+
+
+def summary_cell(values: list) -> str:
+    values = [v for v in values if v is not None]
+    if not values:
+        return "–"
+    mean, std = mean_std(values)
+    return f"{mean:.3f} ± {std:.3f}"
+
+
+def difference_cell(treatment: dict, control: dict, key: str) -> str:
+    seeds = [seed for seed in treatment if seed in control
+             and treatment[seed].get(key) is not None and control[seed].get(key) is not None]
+    if not seeds:
+        return "–"
+    mean, low, high = paired_difference([treatment[s][key] for s in seeds], [control[s][key] for s in seeds])
+    if math.isnan(low):
+        return f"{mean:+.3f}"
+    marker = " *" if low > 0 or high < 0 else ""  # the interval excludes 0
+    return f"{mean:+.3f} [{low:+.3f}, {high:+.3f}]{marker}"
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows]) + "\n"
+
+
+def write_study_report(study: dict, results: list[dict], output: str | Path, title: str = "PSD-CLIP versus CLIP"
+                       ) -> Path:
+    """`report.md`, `results.json` and figures in `output`; returns the report's path."""
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    baseline = add_effective_robustness(results)
+    cells, methods = cells_and_methods(results)
+    grouped = by_cell_and_method(results)
+    psd_methods = [method for method in methods if method != "clip"]
+    seeds = sorted({record["run"]["seed"] for record in results})
+
+    lines = [f"# {title}\n",
+             f"{len(results)} runs: methods {', '.join(methods)}; seeds {', '.join(map(str, seeds))}; every run "
+             f"trains the same optimizer steps ({study['train'].get('max_steps', 'see the study file')}), batch "
+             f"{study['train'].get('batch_size', 128)}, preset {study['train'].get('preset', 'tiny')}. Metrics are "
+             "mean ± sample std over seeds; differences are PSD minus CLIP paired by seed (same data, same "
+             "initialisation), with a 95% Student-t interval; * marks an interval that excludes 0. Zero-shot and "
+             "linear probe on the clean test split, retrieval R@1 (mean of both directions) on the clean validation "
+             "split, shifted zero-shot = mean shape accuracy over the sketch, unseen_texture and unseen_shade "
+             "splits, noisy-pair AUROC on the run's own noisy training pairs, val loss = CLIP loss on clean "
+             "validation at the end.\n"]
+    if baseline is not None:
+        lines.append(f"Effective robustness: shifted accuracy above the line logit(shifted) = {baseline[0]:.3f} "
+                     f"logit(in-distribution) + {baseline[1]:.3f}, fitted over all {len(results)} models.\n")
+
+    flops = {method: [r["training_flops"] for (c, m), runs in grouped.items() if m == method
+                      for r in runs.values() if r.get("training_flops")] for method in methods}
+    if all(flops.values()):
+        clip_flops = np.mean(flops["clip"])
+        lines.append("## Training compute\n")
+        lines.append(table(["method", "training FLOPs per run (cell mean)", "relative to CLIP"],
+                           [[m, f"{np.mean(flops[m]):.3g}", f"{np.mean(flops[m]) / clip_flops:.2f}x"]
+                            for m in methods]))
+
+    for cell in cells:
+        lines.append(f"## {cell}\n")
+        rows = [[method] + [summary_cell([r.get(key) for r in grouped[cell, method].values()])
+                            for key, _ in METRICS] for method in methods]
+        lines.append(table(["method"] + [name for _, name in METRICS], rows))
+        lines.append("\nPSD minus CLIP:\n")
+        rows = [[method] + [difference_cell(grouped[cell, method], grouped[cell, "clip"], key) for key, _ in METRICS]
+                for method in psd_methods]
+        lines.append(table(["method"] + [name for _, name in METRICS], rows))
+        lines.append("\nAt the last logged step (mean over seeds):\n")
+        rows = [[method] + [summary_cell([r["diagnostics"].get(name) for r in grouped[cell, method].values()
+                                          if r["diagnostics"].get(name) is not None and
+                                          np.isfinite(r["diagnostics"].get(name))]) for name in DIAGNOSTICS]
+                for method in methods]
+        lines.append(table(["method"] + list(DIAGNOSTICS), rows) + "\n")
+
+    figures = [metric_figure(grouped, cells, methods, output / "metrics.png"),
+               val_loss_figure(grouped, cells, methods, output / "val_loss.png"),
+               robustness_figure(results, baseline, output / "robustness.png")]
+    lines.append("## Figures\n")
+    lines += [f"![{path.stem}]({path.name})\n" for path in figures]
+    report = output / "report.md"
+    report.write_text("\n".join(lines), encoding="utf-8")
+    (output / "results.json").write_text(json.dumps({"study": study, "runs": results}, indent=1), encoding="utf-8")
+    return report
+
+
+def metric_figure(grouped: dict, cells: list[str], methods: list[str], path: Path) -> Path:
+    """Each headline metric across the cells (noise levels and data sizes), one line per method, std as bars."""
+    shown = [(key, name) for key, name in METRICS if key in
+             ("zeroshot_shape", "retrieval_r1", "linear_probe_shape", "noisy_pair_auroc")]
+    figure, axes = plt.subplots(1, len(shown), figsize=(4.2 * len(shown), 4), squeeze=False)
+    positions = np.arange(len(cells))
+    for axis, (key, name) in zip(axes[0], shown):
+        for offset, method in enumerate(methods):
+            stats = [mean_std([r[key] for r in grouped[cell, method].values() if r.get(key) is not None] or [np.nan])
+                     for cell in cells]
+            axis.errorbar(positions + 0.06 * (offset - 1), [m for m, _ in stats], yerr=[s for _, s in stats],
+                          marker="o", capsize=3, label=method)
+        axis.set_xticks(positions, [cell.replace(", ", "\n") for cell in cells], fontsize=7)
+        axis.set_title(name)
+    axes[0][0].legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def val_loss_figure(grouped: dict, cells: list[str], methods: list[str], path: Path) -> Path:
+    """Validation loss against step per cell, mean over seeds, one line per method."""
+    figure, axes = plt.subplots(1, len(cells), figsize=(4 * len(cells), 3.6), squeeze=False)
+    for axis, cell in zip(axes[0], cells):
+        for method in methods:
+            curves = [r["val_loss_curve"] for r in grouped[cell, method].values() if r["val_loss_curve"]]
+            if curves:
+                length = min(map(len, curves))
+                steps = [step for step, _ in curves[0][:length]]
+                axis.plot(steps, np.mean([[loss for _, loss in c[:length]] for c in curves], axis=0), marker=".",
+                          label=method)
+        axis.set_title(cell, fontsize=9)
+        axis.set_xlabel("step")
+    axes[0][0].set_ylabel("clean validation loss")
+    axes[0][0].legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def robustness_figure(results: list[dict], baseline, path: Path) -> Path:
+    """Shifted against in-distribution zero-shot accuracy, every run, with the fitted baseline."""
+    figure, axis = plt.subplots(figsize=(5, 5))
+    methods = list(dict.fromkeys(r["run"]["method"] for r in results))
+    for method in methods:
+        mine = [r for r in results if r["run"]["method"] == method]
+        axis.scatter([r["zeroshot_shape"] for r in mine], [r["shifted_accuracy"] for r in mine], label=method, s=18)
+    grid = np.linspace(0.01, 0.99, 99)
+    axis.plot(grid, grid, "k:", label="y = x")
+    if baseline is not None:
+        axis.plot(grid, baseline_prediction(baseline, grid), "C7--", label="baseline fit")
+    axis.set_xlabel("zero-shot shape accuracy, clean test")
+    axis.set_ylabel("mean over shifted splits")
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+__all__ = ["METRICS", "add_effective_robustness", "write_study_report"]
