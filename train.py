@@ -29,13 +29,13 @@ from collections import Counter
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.logging import get_logger
 from accelerate.utils import DistributedType, ProjectConfiguration, TorchDynamoPlugin, set_seed
 from huggingface_hub.errors import StrictDataclassError
 from tqdm.auto import tqdm
 from transformers import AutoProcessor, get_cosine_schedule_with_warmup
+from transformers.models.clip.modeling_clip import image_text_contrastive_loss
 
 from eval.ranking import true_match_ranks
 from modeling_psdclip import PSDCLIPConfig, PSDCLIPModel
@@ -44,7 +44,8 @@ from modeling_psdclip.training.checkpoints import CheckpointManager, is_complete
 from modeling_psdclip.data import SKIP_REASONS, DataError, EpochSampler, ImageTextCollator, load_image_text_dataset
 from modeling_psdclip.hub import HubError, push_folder_to_hub, save_model_folder
 from modeling_psdclip.processing import build_processor
-from modeling_psdclip.training.options import OptionError, fail, parse_options
+from modeling_psdclip.cli import fail, first_line
+from modeling_psdclip.training.options import OptionError, TrainingOptions, parse_options
 from modeling_psdclip.training.teachers import (
     PreviousEpochTeacher, Teacher, TeacherEmbeddings, build_teacher, model_inputs, teacher_kwargs,
 )
@@ -194,7 +195,7 @@ def training_flops_per_sample(model: PSDCLIPModel, feature_caching: bool, ema_te
 
 # Every per-step number of the loss output that is averaged over the global batch (alpha and the scale are global).
 LOSS_PARTS = tuple(field.name for field in dataclasses.fields(PSDLossOutput)
-                   if field.name not in ("distill_alpha", "logit_scale"))
+                   if field.name not in ("distill_alpha", "logit_multiplier"))
 
 
 def global_loss_parts(accelerator: Accelerator, losses) -> dict:
@@ -253,7 +254,7 @@ def forward_backward(accelerator: Accelerator, model, micro_batches: list[dict],
 
 @torch.no_grad()
 def validate(accelerator: Accelerator, model, loader) -> dict:
-    """Held-out CLIP loss (alpha-free, so runs with any schedule compare) and retrieval Recall@1.
+    """Held-out CLIP loss (transformers' own; alpha-free, so runs with any schedule compare) and retrieval Recall@1.
 
     Embeddings are gathered batch by batch, inside the loop, so `gather_for_metrics` can drop the samples
     Accelerate repeats to even out the last batch; each batch's loss is over the global batch, so it does not
@@ -265,9 +266,8 @@ def validate(accelerator: Accelerator, model, loader) -> dict:
         output = model(**model_inputs(batch), return_loss=False)
         image_embeds = accelerator.gather_for_metrics(output.image_embeds.float())
         text_embeds = accelerator.gather_for_metrics(output.text_embeds.float())
-        logits = output.logit_scale.float() * image_embeds @ text_embeds.t()
-        labels = torch.arange(len(logits), device=logits.device)
-        batch_losses.append((F.cross_entropy(logits, labels) + F.cross_entropy(logits.t(), labels)).item() / 2)
+        logits = output.logit_multiplier.float() * image_embeds @ text_embeds.t()
+        batch_losses.append(image_text_contrastive_loss(logits).item())
         images.append(image_embeds.cpu())
         texts.append(text_embeds.cpu())
     model.train()
@@ -284,11 +284,6 @@ def validate(accelerator: Accelerator, model, loader) -> dict:
 # The run
 
 
-def first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
-
-
 def trackers(options) -> list[str]:
     names = [name.strip() for name in options.report_to.split(",") if name.strip()]
     return [] if names == ["none"] else names
@@ -300,24 +295,53 @@ def tracker_config(options) -> dict:
             for key, value in vars(options).items()}
 
 
-def train(options, accelerator: Accelerator) -> None:
+@dataclasses.dataclass
+class Session:
+    """Everything the loop uses, built by `set_up`: prepared model, optimizer and loaders, teacher, state."""
+
+    options: TrainingOptions
+    accelerator: Accelerator
+    model: torch.nn.Module
+    processor: object
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    train_loader: torch.utils.data.DataLoader
+    val_loader: torch.utils.data.DataLoader | None
+    teacher: Teacher | None
+    checkpoints: CheckpointManager
+    state: TrainState
+    total_steps: int
+    steps_per_epoch: int | None
+    flops_per_sample: float
+    data_description: dict
+
+    def save_checkpoint(self) -> None:
+        self.checkpoints.save(self.accelerator, self.state.step,
+                              tensors={"teacher": self.teacher.state_dict() if self.teacher else {}})
+
+
+def checkpoint_to_resume(options, checkpoints: CheckpointManager) -> Path | None:
+    if options.resume == "latest":
+        return checkpoints.latest()
+    if options.resume:
+        if not is_complete(Path(options.resume)):
+            raise OptionError(f"--resume: {options.resume} is not a complete checkpoint")
+        return Path(options.resume)
+    if checkpoints.complete_checkpoints():
+        raise OptionError(f"--run-dir {options.run_dir} already holds checkpoints of another run: pass --resume "
+                          "latest to continue it, or choose another --run-dir")
+    return None
+
+
+def set_up(options, accelerator: Accelerator) -> Session:
+    """Model, data, optimizer, schedule and teacher, prepared by Accelerate and restored from a checkpoint."""
     run_dir = Path(options.run_dir)
     checkpoints = CheckpointManager(run_dir / "checkpoints", options.keep_checkpoints)
-    resume_from = None
-    if options.resume == "latest":
-        resume_from = checkpoints.latest()
-    elif options.resume:
-        resume_from = Path(options.resume)
-        if not is_complete(resume_from):
-            raise OptionError(f"--resume: {resume_from} is not a complete checkpoint")
-    elif checkpoints.complete_checkpoints():
-        raise OptionError(f"--run-dir {run_dir} already holds checkpoints of another run: pass --resume latest "
-                          "to continue it, or choose another --run-dir")
+    resume_from = checkpoint_to_resume(options, checkpoints)
 
     set_seed(options.seed)
     model, processor = build_model_and_processor(options)
-    image_size = model.config.vision_config.image_size
-    train_data, val_data, data_description = build_datasets(options, image_size)
+    train_data, val_data, data_description = build_datasets(options, model.config.vision_config.image_size)
 
     # Each process reads micro-batches; one optimizer step takes `accum_steps` of them from every process.
     micro_batch = options.batch_size // (accelerator.num_processes * options.accum_steps)
@@ -340,14 +364,12 @@ def train(options, accelerator: Accelerator) -> None:
 
     if options.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    flops_per_sample = training_flops_per_sample(model, feature_caching=options.accum_steps > 1,
-                                                 ema_teacher=model.config.distill_teacher == "ema"
-                                                 and model.config.distill_alpha_max > 0)
+    ema = model.config.distill_teacher == "ema" and model.config.distill_alpha_max > 0
+    flops_per_sample = training_flops_per_sample(model, feature_caching=options.accum_steps > 1, ema_teacher=ema)
     optimizer = torch.optim.AdamW(parameter_groups(model, options.weight_decay), lr=options.lr,
                                   betas=(options.adam_beta1, options.adam_beta2), eps=options.adam_eps)
-
-    steps_per_epoch = None if options.streaming else len(train_loader) // (accelerator.num_processes *
-                                                                             options.accum_steps)
+    steps_per_epoch = None if options.streaming else \
+        len(train_loader) // (accelerator.num_processes * options.accum_steps)
     if steps_per_epoch == 0:
         raise DataError(f"the training data has fewer records than one global batch of {options.batch_size}")
     total_steps = options.max_steps or options.epochs * steps_per_epoch
@@ -355,9 +377,9 @@ def train(options, accelerator: Accelerator) -> None:
     model, optimizer, train_loader, scheduler = accelerator.prepare(model, optimizer, train_loader, scheduler)
     if val_loader is not None:
         val_loader = accelerator.prepare(val_loader)
-    psd = accelerator.unwrap_model(model)
+
     try:
-        teacher = build_teacher(psd.config, model, accelerator, run_dir / "teacher_bank",
+        teacher = build_teacher(accelerator.unwrap_model(model).config, model, accelerator, run_dir / "teacher_bank",
                                 num_pairs=None if options.streaming else len(train_data),
                                 resume=resume_from is not None)
     except ValueError as error:
@@ -375,10 +397,86 @@ def train(options, accelerator: Accelerator) -> None:
         logger.info(f"resumed from {resume_from} at step {state.step}", main_process_only=True)
         if accelerator.is_main_process:
             checkpoints.discard_newer_than(state.step)
+    return Session(options, accelerator, model, processor, optimizer, scheduler, train_loader, val_loader, teacher,
+                   checkpoints, state, total_steps, steps_per_epoch, flops_per_sample, data_description)
 
-    def save_checkpoint() -> None:
-        checkpoints.save(accelerator, state.step, tensors={"teacher": teacher.state_dict() if teacher else {}})
-    log = JsonlLog(run_dir / "metrics.jsonl", accelerator.is_main_process)
+
+def step_batches(session: Session):
+    """The micro-batches of each optimizer step, from where the state says training is.
+
+    Owns the epochs: sets the sampler's and the teacher's epoch, skips the batches a resumed run has already
+    trained on, and rolls over to the next epoch when fewer than `accum_steps` micro-batches are left.
+    """
+    state, options, loader = session.state, session.options, session.train_loader
+    while state.step < session.total_steps:
+        loader.set_epoch(state.epoch)
+        if session.teacher is not None:
+            session.teacher.start_epoch(state.epoch)
+        batches = iter(session.accelerator.skip_first_batches(loader, state.batches_in_epoch)
+                       if state.batches_in_epoch else loader)
+        while state.step < session.total_steps:
+            micro_batches = list(itertools.islice(batches, options.accum_steps))
+            if len(micro_batches) < options.accum_steps:
+                break
+            state.batches_in_epoch += options.accum_steps
+            yield micro_batches
+        if state.step < session.total_steps:
+            state.epoch += 1
+            state.batches_in_epoch = 0
+
+
+def optimizer_step(session: Session, loss_is_finite: bool):
+    """Clip, step, update the teacher; or skip a non-finite step (stopping after too many in a row).
+
+    Returns the gradient norm before clipping (None when not clipped or skipped).
+    """
+    state, options = session.state, session.options
+    grad_norm = None
+    if loss_is_finite:
+        if options.max_grad_norm:
+            grad_norm = session.accelerator.clip_grad_norm_(session.model.parameters(), options.max_grad_norm)
+        session.optimizer.step()
+        if session.teacher is not None:
+            session.teacher.after_optimizer_step(session.model)  # once per optimizer step, not per micro-batch
+        state.nonfinite_in_row = 0
+    else:
+        state.nonfinite_in_row += 1
+        state.nonfinite_total += 1
+        logger.warning(f"step {state.step + 1}: non-finite loss, step skipped", main_process_only=True)
+        if state.nonfinite_in_row >= options.max_nonfinite_steps:
+            raise TrainingDiverged(f"stopped at step {state.step + 1}: {state.nonfinite_in_row} non-finite "
+                                   "losses in a row (try a lower --lr or --mixed-precision no)")
+    session.optimizer.zero_grad(set_to_none=True)
+    session.scheduler.step()  # a skipped step still moves the schedule: it counts optimizer steps
+    return grad_norm
+
+
+def step_metrics(session: Session, losses, parts: dict, grad_norm, window: Counter) -> dict:
+    """What one log line reports: the loss parts and diagnostics, and speed over the steps since the last line."""
+    samples_per_s = window["steps"] * session.options.batch_size / (window["data_s"] + window["compute_s"])
+    tflops = session.flops_per_sample * samples_per_s / session.accelerator.num_processes / 1e12
+    metrics = {
+        **{f"train/{name}": value for name, value in parts.items()},
+        "train/distill_alpha": losses.distill_alpha.item(),
+        "train/logit_multiplier": losses.logit_multiplier.item(),
+        "train/lr": session.scheduler.get_last_lr()[0],
+        # float(): DeepSpeed returns the norm as a Python float, other backends as a tensor.
+        "train/grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
+        "perf/samples_per_s": samples_per_s,
+        "perf/data_wait_s": window["data_s"] / window["steps"],
+        "perf/compute_s": window["compute_s"] / window["steps"],
+        "perf/tflops_per_device": tflops,
+    }
+    if session.options.peak_tflops:
+        metrics["perf/mfu"] = tflops / session.options.peak_tflops
+    return metrics
+
+
+def train(options, accelerator: Accelerator) -> None:
+    session = set_up(options, accelerator)
+    state, model = session.state, session.model
+    psd = accelerator.unwrap_model(model)
+    log = JsonlLog(Path(options.run_dir) / "metrics.jsonl", accelerator.is_main_process)
     log.restart_from(state.step)
     accelerator.init_trackers("psdclip", config=tracker_config(options))
 
@@ -386,102 +484,64 @@ def train(options, accelerator: Accelerator) -> None:
         accelerator.log(metrics, step=state.step)
         log.write({"step": state.step, **metrics})
 
-    progress = tqdm(total=total_steps, initial=state.step, desc="training", unit="step",
+    progress = tqdm(total=session.total_steps, initial=state.step, desc="training", unit="step",
                     disable=not (options.progress_bar and accelerator.is_local_main_process))
     window = Counter()  # sums since the last log line
-    grad_norm = None
     started = time.perf_counter()
     steps_this_run = 0
-    while state.step < total_steps:
-        train_loader.set_epoch(state.epoch)
-        if teacher is not None:
-            teacher.start_epoch(state.epoch)
-        batches = iter(accelerator.skip_first_batches(train_loader, state.batches_in_epoch)
-                       if state.batches_in_epoch else train_loader)
-        while state.step < total_steps:
-            data_started = time.perf_counter()
-            micro_batches = list(itertools.islice(batches, options.accum_steps))
-            if len(micro_batches) < options.accum_steps:
-                break  # End of the epoch.
-            state.batches_in_epoch += options.accum_steps
-            compute_started = time.perf_counter()
-
-            psd.set_distill_progress(state.step, total_steps)
-            skipped = accelerator.reduce(sum(b["skipped"].sum(0) for b in micro_batches).to(accelerator.device), "sum")
-            losses, parts = forward_backward(accelerator, model, micro_batches, teacher)
-            if math.isfinite(parts["loss"]):
-                grad_norm = (accelerator.clip_grad_norm_(model.parameters(), options.max_grad_norm)
-                             if options.max_grad_norm else None)
-                optimizer.step()
-                if teacher is not None:
-                    teacher.after_optimizer_step(model)
-                state.nonfinite_in_row = 0
-            else:
-                grad_norm = None
-                state.nonfinite_in_row += 1
-                state.nonfinite_total += 1
-                logger.warning(f"step {state.step + 1}: non-finite loss, step skipped", main_process_only=True)
-                if state.nonfinite_in_row >= options.max_nonfinite_steps:
-                    raise TrainingDiverged(f"stopped at step {state.step + 1}: {state.nonfinite_in_row} non-finite "
-                                           "losses in a row (try a lower --lr or --mixed-precision no)")
-            optimizer.zero_grad(set_to_none=True)
-            scheduler.step()
-            state.step += 1
-            steps_this_run += 1
-            state.samples_seen += options.batch_size
-            state.skipped_records.update(dict(zip(SKIP_REASONS, skipped.tolist())))
-            step_done = time.perf_counter()
-            progress.update()
-
-            window.update(steps=1, data_s=compute_started - data_started, compute_s=step_done - compute_started)
-            if state.step % options.log_every == 0 or state.step == total_steps:
-                seconds = window["data_s"] + window["compute_s"]
-                samples_per_s = window["steps"] * options.batch_size / seconds
-                metrics = {
-                    **{f"train/{name}": value for name, value in parts.items()},
-                    "train/distill_alpha": losses.distill_alpha.item(),
-                    "train/logit_scale": losses.logit_scale.item(),
-                    "train/lr": scheduler.get_last_lr()[0],
-                    # float(): DeepSpeed returns the norm as a Python float, other backends as a tensor.
-                    "train/grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
-                    "perf/samples_per_s": samples_per_s,
-                    "perf/data_wait_s": window["data_s"] / window["steps"],
-                    "perf/compute_s": window["compute_s"] / window["steps"],
-                    "perf/tflops_per_device": flops_per_sample * samples_per_s / accelerator.num_processes / 1e12,
-                }
-                if options.peak_tflops:
-                    metrics["perf/mfu"] = metrics["perf/tflops_per_device"] / options.peak_tflops
-                report(metrics)
-                progress.set_postfix(loss=f"{parts['loss']:.3f}", alpha=f"{metrics['train/distill_alpha']:.2f}",
-                                     samples_s=f"{samples_per_s:.0f}")
-                window.clear()
-            if val_loader is not None and options.eval_every and state.step % options.eval_every == 0 \
-                    and state.step < total_steps:
-                report(validate(accelerator, model, val_loader))
-            # The previous-epoch teacher also checkpoints at the end of each epoch: the next epoch overwrites the
-            # bank that an earlier checkpoint's epoch reads, so a resume must never go back across the boundary.
-            epoch_ends = isinstance(teacher, PreviousEpochTeacher) and \
-                state.batches_in_epoch == steps_per_epoch * options.accum_steps
-            if options.checkpoint_every and (state.step % options.checkpoint_every == 0 or epoch_ends):
-                save_checkpoint()
-        if state.step >= total_steps:
+    batches = step_batches(session)
+    while True:
+        # Data: the next step's micro-batches (the wait is what the loader costs the step).
+        data_started = time.perf_counter()
+        micro_batches = next(batches, None)
+        if micro_batches is None:
             break
-        state.epoch += 1
-        state.batches_in_epoch = 0
+        compute_started = time.perf_counter()
+
+        # Forward, backward and the optimizer step, at this step's alpha and row draw.
+        psd.set_distill_progress(state.step, session.total_steps)
+        losses, parts = forward_backward(accelerator, model, micro_batches, session.teacher)
+        grad_norm = optimizer_step(session, math.isfinite(parts["loss"]))
+
+        # Bookkeeping: the state a checkpoint saves.
+        skipped = sum(batch["skipped"].sum(0) for batch in micro_batches).to(accelerator.device)
+        state.skipped_records.update(dict(zip(SKIP_REASONS, accelerator.reduce(skipped, "sum").tolist())))
+        state.step += 1
+        state.samples_seen += options.batch_size
+        steps_this_run += 1
+        progress.update()
+        window.update(steps=1, data_s=compute_started - data_started, compute_s=time.perf_counter() - compute_started)
+
+        # Logging, validation, checkpoints.
+        if state.step % options.log_every == 0 or state.step == session.total_steps:
+            metrics = step_metrics(session, losses, parts, grad_norm, window)
+            report(metrics)
+            progress.set_postfix(loss=f"{parts['loss']:.3f}", alpha=f"{metrics['train/distill_alpha']:.2f}",
+                                 samples_s=f"{metrics['perf/samples_per_s']:.0f}")
+            window.clear()
+        if session.val_loader is not None and options.eval_every and state.step % options.eval_every == 0 \
+                and state.step < session.total_steps:
+            report(validate(accelerator, model, session.val_loader))
+        # The previous-epoch teacher also checkpoints at the end of each epoch: the next epoch overwrites the bank
+        # that an earlier checkpoint's epoch reads, so a resume must never go back across an epoch boundary.
+        epoch_ends = isinstance(session.teacher, PreviousEpochTeacher) and \
+            state.batches_in_epoch == session.steps_per_epoch * options.accum_steps
+        if options.checkpoint_every and (state.step % options.checkpoint_every == 0 or epoch_ends):
+            session.save_checkpoint()
     progress.close()
     wall_s = time.perf_counter() - started
 
-    final = validate(accelerator, model, val_loader) if val_loader is not None else {}
+    final = validate(accelerator, model, session.val_loader) if session.val_loader is not None else {}
     report(final)
     metrics = {
         "steps": state.step, "samples_seen": state.samples_seen, "wall_time_s": round(wall_s, 1),
         "steps_per_s_this_run": round(steps_this_run / wall_s, 4),
-        "training_flops": flops_per_sample * state.samples_seen,
+        "training_flops": session.flops_per_sample * state.samples_seen,
         "nonfinite_steps_skipped": state.nonfinite_total,
         "skipped_records": dict(state.skipped_records), "skipped_records_total": sum(state.skipped_records.values()),
         **{key: round(value, 4) for key, value in final.items()},
     }
-    save_final_model(accelerator, model, processor, options, data_description, metrics)
+    save_final_model(accelerator, model, session.processor, options, session.data_description, metrics)
 
 
 class TrainingDiverged(RuntimeError):

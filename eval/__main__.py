@@ -11,6 +11,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from modeling_psdclip.cli import OneLineErrorParser
+
 from .card import update_model_card
 from .data import CLEAN, EvalData, load_eval_data
 from .errors import EvalInputError
@@ -25,13 +27,11 @@ from .templates import read_lines, resolve_templates
 from .zeroshot import zero_shot_classification
 
 
-class OneLineErrorParser(argparse.ArgumentParser):
-    def error(self, message):
-        self.exit(2, f"error: {message} (see python -m eval --help)\n")
+PROG = "python -m eval"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineErrorParser(prog="python -m eval", description=__doc__.split("\n\n")[0],
+    parser = OneLineErrorParser(prog=PROG, description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     tasks = parser.add_subparsers(dest="task", required=True, parser_class=OneLineErrorParser,
                                   metavar="{zeroshot,linear-probe,retrieval,robustness,noisy-pairs,build-openmoji,study}")
@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         results, rows = TASKS[args.task](args)
         paths = write_report(args.output, args.task, results, rows)
     except EvalInputError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"{PROG}: error: {error}", file=sys.stderr)
         return 2
     print(paths["markdown"].read_text(encoding="utf-8"))
     print(f"results: {paths['json']}")

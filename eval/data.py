@@ -22,6 +22,8 @@ from typing import Sequence
 import datasets
 import numpy as np
 
+from modeling_psdclip.cli import first_line
+
 from .errors import EvalInputError
 from .templates import read_lines
 
@@ -153,7 +155,7 @@ def _synthetic(split, label_column, **options) -> EvalData:
     try:
         dataset = build_synthetic_dataset(split, **options)
     except (KeyError, ValueError) as error:
-        raise EvalInputError(f"synthetic split {split!r}: {str(error).splitlines()[0]}") from error
+        raise EvalInputError(f"synthetic split {split!r}: {first_line(error)}") from error
     return EvalData.from_dataset(dataset, f"synthetic:{split}", label_column=label_column or "label_shape")
 
 
@@ -216,6 +218,6 @@ def _imagefolder(path: Path, split, label_column) -> EvalData:
     try:
         loaded = datasets.load_dataset("imagefolder", data_dir=str(path))
     except (ValueError, FileNotFoundError) as error:
-        raise EvalInputError(f"folder {path} is not an image folder: {str(error).splitlines()[0]}") from error
+        raise EvalInputError(f"folder {path} is not an image folder: {first_line(error)}") from error
     dataset = _split_of(loaded, split, str(path))
     return EvalData.from_dataset(dataset, f"{path.name}:{split}" if split else path.name, label_column=label_column)

@@ -8,6 +8,8 @@ from typing import Protocol, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from modeling_psdclip.cli import first_line
+
 from .errors import EvalInputError
 
 
@@ -21,7 +23,7 @@ class ImageTextEncoder(Protocol):
     def encode_texts(self, texts: Sequence[str]) -> torch.Tensor: ...
 
     @property
-    def logit_scale(self) -> float: ...
+    def logit_multiplier(self) -> float: ...
 
 
 def _pooled(output) -> torch.Tensor:
@@ -68,7 +70,7 @@ class EmbeddingModel:
             model = AutoModel.from_pretrained(folder, trust_remote_code=True, local_files_only=True)
             processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True, local_files_only=True)
         except (OSError, ValueError, KeyError) as error:
-            raise EvalInputError(f"cannot load model folder {folder}: {str(error).splitlines()[0]}") from error
+            raise EvalInputError(f"cannot load model folder {folder}: {first_line(error)}") from error
         for method in ("get_image_features", "get_text_features"):
             if not hasattr(model, method):
                 raise EvalInputError(f"model in {folder} is not an image-text model (no {method})")
@@ -80,7 +82,7 @@ class EmbeddingModel:
         return self.model.config.text_config.max_position_embeddings
 
     @property
-    def logit_scale(self) -> float:
+    def logit_multiplier(self) -> float:
         """The multiplier of cosine similarities in the model's logits (PSD-CLIP clamps it; CLIP does not)."""
         with torch.no_grad():
             if hasattr(self.model, "logit_multiplier"):

@@ -2,7 +2,7 @@
 least-paired ones can be reviewed or dropped.
 
 Paired probability of pair i, evaluated inside a pool P of pairs (i in P), with logits
-Z_jk = s * <u_j, v_k> (u image and v text embeddings, L2-normalised; s the model's logit scale):
+Z_jk = s * <u_j, v_k> (u image and v text embeddings, L2-normalised; s the model's logit multiplier exp(logit_scale)):
 
     p_i = 0.5 * ( softmax_{k in P}(Z_ik)[i]  +  softmax_{j in P}(Z_ji)[i] )
 
@@ -29,7 +29,7 @@ from .model import ImageTextEncoder
 DEFAULT_POOL_SIZE = 256
 
 
-def paired_probabilities(image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: float,
+def paired_probabilities(image_features: torch.Tensor, text_features: torch.Tensor, logit_multiplier: float,
                          pool_size: int | None = DEFAULT_POOL_SIZE, seed: int = 0) -> np.ndarray:
     """p_i of every pair (row i of both feature matrices), as defined in the module docstring."""
     count = len(image_features)
@@ -37,7 +37,7 @@ def paired_probabilities(image_features: torch.Tensor, text_features: torch.Tens
     order = np.random.default_rng(seed).permutation(count)
     probabilities = np.empty(count)
     for pool in np.array_split(order, pool_count):
-        logits = logit_scale * image_features[pool] @ text_features[pool].T
+        logits = logit_multiplier * image_features[pool] @ text_features[pool].T
         image_to_text = logits.softmax(dim=1).diagonal()
         text_to_image = logits.softmax(dim=0).diagonal()
         probabilities[pool] = (0.5 * (image_to_text + text_to_image)).numpy()
@@ -52,7 +52,7 @@ def noisy_pair_detection(model: ImageTextEncoder, data: EvalData, pool_size: int
     data.require("noisy-pair detection", "captions")
     captions = [captions[0] if captions else "" for captions in data.captions]
     probabilities = paired_probabilities(model.encode_images(data.images), model.encode_texts(captions),
-                                         model.logit_scale, pool_size, seed)
+                                         model.logit_multiplier, pool_size, seed)
     results = {"mean_paired_probability": float(probabilities.mean()), "num_pairs": len(data),
                "pool_size": pool_size or len(data)}
     if data.noise is not None:

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import yaml
 
+from modeling_psdclip.cli import first_line
+
 from .data import CLEAN, load_eval_data
 from .errors import EvalInputError
 from .linear_probe import linear_probe
@@ -41,7 +43,7 @@ MERGED_KEYS = ("train", "eval")
 ATTRIBUTES = ("shape", "colour", "count")
 SHIFTED_SPLITS = ("sketch", "unseen_texture", "unseen_shade")
 DIAGNOSTICS = ("train/teacher_share", "train/teacher_entropy", "train/paired_probability", "train/teacher_agreement",
-               "train/loss_soft", "train/logit_scale")
+               "train/loss_soft", "train/logit_multiplier")
 EVAL_VERSION = 1  # part of each run's eval.json: bump it when evaluation changes, and finished runs are re-evaluated
 
 
@@ -66,7 +68,7 @@ def load_study(path: str | Path, quick: bool = False) -> dict:
     try:
         study = yaml.safe_load(Path(path).read_text())
     except (OSError, yaml.YAMLError) as error:
-        raise EvalInputError(f"cannot read study {path}: {str(error).splitlines()[0]}") from error
+        raise EvalInputError(f"cannot read study {path}: {first_line(error)}") from error
     if not isinstance(study, dict):
         raise EvalInputError(f"study {path} must be a mapping")
     unknown = set(study) - STUDY_KEYS

@@ -33,7 +33,7 @@ METRICS = (
     ("noisy_pair_auroc", "noisy-pair AUROC"),
     ("val_loss", "val loss"),
 )
-DIAGNOSTICS = ("teacher_share", "teacher_entropy", "paired_probability", "teacher_agreement", "logit_scale")
+DIAGNOSTICS = ("teacher_share", "teacher_entropy", "paired_probability", "teacher_agreement", "logit_multiplier")
 
 
 def add_effective_robustness(results: list[dict]) -> tuple[float, float] | None:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from huggingface_hub import ModelCard, ModelCardData, constants, upload_folder
 
+from .cli import first_line
 from .modeling_psdclip import PSDCLIPModel
 
 
@@ -72,5 +73,4 @@ def push_folder_to_hub(folder, repo_id: str) -> str:
     try:
         return str(upload_folder(repo_id=repo_id, folder_path=str(folder), repo_type="model"))
     except Exception as error:  # Network, auth and repo errors all mean the same to the caller: not pushed.
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise HubError(f"could not push {folder} to the Hub repository {repo_id}: {reason}") from error
+        raise HubError(f"could not push {folder} to the Hub repository {repo_id}: {first_line(error)}") from error

@@ -3,9 +3,10 @@
 The towers, projections and feature methods are transformers' CLIP; this file adds the objective. For a random
 subset of image rows and of caption rows, the one-hot target of CLIP's contrastive loss is mixed with a teacher's
 alignment distribution over the same global batch, with a weight that grows over training. The teacher is an
-earlier self of the model (its previous epoch, or a momentum copy), given to `forward` as embeddings: it must be
-a different function of the data than the student at this step, since with the student's own logits the soft
-part of the loss has zero gradient (see the "Objective" section of the project README).
+earlier self of the model (its previous epoch, or a momentum copy), given to `forward` as embeddings. It must be
+a different function of the data than the student at this step: d CE(z, y) / dz = softmax(z) - y, so with the
+student's own logits as teacher (at temperature 1) the soft part of the target is softmax(z) itself and has zero
+gradient, leaving CLIP's gradient scaled by (1 - alpha).
 
 This file and `configuration_psdclip.py` are copied next to saved weights for `trust_remote_code`, so they import
 only from transformers, torch, numpy and each other.
@@ -42,7 +43,7 @@ class PSDLossOutput:
     teacher_entropy: torch.Tensor
     paired_probability: torch.Tensor
     teacher_agreement: torch.Tensor
-    logit_scale: torch.Tensor
+    logit_multiplier: torch.Tensor
 
 
 @dataclass
@@ -57,7 +58,8 @@ class PSDCLIPOutput(CLIPOutput):
     teacher_entropy (`torch.Tensor`): mean entropy of the teacher's rows, both directions.
     paired_probability (`torch.Tensor`): mean teacher probability of each row's own pair, both directions.
     teacher_agreement (`torch.Tensor`): share of rows where student and teacher rank the same item first.
-    logit_scale (`torch.Tensor`): the similarity scale s the logits were multiplied by (no gradient; always set).
+    logit_multiplier (`torch.Tensor`): the scale s = exp(logit_scale) the logits were multiplied by (no gradient;
+        always set).
     """
 
     loss_hard: torch.Tensor | None = None
@@ -67,7 +69,7 @@ class PSDCLIPOutput(CLIPOutput):
     teacher_entropy: torch.Tensor | None = None
     paired_probability: torch.Tensor | None = None
     teacher_agreement: torch.Tensor | None = None
-    logit_scale: torch.Tensor | None = None
+    logit_multiplier: torch.Tensor | None = None
 
 
 def is_distributed() -> bool:
@@ -190,12 +192,12 @@ class PSDContrastiveLoss(nn.Module):
         return masks[0], masks[1]
 
     @torch.compiler.disable  # Python-side step state and the seeded draw would recompile or break a graph.
-    def forward(self, image_embeds: torch.Tensor, text_embeds: torch.Tensor, logit_scale: torch.Tensor,
+    def forward(self, image_embeds: torch.Tensor, text_embeds: torch.Tensor, logit_multiplier: torch.Tensor,
                 teacher_image_embeds: torch.Tensor | None = None, teacher_text_embeds: torch.Tensor | None = None,
                 teacher_mask: torch.Tensor | None = None) -> PSDLossOutput:
         """Loss of this process's rows.
 
-        `*_embeds` are L2-normalised and `logit_scale` is the multiplier s. `teacher_*_embeds` are the teacher's
+        `*_embeds` are L2-normalised and `logit_multiplier` is s = exp(logit_scale). `teacher_*_embeds` are the teacher's
         L2-normalised embeddings of the same rows (no gradient), `teacher_mask` marks the rows that have them
         (default: all); without them the loss is CLIP's.
         """
@@ -210,7 +212,7 @@ class PSDContrastiveLoss(nn.Module):
         alpha = self.alpha if has_teacher else 0.0
         # Softmax over the whole global batch in fp32, even under mixed precision.
         with torch.autocast(device_type=device.type, enabled=False):
-            scale = logit_scale.float()
+            scale = logit_multiplier.float()
             logits_image_to_text = scale * image_embeds.float() @ all_text_embeds.float().t()
             logits_text_to_image = scale * text_embeds.float() @ all_image_embeds.float().t()
             if has_teacher:
@@ -244,7 +246,7 @@ class PSDContrastiveLoss(nn.Module):
             paired_probability=both.paired_probability,
             teacher_agreement=both.teacher_agreement,
             # Reported from here so a training loop never reads a parameter that FSDP may hold sharded.
-            logit_scale=logit_scale.detach(),
+            logit_multiplier=logit_multiplier.detach(),
         )
 
 
@@ -297,14 +299,14 @@ class PSDCLIPModel(CLIPModel):
         image_embeds = F.normalize(vision_outputs.pooler_output, dim=-1)
         text_embeds = F.normalize(text_outputs.pooler_output, dim=-1)
 
-        logit_scale = self.logit_multiplier()
-        logits_per_image = logit_scale * image_embeds @ text_embeds.t()
+        logit_multiplier = self.logit_multiplier()
+        logits_per_image = logit_multiplier * image_embeds @ text_embeds.t()
 
         if return_loss:
-            loss_parts = vars(self.psd_loss(image_embeds, text_embeds, logit_scale, teacher_image_embeds,
+            loss_parts = vars(self.psd_loss(image_embeds, text_embeds, logit_multiplier, teacher_image_embeds,
                                             teacher_text_embeds, teacher_mask))
         else:
-            loss_parts = {"logit_scale": logit_scale.detach()}
+            loss_parts = {"logit_multiplier": logit_multiplier.detach()}
         return PSDCLIPOutput(
             logits_per_image=logits_per_image,
             logits_per_text=logits_per_image.t(),

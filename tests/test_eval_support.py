@@ -18,7 +18,7 @@ class KeywordEncoder:
     contains (as a whole word), and both get that keyword's one-hot vector."""
 
     name = "aligned"
-    logit_scale = 100.0
+    logit_multiplier = 100.0
 
     def __init__(self, keywords):
         self.index = {keyword: i for i, keyword in enumerate(keywords)}
@@ -37,7 +37,7 @@ class RandomEncoder:
     """Embeddings unrelated to content: every call draws fresh random unit vectors."""
 
     name = "random"
-    logit_scale = 100.0
+    logit_multiplier = 100.0
 
     def __init__(self, seed=0, dim=32):
         self.generator, self.dim = torch.Generator().manual_seed(seed), dim

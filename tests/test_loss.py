@@ -188,7 +188,7 @@ def test_diagnostics():
     out = loss_fn(embeds, embeds, torch.tensor(10.0), flat, flat)
     assert out.teacher_entropy.item() == pytest.approx(math.log(6), rel=1e-5)
     assert out.paired_probability.item() == pytest.approx(1 / 6, rel=1e-5)
-    assert out.logit_scale.item() == 10.0 and not out.logit_scale.requires_grad
+    assert out.logit_multiplier.item() == 10.0 and not out.logit_multiplier.requires_grad
     # The teacher equal to the student agrees on every row's first choice.
     out = loss_fn(embeds, embeds, torch.tensor(10.0), embeds, embeds)
     assert out.teacher_agreement.item() == 1.0

@@ -7,6 +7,7 @@ from pathlib import Path
 import datasets
 import numpy as np
 
+from ..cli import first_line
 from .errors import DataError
 from .image_text import ImageTextDataset, ImageTextStream
 from .records import BadRecord, RecordColumns
@@ -127,8 +128,7 @@ def _load_dataset(source, path: str, **kwargs):
     try:
         return datasets.load_dataset(path, **kwargs)
     except Exception as error:
-        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise DataError(f"cannot load {str(source)!r}: {message}") from None
+        raise DataError(f"cannot load {str(source)!r}: {first_line(error)}") from None
 
 
 def _find_columns(raw, image_column, caption_column, base_dir, source) -> RecordColumns:

@@ -7,13 +7,13 @@ status 2, as argparse does for its own errors.
 
 import argparse
 import dataclasses
-import sys
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
+from ..cli import OneLineErrorParser, fail
 from ..configuration_psdclip import DISTILL_SCHEDULES, DISTILL_TEACHERS, PRESETS
 
 
@@ -109,18 +109,6 @@ def value_type(option_field: dataclasses.Field) -> type:
     return types[0]
 
 
-def fail(prog: str, message: str):
-    print(f"{prog}: error: {message}", file=sys.stderr)
-    sys.exit(2)
-
-
-class OneLineErrorParser(argparse.ArgumentParser):
-    """argparse prints its usage block before an error; one line naming the option is easier to read in logs."""
-
-    def error(self, message):
-        fail(self.prog, message)
-
-
 def build_parser(prog: str) -> argparse.ArgumentParser:
     parser = OneLineErrorParser(prog=prog, description="Pre-train or fine-tune PSD-CLIP (run it with "
                                 "`accelerate launch` to use several GPUs or nodes).",
@@ -173,7 +161,7 @@ def read_yaml(path: str) -> dict:
     return values
 
 
-def validate(options: TrainingOptions) -> None:
+def check_ranges(options: TrainingOptions) -> None:
     """Raise OptionError naming the first option whose value is out of range."""
     # Every check is written so that it fails for NaN (every comparison with NaN is false).
     for name in POSITIVE:
@@ -218,7 +206,7 @@ def parse_options(argv: list[str] | None = None, prog: str = "train.py") -> Trai
         options = TrainingOptions(**vars(parser.parse_args(argv)))
         if options.run_dir is None:
             options.run_dir = str(Path("runs") / Path(options.output_dir).name)
-        validate(options)
+        check_ranges(options)
     except OptionError as error:
         fail(prog, str(error))
     return options

@@ -1,0 +1,26 @@
+"""What every command of the project (train.py, python -m eval) shares: a user mistake is one line and exit 2."""
+
+import argparse
+import sys
+
+
+def first_line(error: BaseException) -> str:
+    """An exception as one line: the first line of its message, or its type's name when the message is empty."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def fail(prog: str, message: str, status: int = 2):
+    """Print `prog: error: message` (argparse's form) to stderr and exit with `status`."""
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    sys.exit(status)
+
+
+class OneLineErrorParser(argparse.ArgumentParser):
+    """argparse prints its usage block before an error; one line naming the option is easier to read in logs."""
+
+    def error(self, message):
+        fail(self.prog, message)
+
+
+__all__ = ["OneLineErrorParser", "fail", "first_line"]
