@@ -1,7 +1,15 @@
 """Configuration of PSD-CLIP: CLIP's towers plus the progressive self-distillation settings."""
 
-from huggingface_hub.dataclasses import strict
-from transformers import CLIPConfig
+import transformers
+
+# This file is also run as remote code by whatever transformers a Hub user has; under 4.x the `@strict` config
+# below fails with an error that does not name the cause.
+if int(transformers.__version__.split(".")[0]) < 5:
+    raise ImportError(f"PSD-CLIP needs transformers>=5, found {transformers.__version__}: "
+                      "pip install --upgrade 'transformers>=5'")
+
+from huggingface_hub.dataclasses import strict  # noqa: E402
+from transformers import CLIPConfig  # noqa: E402
 
 
 DISTILL_SCHEDULES = ("linear", "constant")
@@ -78,6 +86,10 @@ class PSDCLIPConfig(CLIPConfig):
         # Checked here rather than in a `@strict` validator so that a bad value raises a plain ValueError.
         self.validate_distillation()
         super().__post_init__(**kwargs)
+        # CLIPModel builds its projections from the top-level size, but transformers' tower classes
+        # (CLIPVisionModelWithProjection, CLIPTextModelWithProjection) read the sub-configs' own, which default to
+        # 512: one size in all three places lets every class load the saved weights.
+        self.text_config.projection_dim = self.vision_config.projection_dim = self.projection_dim
 
     def validate_distillation(self):
         """Raise ValueError naming the first distillation setting that is out of range."""

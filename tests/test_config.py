@@ -1,8 +1,13 @@
 """Config presets and validation."""
 
 import pytest
+from transformers import CLIPConfig
 
 from modeling_psdclip import PRESETS, PSDCLIPConfig
+
+
+def projection_sizes(config) -> tuple[int, int, int]:
+    return config.projection_dim, config.text_config.projection_dim, config.vision_config.projection_dim
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
@@ -11,6 +16,20 @@ def test_presets_build(name):
     assert config.model_type == "psdclip"
     assert config.distill_alpha_max == 0.3
     assert config.vision_config.hidden_size == PRESETS[name]["vision_config"]["hidden_size"]
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_presets_carry_one_projection_size(name, tmp_path):
+    # transformers' tower classes read the sub-configs' sizes, CLIPModel the top-level one.
+    size = PRESETS[name]["projection_dim"]
+    PSDCLIPConfig.from_preset(name).save_pretrained(tmp_path)
+    assert projection_sizes(PSDCLIPConfig.from_pretrained(tmp_path)) == (size, size, size)
+    assert projection_sizes(PSDCLIPConfig.from_preset(name, projection_dim=64)) == (64, 64, 64)
+
+
+def test_stock_clip_config_gets_one_projection_size(tmp_path):
+    CLIPConfig(projection_dim=256).save_pretrained(tmp_path)  # its sub-configs keep their default, 512
+    assert projection_sizes(PSDCLIPConfig.from_pretrained(tmp_path)) == (256, 256, 256)
 
 
 def test_presets_use_openai_dimensions():
