@@ -436,6 +436,7 @@ def optimizer_step(session: Session, loss_is_finite: bool):
         if options.max_grad_norm:
             grad_norm = session.accelerator.clip_grad_norm_(session.model.parameters(), options.max_grad_norm)
         session.optimizer.step()
+        session.accelerator.unwrap_model(session.model).clamp_logit_scale_()
         if session.teacher is not None:
             session.teacher.after_optimizer_step(session.model)  # once per optimizer step, not per micro-batch
         state.nonfinite_in_row = 0

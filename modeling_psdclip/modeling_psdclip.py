@@ -12,6 +12,7 @@ This file and `configuration_psdclip.py` are copied next to saved weights for `t
 only from transformers, torch, numpy and each other.
 """
 
+import math
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -270,6 +271,15 @@ class PSDCLIPModel(CLIPModel):
     def logit_multiplier(self) -> torch.Tensor:
         """The similarity scale s = exp(logit_scale), bounded by `config.logit_scale_max`."""
         return self.logit_scale.exp().clamp(max=self.config.logit_scale_max)
+
+    @torch.no_grad()
+    def clamp_logit_scale_(self) -> None:
+        """Bound the `logit_scale` parameter itself by ln(`config.logit_scale_max`); call after each optimizer step.
+
+        `logit_multiplier` bounds the scale only inside this model's forward: a stock `CLIPModel` loading the
+        saved weights reads the parameter as it is, so the parameter must stay within the bound (as in open_clip).
+        """
+        self.logit_scale.clamp_(max=math.log(self.config.logit_scale_max))
 
     def forward(
         self,

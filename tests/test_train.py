@@ -304,6 +304,24 @@ def test_feature_caching_gives_the_full_batch_loss_and_gradients():
         torch.testing.assert_close(cached_grads[name], grad, atol=1e-6, rtol=1e-4, msg=name)
 
 
+def test_optimizer_step_bounds_the_logit_scale_parameter():
+    from types import SimpleNamespace
+
+    from train import TrainState, optimizer_step  # noqa: PLC0415 (train.py is a script, imported only here)
+
+    model = PSDCLIPModel(micro_model_config())
+    bound = math.log(model.config.logit_scale_max)
+    with torch.no_grad():
+        model.logit_scale.fill_(bound + 1)  # past the bound the forward's clamp gives it no gradient
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    session = SimpleNamespace(state=TrainState(), options=SimpleNamespace(max_grad_norm=0), model=model,
+                              accelerator=Accelerator(cpu=True), optimizer=optimizer, teacher=None,
+                              scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0))
+    model(**random_batch(model.config, 4), return_loss=True).loss.backward()
+    optimizer_step(session, loss_is_finite=True)
+    assert model.logit_scale.item() == pytest.approx(bound)
+
+
 class FakeAccelerator:
     is_main_process = True
 

@@ -12,10 +12,14 @@ TEACHER_FILE = "teacher.safetensors"
 
 
 class PSDProgressCallback(TrainerCallback):
-    """Before every optimizer step, tell the model which step of how many it is (alpha and the row draw)."""
+    """Before every optimizer step, tell the model which step of how many it is (alpha and the row draw); after
+    it, bound the logit scale parameter (`PSDCLIPModel.clamp_logit_scale_`)."""
 
     def on_step_begin(self, args, state, control, model=None, **kwargs):
         model.set_distill_progress(state.global_step, state.max_steps)
+
+    def on_optimizer_step(self, args, state, control, model=None, **kwargs):
+        model.clamp_logit_scale_()
 
 
 class TeacherCallback(TrainerCallback):
