@@ -1,0 +1,98 @@
+"""Embedding images or texts alone with a saved model, for search, clustering or a FAISS index."""
+
+import os
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from tqdm.auto import tqdm
+
+from .data.records import to_rgb
+
+
+def _rgb(image) -> Image.Image:
+    if isinstance(image, (str, os.PathLike)):
+        with Image.open(image) as opened:  # closed once decoded: a folder of images must not exhaust file handles
+            return to_rgb(opened)
+    return to_rgb(image)
+
+
+class ImageTextEmbedder:
+    """A CLIP-style transformers model (PSD-CLIP, or a stock `CLIPModel`) with its processor, embedding inputs in
+    batches under `torch.inference_mode()` with a progress bar.
+
+    Returns float32 CPU tensors of L2-normalised embeddings, one row per input in input order, so a dot product
+    is the cosine similarity. `device` defaults to the accelerator when there is one; `dtype` (e.g.
+    `torch.float16`) casts the model and its image inputs.
+    """
+
+    def __init__(self, model, processor, *, batch_size: int = 256, device: str | torch.device | None = None,
+                 dtype: torch.dtype | None = None, progress: bool = True, name: str = "model"):
+        accelerator = torch.accelerator.current_accelerator() if torch.accelerator.is_available() else None
+        self.device = torch.device(device or accelerator or "cpu")
+        self.model = model.to(device=self.device, dtype=dtype).eval()
+        self.processor = processor
+        self.batch_size = batch_size
+        self.progress = progress
+        self.name = name
+
+    @classmethod
+    def from_pretrained(cls, name_or_path, *, batch_size: int = 256, device: str | torch.device | None = None,
+                        dtype: torch.dtype | None = None, progress: bool = True, name: str | None = None,
+                        **load_kwargs) -> "ImageTextEmbedder":
+        """Load a model folder or Hub repository and its processor; `load_kwargs` (e.g. `trust_remote_code`,
+        `local_files_only`, `revision`) go to both `from_pretrained` calls.
+
+        Raises ValueError when the model has no image and text features.
+        """
+        from transformers import AutoModel, AutoProcessor
+
+        model = AutoModel.from_pretrained(name_or_path, **load_kwargs)
+        for method in ("get_image_features", "get_text_features"):
+            if not hasattr(model, method):
+                raise ValueError(f"model in {name_or_path} is not an image-text model (no {method})")
+        processor = AutoProcessor.from_pretrained(name_or_path, **load_kwargs)
+        return cls(model, processor, batch_size=batch_size, device=device, dtype=dtype, progress=progress,
+                   name=name or os.path.basename(os.path.normpath(str(name_or_path))))
+
+    @property
+    def context_length(self) -> int:
+        # The model's position table, not the tokenizer's model_max_length, bounds what it can read.
+        return self.model.config.text_config.max_position_embeddings
+
+    @property
+    def logit_multiplier(self) -> float:
+        """The multiplier of cosine similarities in the model's logits (PSD-CLIP bounds it; CLIP does not)."""
+        with torch.no_grad():
+            if hasattr(self.model, "logit_multiplier"):
+                return float(self.model.logit_multiplier())
+            return float(self.model.logit_scale.exp())
+
+    def encode_images(self, images: Sequence) -> torch.Tensor:
+        """Embed images: PIL images, file paths, or a `datasets` image column (decoded batch by batch)."""
+        def inputs(batch):
+            return self.processor(images=[_rgb(image) for image in batch], return_tensors="pt")
+        return self._encode(images, "images", inputs, self.model.get_image_features)
+
+    def encode_texts(self, texts: Sequence[str]) -> torch.Tensor:
+        """Embed texts, each truncated to the model's context length."""
+        def inputs(batch):
+            return self.processor(text=list(batch), padding=True, truncation=True, max_length=self.context_length,
+                                  return_tensors="pt")
+        return self._encode(texts, "texts", inputs, self.model.get_text_features)
+
+    def _encode(self, items: Sequence, kind: str, inputs, features) -> torch.Tensor:
+        chunks = [torch.empty(0, self.model.config.projection_dim)]
+        starts = range(0, len(items), self.batch_size)
+        with torch.inference_mode():
+            for start in tqdm(starts, desc=f"{self.name}: {kind}", unit="batch", disable=not self.progress,
+                              leave=False):
+                batch = inputs(items[start:start + self.batch_size])
+                batch = {key: value.to(self.device, dtype=self.model.dtype if value.is_floating_point() else None)
+                         for key, value in batch.items()}
+                chunks.append(features(**batch).pooler_output.float().cpu())
+        return F.normalize(torch.cat(chunks), dim=-1)
+
+
+__all__ = ["ImageTextEmbedder"]

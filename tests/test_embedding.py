@@ -1,0 +1,88 @@
+"""The embedding helper: the model's own embeddings, batched, from PIL images, file paths or a datasets column."""
+
+import shutil
+from pathlib import Path
+
+import datasets
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from modeling_psdclip import PSDCLIPConfig, PSDCLIPModel
+from modeling_psdclip.embedding import ImageTextEmbedder
+from modeling_psdclip.hub import save_model_folder
+from modeling_psdclip.processing import build_processor
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+CAPTIONS = ["a red circle", "a blue square", "a green triangle " * 20]  # the last is longer than the context
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    torch.manual_seed(0)
+    one_layer = {"num_hidden_layers": 1}
+    model = PSDCLIPModel(PSDCLIPConfig.from_preset("tiny", text_config=one_layer, vision_config=one_layer))
+    return save_model_folder(model, build_processor(image_size=64, context_length=32),
+                             tmp_path_factory.mktemp("embedding") / "model")
+
+
+@pytest.fixture(scope="module")
+def embedder(folder):
+    return ImageTextEmbedder.from_pretrained(folder, batch_size=2, progress=False)
+
+
+def images() -> list[Image.Image]:
+    rng = np.random.default_rng(0)
+    return [Image.fromarray(rng.integers(0, 256, (40 + 8 * i, 72, 3), dtype=np.uint8)) for i in range(5)]
+
+
+def test_rows_are_the_models_embeddings_in_input_order(embedder):
+    inputs = embedder.processor(text=CAPTIONS, images=images(), return_tensors="pt", padding=True, truncation=True,
+                                max_length=embedder.context_length)
+    with torch.inference_mode():
+        expected = embedder.model(**inputs)
+    image_rows, text_rows = embedder.encode_images(images()), embedder.encode_texts(CAPTIONS)
+    assert image_rows.dtype == text_rows.dtype == torch.float32
+    torch.testing.assert_close(image_rows, expected.image_embeds)
+    torch.testing.assert_close(text_rows, expected.text_embeds)
+    torch.testing.assert_close(image_rows.norm(dim=-1), torch.ones(len(image_rows)))
+    assert embedder.encode_images([]).shape == (0, embedder.model.config.projection_dim)
+
+
+def test_file_paths_and_a_datasets_column_give_the_same_rows(embedder, tmp_path):
+    paths = []
+    for index, image in enumerate(images()):
+        paths.append(tmp_path / f"{index}.png")
+        image.save(paths[-1])
+    column = datasets.Dataset.from_dict({"image": [str(path) for path in paths]}).cast_column("image", datasets.Image())
+    expected = embedder.encode_images(images())
+    torch.testing.assert_close(embedder.encode_images(paths), expected)
+    torch.testing.assert_close(embedder.encode_images(column["image"]), expected)
+
+
+def test_transparency_is_laid_over_white_as_in_training(embedder):
+    transparent = Image.new("RGBA", (64, 64), (255, 0, 0, 0))
+    white = Image.new("RGB", (64, 64), "white")
+    torch.testing.assert_close(embedder.encode_images([transparent]), embedder.encode_images([white]))
+
+
+def test_dtype_casts_the_model_and_keeps_float32_rows(folder, embedder):
+    half = ImageTextEmbedder.from_pretrained(folder, dtype=torch.bfloat16, progress=False)
+    assert half.model.dtype == torch.bfloat16
+    rows = half.encode_images(images())
+    assert rows.dtype == torch.float32
+    torch.testing.assert_close(rows, embedder.encode_images(images()), atol=0.03, rtol=0)
+
+
+def test_readme_search_example_runs(folder, tmp_path, monkeypatch):
+    shutil.copytree(folder, tmp_path / "outputs" / "psdclip-tiny")
+    (tmp_path / "photos").mkdir()
+    for index, image in enumerate(images()):
+        image.save(tmp_path / "photos" / f"{index}.png")
+    block = README.read_text().split("### Embed images and texts", 1)[1].split("```python\n", 1)[1].split("```")[0]
+    monkeypatch.chdir(tmp_path)
+    scope = {}
+    exec(compile(block, "README.md", "exec"), scope)
+    scores = scope["caption_embeds"] @ scope["image_embeds"].T
+    assert scope["best"].tolist() == scores.argsort(dim=1, descending=True)[:, :3].tolist()
