@@ -42,7 +42,7 @@ from modeling_psdclip import PSDCLIPConfig, PSDCLIPModel
 from modeling_psdclip.modeling_psdclip import PSDLossOutput
 from modeling_psdclip.training.checkpoints import CheckpointManager, is_complete, load_tensors
 from modeling_psdclip.data import SKIP_REASONS, DataError, EpochSampler, ImageTextCollator, load_image_text_dataset
-from modeling_psdclip.hub import HubError, push_folder_to_hub, save_model_folder
+from modeling_psdclip.hub import HubError, push_folder_to_hub, save_model_folder, training_card_fields
 from modeling_psdclip.processing import build_processor
 from modeling_psdclip.cli import fail, first_line
 from modeling_psdclip.training.options import OptionError, TrainingOptions, parse_options
@@ -557,10 +557,8 @@ def save_final_model(accelerator, model, processor, options, data_description: d
         config = accelerator.unwrap_model(model).config
         export = PSDCLIPModel(config)
         export.load_state_dict(state_dict)
-        training = {key: value for key, value in vars(options).items() if value is not None}
         folder = save_model_folder(export, processor, options.output_dir, repo_id=options.push_to_hub,
-                                   data=data_description, training=training,
-                                   metrics={k: v for k, v in metrics.items() if not isinstance(v, dict)})
+                                   **training_card_fields(options, data_description, metrics))
         write_json_atomically(folder / "metrics.json", metrics)
         print(f"saved the model to {folder}; metrics: {json.dumps(metrics)}")
         if options.push_to_hub:

@@ -1,34 +1,77 @@
 """Saving a Hub-ready model folder (weights, remote code, processor, model card) and pushing it."""
 
+import json
 import shutil
 import tempfile
 from pathlib import Path
 
-from huggingface_hub import ModelCard, ModelCardData, constants, upload_folder
+from huggingface_hub import EvalResult, ModelCard, ModelCardData, constants, upload_folder
+from tokenizers import Tokenizer
 
 from .cli import first_line
+from .configuration_psdclip import PRESETS
+from .data.sources import hub_dataset_id
 from .modeling_psdclip import PSDCLIPModel
 
 
 # The repository's model_card.md, linked into the package so that an installed (non-editable) package has it.
 CARD_TEMPLATE = Path(__file__).parent / "model_card.md"
+LICENSE = "apache-2.0"  # the project's licence (pyproject.toml)
+# train.py options that only locate files on the training machine: private there, and meaningless on the Hub.
+MACHINE_OPTIONS = ("config", "output_dir", "run_dir", "resume")
+VALIDATION_PREFIX = "val/"
 
 
 class HubError(RuntimeError):
     """Pushing a folder to the Hub failed; the message is one line for the user."""
 
 
+def model_title(config, base_model: str | None = None) -> str:
+    """What the card calls the model: what it was fine-tuned from, its preset, or its vision tower."""
+    if base_model:
+        return f"PSD-CLIP fine-tuned from {base_model}"
+    for name, preset in PRESETS.items():
+        if config.projection_dim == preset["projection_dim"] and all(
+                getattr(getattr(config, tower), key) == value
+                for tower in ("text_config", "vision_config") for key, value in preset[tower].items()):
+            return f"PSD-CLIP {name}"
+    vision = config.vision_config
+    return (f"PSD-CLIP ViT/{vision.patch_size} at {vision.image_size} px, width {vision.hidden_size}, "
+            f"depth {vision.num_hidden_layers}")
+
+
+def validation_results(metrics: dict, dataset: str) -> list[EvalResult]:
+    """The model-index entries of the final validation metrics (`val/...` keys) on `dataset`."""
+    return [
+        EvalResult(task_type="image-text-retrieval", task_name="Validation", dataset_type=dataset.partition(":")[0],
+                   dataset_name=dataset, dataset_split="validation", metric_type=key.removeprefix(VALIDATION_PREFIX),
+                   metric_name=key.removeprefix(VALIDATION_PREFIX), metric_value=float(value))
+        for key, value in metrics.items() if key.startswith(VALIDATION_PREFIX)
+    ]
+
+
 def render_model_card(config, model_path: str, *, data: dict | None = None, training: dict | None = None,
-                      metrics: dict | None = None, model_name: str | None = None) -> ModelCard:
+                      metrics: dict | None = None, model_name: str | None = None, license: str = LICENSE,
+                      datasets: list[str] | None = None, base_model: str | None = None,
+                      validation_data: str | None = None) -> ModelCard:
+    """The card of a model with `config`: metadata for the Hub (model-index from the `val/...` metrics measured on
+    `validation_data`), the template's tables, and usage naming `model_path`."""
+    model_name = model_name or model_title(config, base_model)
+    results = validation_results(metrics or {}, validation_data) if validation_data else []
     card_data = ModelCardData(
+        model_name=model_name,
+        license=license,
         library_name="transformers",
         pipeline_tag="zero-shot-image-classification",
         tags=["psdclip", "clip", "self-distillation", "zero-shot-image-classification"],
+        datasets=datasets or None,
+        base_model=base_model,
+        eval_results=results or None,
     )
     return ModelCard.from_template(
         card_data,
         template_path=str(CARD_TEMPLATE),
-        model_name=model_name or Path(model_path).name,
+        model_name=model_name,
         model_path=model_path,
         config=config,
         data=data,
@@ -37,21 +80,83 @@ def render_model_card(config, model_path: str, *, data: dict | None = None, trai
     )
 
 
+def _public(value):
+    """A path on the training machine shortened to its last part (no user's home or layout); other values as
+    they are."""
+    return Path(value).name if isinstance(value, str) and Path(value).expanduser().exists() else value
+
+
+def downloaded_model_id(folder) -> str | None:
+    """The Hub repository a folder was downloaded from, when it is a snapshot in the Hugging Face cache
+    (`.../models--ORG--NAME/snapshots/REVISION`, the folder `hf download ORG/NAME` prints); else None."""
+    folder = Path(folder).expanduser().resolve()
+    repository = folder.parent.parent.name
+    if folder.parent.name != "snapshots" or not repository.startswith("models--"):
+        return None
+    return repository.removeprefix("models--").replace("--", "/")  # Hub ids cannot contain "--"
+
+
+def training_card_fields(options, data_description: dict, metrics: dict) -> dict:
+    """`save_model_folder`'s card fields for a train.py run with `options`, its data description and metrics.
+
+    The output and run folders are left out and other local paths shortened; a Hub dataset as `--data` becomes
+    the card's `datasets`, an `--init-from` folder downloaded from the Hub its `base_model`, the final validation
+    metrics its model-index.
+    """
+    return {
+        "data": {key: _public(value) for key, value in data_description.items()},
+        "training": {key: _public(value) for key, value in vars(options).items()
+                     if value is not None and key not in MACHINE_OPTIONS},
+        "metrics": {key: value for key, value in metrics.items() if not isinstance(value, dict)},
+        "datasets": [name for name in [hub_dataset_id(options.data)] if name],
+        "base_model": downloaded_model_id(options.init_from) if options.init_from else None,
+        # Without --val-data only the built-in data is validated (on its own clean split).
+        "validation_data": _public(options.val_data or options.data),
+    }
+
+
+def _stock_tokenizer_files(folder: Path) -> None:
+    """Make the saved tokenizer load the same, without warnings, in transformers and in `tokenizers`.
+
+    A fast tokenizer keeps the padding and truncation of its last call in its backend, and saves them: every
+    later call that pads without truncating then warns that `max_length` is ignored, and the `tokenizers` library
+    pads everything. The processor sets both per call. transformers 5 saves its fast tokenizer class under its own
+    name, `TokenizersBackend`; `PreTrainedTokenizerFast` names the same class in every version.
+    """
+    backend_path, config_path = folder / "tokenizer.json", folder / "tokenizer_config.json"
+    if not backend_path.is_file():
+        return
+    backend = Tokenizer.from_file(str(backend_path))
+    backend.no_padding()
+    backend.no_truncation()
+    backend.save(str(backend_path))
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    if config.get("tokenizer_class") == "TokenizersBackend":
+        config["tokenizer_class"] = "PreTrainedTokenizerFast"
+        config_path.write_text(json.dumps(config, indent=2, sort_keys=True, ensure_ascii=False) + "\n",
+                               encoding="utf-8")
+
+
 def save_model_folder(model: PSDCLIPModel, processor, folder, repo_id: str | None = None, **card_fields) -> Path:
     """Write model, processor and card to `folder`, replacing it only once the new folder is complete.
 
-    The card's usage snippet names `repo_id` when the folder is meant for the Hub, else the folder.
-    `card_fields` are `data`, `training`, `metrics` (dicts shown as tables) and `model_name`.
+    The card's usage snippet names `repo_id` when the folder is meant for the Hub, else the folder's name (not
+    its path on this machine). `card_fields` go to `render_model_card`: `data`, `training`, `metrics` (dicts
+    shown as tables), `model_name`, `license`, `datasets`, `base_model`, `validation_data` (the data `val/...`
+    metrics were measured on; with it they become the card's model-index).
     """
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
-        # mkdtemp makes the folder private to its owner; a model folder is for every user who may load it.
-        staging.chmod(0o755)
         model.save_pretrained(staging)
         processor.save_pretrained(staging)
-        render_model_card(model.config, repo_id or str(folder), **card_fields).save(staging / "README.md")
+        _stock_tokenizer_files(staging)
+        render_model_card(model.config, repo_id or folder.name, **card_fields).save(staging / "README.md")
+        # mkdtemp makes the folder private to its owner, and files written through temporary files (the weights)
+        # are too; a model folder is for every user who may load it.
+        for path in [staging, *staging.rglob("*")]:
+            path.chmod(0o755 if path.is_dir() else 0o644)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -1,23 +1,34 @@
 """Saving and loading model folders: round trip, remote code without the package, CLIP checkpoints, bad folders."""
 
 import json
+import math
 import shutil
 import subprocess
 import sys
 import textwrap
+import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
+from huggingface_hub import ModelCard, ModelCardData
 from PIL import Image
 from safetensors.torch import load_file, save_file
+from tokenizers import Tokenizer
 from transformers import AutoConfig, AutoModel, AutoModelForZeroShotImageClassification, AutoProcessor, CLIPConfig, CLIPModel
+from transformers import CLIPTextModelWithProjection, CLIPVisionModelWithProjection
 
 from modeling_psdclip import PSDCLIPConfig, PSDCLIPModel
-from modeling_psdclip.hub import save_model_folder
+from modeling_psdclip.hub import downloaded_model_id, model_title, save_model_folder, training_card_fields
 from modeling_psdclip.processing import build_processor
+from modeling_psdclip.tokenization import load_clip_tokenizer
+from modeling_psdclip.training.options import parse_options
 
+README = Path(__file__).resolve().parents[1] / "README.md"
 CAPTIONS = ["a red circle", "a blue square", "a green triangle"]
+LONG_CAPTION = "a red circle next to a blue square " * 8  # longer than the 32-token context
 
 
 def small_tiny_config() -> PSDCLIPConfig:
@@ -43,7 +54,12 @@ def embeddings(model, processor) -> dict:
 def saved(tmp_path_factory):
     torch.manual_seed(0)
     model = PSDCLIPModel(small_tiny_config()).eval()
+    with torch.no_grad():
+        model.logit_scale.fill_(math.log(model.config.logit_scale_max) + 0.5)  # where a long run can push it
+    model.clamp_logit_scale_()  # what training does after every optimizer step
     processor = build_processor(image_size=64, context_length=32)
+    # As training's collator does: the fast tokenizer keeps this call's padding and truncation.
+    processor.tokenizer(CAPTIONS, padding="max_length", truncation=True, max_length=32)
     folder = save_model_folder(model, processor, tmp_path_factory.mktemp("hub") / "model",
                                metrics={"val/recall@1": 0.25})
     return model, processor, folder
@@ -51,7 +67,10 @@ def saved(tmp_path_factory):
 
 def test_folder_contents(saved):
     _, _, folder = saved
-    assert folder.stat().st_mode & 0o777 == 0o755  # readable by every user who may load it
+    # Readable by every user who may load it.
+    assert folder.stat().st_mode & 0o777 == 0o755
+    assert {path.name: path.stat().st_mode & 0o777 for path in folder.iterdir()} == \
+        {path.name: 0o644 for path in folder.iterdir()}
     config = json.loads((folder / "config.json").read_text())
     assert config["model_type"] == "psdclip"
     assert set(config["auto_map"]) == {"AutoConfig", "AutoModel", "AutoModelForZeroShotImageClassification"}
@@ -112,6 +131,125 @@ def test_remote_code_load_and_pipeline_without_the_package(saved, tmp_path):
     assert sum(scores.values()) == pytest.approx(1.0, abs=1e-5)
     logits = expected["image"] @ expected["text"].T
     assert max(scores, key=scores.get) == CAPTIONS[int(logits.argmax())]
+
+
+def model_inputs(processor) -> dict:
+    return processor(text=CAPTIONS, images=[red_circle()], return_tensors="pt", padding=True)
+
+
+def test_stock_clip_model_gives_the_same_logits(saved):
+    model, processor, folder = saved
+    clip, loading = CLIPModel.from_pretrained(folder, output_loading_info=True)
+    assert not any(loading.values()), loading
+    inputs = model_inputs(processor)
+    with torch.inference_mode():
+        torch.testing.assert_close(clip.eval()(**inputs).logits_per_image, model(**inputs).logits_per_image)
+
+
+@pytest.mark.parametrize(("tower_class", "input_names", "output"), [
+    (CLIPVisionModelWithProjection, ("pixel_values",), "image_embeds"),
+    (CLIPTextModelWithProjection, ("input_ids", "attention_mask"), "text_embeds"),
+])
+def test_transformers_tower_classes_load_the_folder(saved, tower_class, input_names, output):
+    model, processor, folder = saved
+    tower, loading = tower_class.from_pretrained(folder, output_loading_info=True)
+    # The other tower's weights are unexpected here; nothing of this one may be missing or reshaped.
+    assert not loading["missing_keys"] and not loading["mismatched_keys"], loading
+    inputs = model_inputs(processor)
+    with torch.inference_mode():
+        alone = tower.eval()(**{name: inputs[name] for name in input_names})
+        whole = model(**inputs)
+    torch.testing.assert_close(F.normalize(getattr(alone, output), dim=-1), getattr(whole, output))
+
+
+def test_saved_tokenizer_neither_pads_nor_truncates_nor_warns(saved):
+    _, _, folder = saved
+    reference = load_clip_tokenizer(context_length=32)
+    texts = [*CAPTIONS, LONG_CAPTION]
+    assert json.loads((folder / "tokenizer_config.json").read_text())["tokenizer_class"] == "PreTrainedTokenizerFast"
+    # The tokenizers library applies tokenizer.json as saved: no padding, no truncation.
+    backend = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    assert [encoding.ids for encoding in backend.encode_batch(texts)] == reference(texts)["input_ids"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        processor = AutoProcessor.from_pretrained(folder)
+        padded = processor(text=texts, padding=True, return_tensors="pt")
+        fixed = processor(text=texts, padding="max_length", truncation=True, max_length=32, return_tensors="pt")
+    assert padded["input_ids"].tolist() == reference(texts, padding=True)["input_ids"]
+    assert fixed["input_ids"].tolist() == reference(texts, padding="max_length", truncation=True)["input_ids"]
+
+
+def readme_block(marker: str) -> str:
+    """The first Python block after `marker` in the README, as a user would paste it."""
+    after_marker = README.read_text().split(marker, 1)[1]
+    return after_marker.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def test_readme_snippet_runs_without_the_package_a_prompt_or_a_warning(saved, tmp_path):
+    shutil.copytree(saved[2], tmp_path / "outputs" / "psdclip-tiny")
+    red_circle().save(tmp_path / "scene.png")
+    (tmp_path / "snippet.py").write_text(readme_block("<!-- tests/test_hub.py runs the block below"))
+    # The package is made unimportable; stdin is closed, so a trust_remote_code prompt would show and time out.
+    run_without_package = "import runpy, sys; sys.modules['modeling_psdclip'] = None; runpy.run_path('snippet.py')"
+    done = subprocess.run([sys.executable, "-c", run_without_package], cwd=tmp_path, stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True, timeout=300,
+                          env={"HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1", "PATH": "/usr/bin:/bin"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "'label': 'a red circle'" in done.stdout and "[y/N]" not in done.stdout
+    assert done.stderr == ""
+
+
+def test_transformers_4_stops_with_one_line(saved):
+    # What the remote code sees under transformers 4.x; its version number is all the check reads.
+    script = ("import sys; sys.modules['modeling_psdclip'] = None; import transformers; "
+              "transformers.__version__ = '4.57.1'; from transformers import AutoModel; "
+              "AutoModel.from_pretrained(sys.argv[1], trust_remote_code=True)")
+    done = subprocess.run([sys.executable, "-c", script, str(saved[2])], capture_output=True, text=True,
+                          timeout=300, env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
+    assert done.returncode != 0
+    assert done.stderr.strip().splitlines()[-1] == (
+        "ImportError: PSD-CLIP needs transformers>=5, found 4.57.1: pip install --upgrade 'transformers>=5'")
+
+
+def test_card_metadata_round_trips_without_local_paths(tmp_path):
+    val_file = tmp_path / "private" / "val.csv"
+    val_file.parent.mkdir()
+    val_file.write_text("image,caption\n")
+    # Where `hf download openai/clip-vit-base-patch32` puts the model.
+    init_from = tmp_path / "hub" / "models--openai--clip-vit-base-patch32" / "snapshots" / "3d74acf9"
+    init_from.mkdir(parents=True)
+    options = parse_options(["--data", "someone/captions", "--val-data", str(val_file), "--init-from", str(init_from),
+                             "--output-dir", str(tmp_path / "out"), "--run-dir", str(tmp_path / "run")])
+    description = {"training data": options.data, "training records": 1000, "validation data": str(val_file),
+                   "validation records": 10}
+    metrics = {"steps": 30, "val/loss": 1.5, "val/image_to_text_R@1": 0.25, "val/text_to_image_R@1": 0.5,
+               "skipped_records": {"missing_image": 0}}
+    model = PSDCLIPModel(small_tiny_config())
+    folder = save_model_folder(model, build_processor(image_size=64, context_length=32), tmp_path / "out",
+                               **training_card_fields(options, description, metrics))
+
+    card = ModelCard.load(folder / "README.md")
+    assert str(tmp_path) not in card.content
+    assert card.text.lstrip().startswith("# PSD-CLIP fine-tuned from openai/clip-vit-base-patch32\n")
+    assert "transformers>=5" in card.text
+    data = card.data
+    assert (data.license, data.datasets, data.base_model) == ("apache-2.0", ["someone/captions"],
+                                                              "openai/clip-vit-base-patch32")
+    assert data.model_name == "PSD-CLIP fine-tuned from openai/clip-vit-base-patch32"
+    assert {(result.dataset_name, result.metric_type): result.metric_value for result in data.eval_results} == {
+        ("val.csv", "loss"): 1.5, ("val.csv", "image_to_text_R@1"): 0.25, ("val.csv", "text_to_image_R@1"): 0.5}
+    assert ModelCardData(**data.to_dict()).to_dict() == data.to_dict()
+
+
+def test_card_of_built_in_data_names_no_dataset_and_a_preset_title(tmp_path):
+    options = parse_options(["--output-dir", str(tmp_path / "out")])
+    fields = training_card_fields(options, {"training data": "built-in synthetic captioned scenes"},
+                                  {"val/loss": 2.0})
+    assert (fields["datasets"], fields["base_model"], fields["validation_data"]) == ([], None, "synthetic")
+    assert downloaded_model_id(tmp_path) is None
+    assert "output_dir" not in fields["training"] and "run_dir" not in fields["training"]
+    assert model_title(PSDCLIPConfig.from_preset("vit-b-16")) == "PSD-CLIP vit-b-16"
+    assert model_title(small_tiny_config()).startswith("PSD-CLIP ViT/8")
 
 
 def test_clip_checkpoint_loads_into_psdclip(tmp_path):

@@ -82,9 +82,24 @@ def _load_raw(source: str, split: str, streaming: bool, data_files, seed: int, o
         return _load_folder(path, split, streaming, options), str(path)
     if path.is_file():
         return _load_file(path, split, streaming, options), str(path.parent)
-    if source.startswith(PATH_PREFIXES) or path.suffix.lower() in TABLE_BUILDERS or path.suffix.lower() == ".tar":
+    if _names_a_path(source):
         raise DataError(f"no such file or directory: {source}")
     return _load_dataset(source, source, split=split, streaming=streaming, data_files=data_files, **options), None
+
+
+def _names_a_path(source: str) -> bool:
+    """Whether `source` is written as a file or folder (even a missing one) rather than a dataset name."""
+    suffix = Path(source).suffix.lower()
+    return source.startswith(PATH_PREFIXES) or suffix in TABLE_BUILDERS or suffix == ".tar"
+
+
+def hub_dataset_id(source: str) -> str | None:
+    """The Hugging Face Hub dataset that `source` (as `load_image_text_dataset` takes it) is read from, or None for
+    the built-in data and local files."""
+    if source == "synthetic" or source.startswith("synthetic:") or Path(source).expanduser().exists() \
+            or _names_a_path(source):
+        return None
+    return source
 
 
 def _load_folder(path: Path, split: str, streaming: bool, options: dict):
