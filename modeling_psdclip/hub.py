@@ -103,13 +103,17 @@ def training_card_fields(options, data_description: dict, metrics: dict) -> dict
     the card's `datasets`, an `--init-from` folder downloaded from the Hub its `base_model`, the final validation
     metrics its model-index.
     """
+    base_model = downloaded_model_id(options.init_from) if options.init_from else None
+    training = {key: _public(value) for key, value in vars(options).items()
+                if value is not None and key not in MACHINE_OPTIONS}
+    if base_model:
+        training["init_from"] = base_model  # rather than the snapshot's revision, the last part of its path
     return {
         "data": {key: _public(value) for key, value in data_description.items()},
-        "training": {key: _public(value) for key, value in vars(options).items()
-                     if value is not None and key not in MACHINE_OPTIONS},
+        "training": training,
         "metrics": {key: value for key, value in metrics.items() if not isinstance(value, dict)},
         "datasets": [name for name in [hub_dataset_id(options.data)] if name],
-        "base_model": downloaded_model_id(options.init_from) if options.init_from else None,
+        "base_model": base_model,
         # Without --val-data only the built-in data is validated (on its own clean split).
         "validation_data": _public(options.val_data or options.data),
     }
