@@ -1,6 +1,6 @@
 """Pre-train or fine-tune PSD-CLIP.
 
-    python train.py                              # built-in default: tiny model, noisy synthetic scenes, ~10 min on CPU
+    python train.py                              # built-in default: tiny model, noisy synthetic scenes, <10 min on CPU
     accelerate launch train.py --config configs/vit-b-32.yaml   # any Accelerate launch: multi-GPU, multi-node
     python train.py --init-from FOLDER --data my_pairs.csv      # fine-tune a PSD-CLIP or stock CLIP folder
     python train.py --resume latest                             # continue a killed run exactly where it stopped

@@ -17,7 +17,7 @@ from .card import update_model_card
 from .data import CLEAN, EvalData, load_eval_data
 from .errors import EvalInputError
 from .linear_probe import linear_probe
-from .model import EmbeddingModel, require_model_folder
+from .model import EmbeddingModel, input_size, require_model_folder
 from .noisy_pairs import DEFAULT_POOL_SIZE, noisy_pair_detection, write_suspects_csv
 from .plots import noisy_pair_precision_curve, robustness_scatter
 from .report import scalar_metrics, write_report
@@ -45,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--label-column", help="column holding the class (synthetic default: label_shape)")
     common.add_argument("--classnames", metavar="FILE", help="class names, one a line, replacing the data's")
     common.add_argument("--num-samples", type=int, default=1000, help="synthetic data: examples per split")
-    common.add_argument("--image-size", type=int, default=64, help="synthetic data: image side in pixels")
+    common.add_argument("--image-size", type=int,
+                        help="synthetic data: image side in pixels (default: the first model's input size)")
     common.add_argument("--p-mismatch", type=float, default=0.0,
                         help="synthetic train split: share of captions describing another scene")
     common.add_argument("--p-partial", type=float, default=0.0,
@@ -191,6 +192,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         for folder in args.model:  # before any slow data loading
             require_model_folder(folder)
+        if args.image_size is None:  # synthetic scenes drawn at the size the model reads
+            args.image_size = input_size(args.model[0])
         results, rows = TASKS[args.task](args)
         paths = write_report(args.output, args.task, results, rows)
     except EvalInputError as error:

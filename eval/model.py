@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Protocol, Sequence
 
@@ -32,6 +33,12 @@ def require_model_folder(folder: str | Path) -> Path:
     if not (folder / "config.json").is_file():
         raise EvalInputError(f"model folder {folder} not found or has no config.json")
     return folder
+
+
+def input_size(folder: str | Path, default: int = 64) -> int:
+    """The image side a saved model folder's vision tower reads (`default` when its config does not say)."""
+    config = json.loads((Path(folder) / "config.json").read_text())
+    return config.get("vision_config", {}).get("image_size", default)
 
 
 class EmbeddingModel(ImageTextEmbedder):

@@ -43,7 +43,8 @@ def test_batch_format(processor, synthetic):
     records = [synthetic[SampleKey(0, i)] for i in range(3)]
     records[0] = {**records[0], "caption": "a red circle " * 3000, "skipped": {"corrupt_image": 2}}
     batch = ImageTextCollator(processor)(records)
-    assert set(batch) == {"pixel_values", "input_ids", "attention_mask", "skipped"}
+    assert set(batch) == {"pixel_values", "input_ids", "attention_mask", "pair_index", "skipped"}
+    assert batch["pair_index"].tolist() == [0, 1, 2]
     assert batch["pixel_values"].shape == (3, 3, IMAGE_SIZE, IMAGE_SIZE)
     assert batch["pixel_values"].dtype == torch.float32
     assert batch["input_ids"].shape == batch["attention_mask"].shape == (3, CONTEXT_LENGTH)

@@ -62,6 +62,20 @@ def test_partial_captions_name_a_wrong_attribute(cache):
         assert not (names_true_colour and names_true_shape), row["caption"]
 
 
+def test_clean_captions_use_the_zero_shot_class_names(cache):
+    """Zero-shot prompts are built from SHAPES and COUNTS, so the captions say those very words."""
+    dataset = build_synthetic_dataset("val", 200, image_size=16, cache_dir=cache)
+    prefixes = {count: f"{word} {'shape' if count == 0 else 'shapes'}:" for count, word in enumerate(COUNTS)}
+    with_count = 0
+    for row in dataset:
+        for caption in row["captions"]:
+            assert SHAPES[row["label_shape"]] in caption, caption  # the main object's shape, by its class name
+            assert not any(prefix in caption for count, prefix in prefixes.items() if count != row["label_count"])
+            with_count += prefixes[row["label_count"]] in caption
+    assert 0.3 < with_count / (len(dataset) * synthetic.CAPTIONS_PER_EVAL_IMAGE) < 0.7
+    assert set(dataset["label_count"]) == set(range(len(COUNTS)))
+
+
 def test_splits_with_one_seed_share_no_image(cache):
     train = set(image_bytes(build_synthetic_dataset("train", 100, image_size=16, cache_dir=cache)))
     val = set(image_bytes(build_synthetic_dataset("val", 100, image_size=16, cache_dir=cache)))

@@ -22,8 +22,9 @@ CAPTIONS = ["a red circle", "a blue square", "a green triangle " * 20]  # the la
 def folder(tmp_path_factory):
     torch.manual_seed(0)
     one_layer = {"num_hidden_layers": 1}
-    model = PSDCLIPModel(PSDCLIPConfig.from_preset("tiny", text_config=one_layer, vision_config=one_layer))
-    return save_model_folder(model, build_processor(image_size=64, context_length=32),
+    config = PSDCLIPConfig.from_preset("tiny", text_config=one_layer, vision_config=one_layer)
+    processor = build_processor(config.vision_config.image_size, config.text_config.max_position_embeddings)
+    return save_model_folder(PSDCLIPModel(config), processor,
                              tmp_path_factory.mktemp("embedding") / "model")
 
 

@@ -36,6 +36,12 @@ def small_tiny_config() -> PSDCLIPConfig:
     return PSDCLIPConfig.from_preset("tiny", text_config=one_layer, vision_config=one_layer)
 
 
+def tiny_processor():
+    """The processor that fits the tiny preset's input size and context."""
+    config = small_tiny_config()
+    return build_processor(config.vision_config.image_size, config.text_config.max_position_embeddings)
+
+
 def red_circle() -> Image.Image:
     canvas = np.full((64, 64, 3), 255, dtype=np.uint8)
     yy, xx = np.mgrid[:64, :64]
@@ -57,7 +63,7 @@ def saved(tmp_path_factory):
     with torch.no_grad():
         model.logit_scale.fill_(math.log(model.config.logit_scale_max) + 0.5)  # where a long run can push it
     model.clamp_logit_scale_()  # what training does after every optimizer step
-    processor = build_processor(image_size=64, context_length=32)
+    processor = tiny_processor()
     # As training's collator does: the fast tokenizer keeps this call's padding and truncation.
     processor.tokenizer(CAPTIONS, padding="max_length", truncation=True, max_length=32)
     folder = save_model_folder(model, processor, tmp_path_factory.mktemp("hub") / "model",
@@ -225,7 +231,7 @@ def test_card_metadata_round_trips_without_local_paths(tmp_path):
     metrics = {"steps": 30, "val/loss": 1.5, "val/image_to_text_R@1": 0.25, "val/text_to_image_R@1": 0.5,
                "skipped_records": {"missing_image": 0}}
     model = PSDCLIPModel(small_tiny_config())
-    folder = save_model_folder(model, build_processor(image_size=64, context_length=32), tmp_path / "out",
+    folder = save_model_folder(model, tiny_processor(), tmp_path / "out",
                                **training_card_fields(options, description, metrics))
 
     card = ModelCard.load(folder / "README.md")
@@ -260,7 +266,7 @@ def test_clip_checkpoint_loads_into_psdclip(tmp_path):
     model = PSDCLIPModel.from_pretrained(tmp_path).eval()
     for name, weight in clip.state_dict().items():
         torch.testing.assert_close(model.state_dict()[name], weight, rtol=0, atol=0, msg=name)
-    processor = build_processor(image_size=64, context_length=32)
+    processor = tiny_processor()
     inputs = processor(text=CAPTIONS, images=[red_circle()], return_tensors="pt", padding=True)
     with torch.inference_mode():
         torch.testing.assert_close(model(**inputs).logits_per_image, clip(**inputs).logits_per_image)
@@ -304,7 +310,7 @@ def test_missing_weights_fail_instead_of_random_init(saved, tmp_path):
 
 def test_card_names_the_hub_repository_and_a_failed_save_leaves_nothing(tmp_path):
     model = PSDCLIPModel(small_tiny_config())
-    processor = build_processor(image_size=64, context_length=32)
+    processor = tiny_processor()
     folder = save_model_folder(model, processor, tmp_path / "model", repo_id="someone/psdclip-test")
     assert 'model="someone/psdclip-test"' in (folder / "README.md").read_text()
 

@@ -86,7 +86,7 @@ def test_shortened_default_run_saves_a_loadable_model_and_learns(tmp_path, env):
     assert "Traceback" not in done.stderr
 
     model = PSDCLIPModel.from_pretrained(tmp_path / "model")
-    assert model.config.vision_config.image_size == 64
+    assert model.config.vision_config.image_size == 48
     card = (tmp_path / "model" / "README.md").read_text()
     assert "p_mismatch" in card and "val/text_to_image_R@1" in card
     metrics = json.loads((tmp_path / "model" / "metrics.json").read_text())

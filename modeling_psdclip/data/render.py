@@ -10,8 +10,11 @@ from .scenes import COLOUR_TYPES, SHAPE_TYPES, Scene, SceneObject
 
 # Scenes are drawn at twice the size and halved, which smooths the edges ImageDraw leaves jagged.
 SUPERSAMPLE = 2
-ANCHORS = {"left": (0.22, 0.5), "right": (0.78, 0.5), "top": (0.5, 0.22), "bottom": (0.5, 0.78), "centre": (0.5, 0.5)}
-RADIUS = {"small": (0.09, 0.12), "large": (0.16, 0.2)}  # fractions of the image side
+ANCHORS = {"left": (0.25, 0.5), "right": (0.75, 0.5), "top": (0.5, 0.25), "bottom": (0.5, 0.75), "centre": (0.5, 0.5)}
+# Fractions of the image side: a large main object spans several patches even at 32-48 px, and a small one
+# is still big enough to tell its shape.
+RADIUS = {"small": (0.11, 0.13), "large": (0.18, 0.22)}
+JITTER = 0.02  # how far, as a fraction of the side, a centre may stray from its anchor
 
 
 def render_scene(scene: Scene, image_size: int, rng: np.random.Generator) -> Image.Image:
@@ -57,7 +60,7 @@ def _texture_mask(texture: str, size: int, rng: np.random.Generator) -> np.ndarr
 
 def _draw_object(draw: ImageDraw.ImageDraw, obj: SceneObject, size: int, rng: np.random.Generator, outline_only: bool):
     anchor_x, anchor_y = ANCHORS[obj.position]
-    centre_x, centre_y = (size * (a + rng.uniform(-0.03, 0.03)) for a in (anchor_x, anchor_y))
+    centre_x, centre_y = (size * (a + rng.uniform(-JITTER, JITTER)) for a in (anchor_x, anchor_y))
     radius = size * rng.uniform(*RADIUS[obj.size])
     colour = COLOUR_TYPES[obj.colour].shades[obj.shade].rgb
     line = max(2, round(size / 40))

@@ -31,15 +31,17 @@ class Background(NamedTuple):
     pattern: tuple[int, int, int]  # the second tone a texture is drawn in
 
 
+# One word per shape, the class name itself: synonyms would split a shape's evidence between several words,
+# and zero-shot prompts are built from the class names.
 SHAPE_TYPES = (
-    Shape("circle", (("circle", "circles"), ("disk", "disks"), ("disc", "discs"), ("round shape", "round shapes"))),
-    Shape("square", (("square", "squares"), ("box", "boxes"), ("block", "blocks"))),
-    Shape("triangle", (("triangle", "triangles"), ("three-sided shape", "three-sided shapes"))),
-    Shape("star", (("star", "stars"), ("five-pointed star", "five-pointed stars"))),
-    Shape("ring", (("ring", "rings"), ("donut", "donuts"), ("hoop", "hoops"))),
-    Shape("cross", (("cross", "crosses"), ("plus sign", "plus signs"))),
-    Shape("diamond", (("diamond", "diamonds"), ("rhombus", "rhombuses"))),
-    Shape("hexagon", (("hexagon", "hexagons"), ("six-sided shape", "six-sided shapes"))),
+    Shape("circle", (("circle", "circles"),)),
+    Shape("square", (("square", "squares"),)),
+    Shape("triangle", (("triangle", "triangles"),)),
+    Shape("star", (("star", "stars"),)),
+    Shape("ring", (("ring", "rings"),)),
+    Shape("cross", (("cross", "crosses"),)),
+    Shape("diamond", (("diamond", "diamonds"),)),
+    Shape("hexagon", (("hexagon", "hexagons"),)),
 )
 
 COLOUR_TYPES = (
@@ -87,6 +89,8 @@ POSITION_WORDS = {
 }
 EDGE_POSITIONS = ("left", "right", "top", "bottom")  # several objects take distinct edges so they never overlap
 COUNT_WORDS = ("one", "two", "three")
+P_REPEAT = 0.6  # chance that an extra object is a smaller copy of the main one
+P_COUNT_PREFIX = 0.5  # chance that a caption starts with the number of objects ("two shapes: ...")
 
 # The class names of the labels every synthetic split carries, in label order: zero-shot prompts are built from them.
 SHAPES = tuple(shape.name for shape in SHAPE_TYPES)
@@ -145,7 +149,9 @@ def sample_scene(rng: np.random.Generator, style: SceneStyle) -> Scene:
     main = _sample_object(rng, style, positions[0], size=None if count == 1 else "large")
     objects = [main]
     for position in positions[1:]:
-        if rng.random() < 0.3:  # repeated objects give captions such as "two blue squares"
+        # Mostly copies of the main object ("two blue squares"): other shapes and colours in the picture would
+        # compete with the main object the shape and colour labels name.
+        if rng.random() < P_REPEAT:
             objects.append(replace(main, size="small", position=position, rotation=float(rng.uniform(-15, 15))))
         else:
             objects.append(_sample_object(rng, style, position, size="small"))
@@ -181,8 +187,9 @@ def describe(scene: Scene, rng: np.random.Generator, *, name_colour: bool = Fals
         groups.setdefault((obj.shape, obj.colour, obj.shade), []).append(obj)
     phrases = [_object_phrase(members, rng, name_colour) for members in groups.values()]
     objects = phrases[0] if len(phrases) == 1 else ", ".join(phrases[:-1]) + _pick(rng, (" and ", " with ")) + phrases[-1]
-    if len(scene.objects) > 1 and rng.random() < 0.2:
-        objects = f"{COUNT_WORDS[len(scene.objects) - 1]} shapes: {objects}"
+    if rng.random() < P_COUNT_PREFIX:  # the count words, "one" included, are what count prompts are made of
+        count = len(scene.objects)
+        objects = f"{COUNT_WORDS[count - 1]} {'shape' if count == 1 else 'shapes'}: {objects}"
     template = _pick(rng, SKETCH_TEMPLATES if scene.sketch else PHOTO_TEMPLATES)
     background = f"{_pick(rng, TEXTURE_WORDS[scene.texture])} {scene.background.name}"
     return template.format(objects, bg=background)
@@ -194,7 +201,7 @@ def _object_phrase(members: list[SceneObject], rng: np.random.Generator, name_co
     words = []
     if len(members) == 1 and rng.random() < 0.5:
         words.append(_pick(rng, SIZE_WORDS[first.size]))
-    if name_colour or rng.random() < 0.85:
+    if name_colour or rng.random() < 0.95:
         words.append(_colour_word(first, rng))
     words.append(singular if len(members) == 1 else plural)
     phrase = " ".join(words)
@@ -209,6 +216,6 @@ def _colour_word(obj: SceneObject, rng: np.random.Generator) -> str:
     colour = COLOUR_TYPES[obj.colour]
     held_out = obj.shade == len(colour.shades) - 1
     # A held-out shade's own name never occurs in training captions, so it is described by its colour name.
-    if held_out or rng.random() < 0.6:
+    if held_out or rng.random() < 0.8:
         return colour.name
     return colour.shades[obj.shade].name

@@ -46,7 +46,7 @@ class TrainingOptions:
     image_column: str | None = option(None, "image column of --data/--val-data (default: found by name)")
     caption_column: str | None = option(None, "caption column of --data/--val-data (default: found by name)")
     streaming: bool = option(False, "stream --data instead of loading it (needs --max-steps)")
-    train_samples: int = option(20480, "size of the built-in synthetic training split (made once, then cached)")
+    train_samples: int = option(25600, "size of the built-in synthetic training split (made once, then cached)")
     val_samples: int = option(512, "size of the built-in synthetic validation split")
     p_mismatch: float = option(0.2, "synthetic data: probability a caption describes another scene")
     p_partial: float = option(0.2, "synthetic data: probability one attribute of a caption is wrong")
