@@ -7,9 +7,12 @@ from accelerate import Accelerator
 from transformers import TrainingArguments
 
 from modeling_psdclip import PSDCLIPModel
+from modeling_psdclip.data import ImageTextCollator, load_image_text_dataset
+from modeling_psdclip.processing import build_processor
 from modeling_psdclip.training.teachers import EMATeacher, PreviousEpochTeacher, TeacherEmbeddings, build_teacher
 from modeling_psdclip.training.trainer import PSDTrainer
 from tests.helpers import micro_config, random_batch
+from tests.test_train import micro_model_config
 
 
 def batch_of(config, pairs: list[int], seed: int = 0) -> dict:
@@ -126,28 +129,21 @@ def test_micro_batch_teachers_concatenate():
     assert TeacherEmbeddings.concatenate([a, None]) is None
 
 
-class Rows(torch.utils.data.Dataset):
-    def __init__(self, config, size):
-        self.batch = random_batch(config, size)
-        self.size = size
-
-    def __len__(self):
-        return self.size
-
-    def __getitem__(self, index):
-        return {"input_ids": self.batch["input_ids"][index], "pixel_values": self.batch["pixel_values"][index],
-                "pair_index": torch.tensor(index)}
-
-
 @pytest.mark.parametrize("teacher", ["previous_epoch", "ema"])
-def test_trainer_trains_with_a_teacher(tmp_path, teacher):
+def test_trainer_trains_with_a_teacher(tmp_path, monkeypatch, teacher):
+    # The user's path: the package's dataset and collator, whose records Trainer must pass on whole.
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     torch.manual_seed(0)
-    model = PSDCLIPModel(micro_config(distill_alpha_max=0.8, distill_teacher=teacher, distill_ema_decay=0.5))
-    args = TrainingArguments(output_dir=str(tmp_path), num_train_epochs=3, per_device_train_batch_size=8,
+    config = micro_model_config()
+    config.distill_alpha_max, config.distill_teacher, config.distill_ema_decay = 0.8, teacher, 0.5
+    model = PSDCLIPModel(config)
+    data = load_image_text_dataset("synthetic:train", num_samples=24, image_size=16, p_mismatch=0.3)
+    collator = ImageTextCollator(build_processor(image_size=16, context_length=16), train=True)
+    args = TrainingArguments(output_dir=str(tmp_path / "out"), num_train_epochs=3, per_device_train_batch_size=8,
                              report_to=[], save_strategy="no", use_cpu=True, disable_tqdm=True, logging_steps=1,
                              learning_rate=1e-3)
     soft_losses = []
-    trainer = PSDTrainer(model=model, args=args, train_dataset=Rows(model.config, 24))
+    trainer = PSDTrainer(model=model, args=args, train_dataset=data, data_collator=collator)
     original = trainer.compute_loss
 
     def compute_loss(model, inputs, return_outputs=False, num_items_in_batch=None):

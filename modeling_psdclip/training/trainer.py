@@ -64,11 +64,14 @@ class PSDTrainer(Trainer):
                                      resume=bool(resume_from_checkpoint))
         return super().train(resume_from_checkpoint, *args, **kwargs)
 
-    def _set_signature_columns_if_needed(self):
-        # Trainer drops batch entries the model's forward does not name; the teacher needs the pair indices.
-        super()._set_signature_columns_if_needed()
-        if "pair_index" not in self._signature_columns:
-            self._signature_columns = [*self._signature_columns, "pair_index"]
+    # Trainer drops the dataset columns and record fields that the model's forward does not name, before the
+    # collator runs; PSD-CLIP's collator needs the raw images and captions, and the teacher the pair indices.
+    # `compute_loss` hands the model only its inputs.
+    def _remove_unused_columns(self, dataset, description=None):
+        return dataset
+
+    def _get_collator_with_removed_columns(self, data_collator, description=None):
+        return data_collator
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         training = model.training and self.teacher is not None

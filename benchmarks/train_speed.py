@@ -1,0 +1,216 @@
+"""Training speed, in one process, interleaved: `python -m benchmarks.train_speed [--memory]`.
+
+Compared, on the same model and data (tiny preset, batch 128 by default):
+  bare        a bare loop on fixed tensors: forward with the loss, backward, AdamW (the compute limit)
+  train.py    train.py's own step (`forward_backward`, clipping, AdamW) reading batches from a DataLoader
+  trainer     transformers' Trainer (`PSDTrainer`, the package's collator) on the same data
+and, on pre-collated batches (so only the step is timed), CLIP against PSD with each teacher (the previous-epoch
+teacher timed in its second epoch, reading a filled bank). The methods take turns, `--steps` steps each per round;
+each one's time is its median and its best over the rounds, and ratios are taken between those of one run: a
+shared, noisy machine slows every method alike. `--memory` adds the peak memory per sample of a ViT-B/32 training
+step at 224 px with and without gradient checkpointing (CUDA's peak allocation on a GPU; the growth of the peak
+resident set, in a fresh process per setting, on a CPU).
+"""
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+from accelerate import Accelerator
+from transformers import TrainerCallback, TrainingArguments
+
+from modeling_psdclip import PSDCLIPConfig, PSDCLIPModel
+from modeling_psdclip.data import EpochSampler, ImageTextCollator, load_image_text_dataset
+from modeling_psdclip.processing import build_processor
+from modeling_psdclip.training.teachers import build_teacher, model_inputs
+from modeling_psdclip.training.trainer import PSDTrainer
+from train import forward_backward
+
+TEACHERS = {"clip": {"distill_alpha_max": 0.0}, "psd previous_epoch": {"distill_teacher": "previous_epoch"},
+            "psd ema": {"distill_teacher": "ema"}}
+
+
+def new_model(preset: str, **settings) -> PSDCLIPModel:
+    torch.manual_seed(0)
+    return PSDCLIPModel(PSDCLIPConfig.from_preset(preset, **{"distill_alpha_max": 0.5,
+                                                             "distill_schedule": "constant", **settings}))
+
+
+class StepLoop:
+    """train.py's step on a model, from an endless iterator of batches (a DataLoader or pre-collated tensors)."""
+
+    def __init__(self, model, batches, accelerator: Accelerator, teacher=None):
+        self.model, self.batches, self.accelerator, self.teacher = model, batches, accelerator, teacher
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+    def run(self, steps: int) -> float:
+        started = time.perf_counter()
+        for _ in range(steps):
+            forward_backward(self.accelerator, self.model, [next(self.batches)], self.teacher)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.teacher is not None:
+                self.teacher.after_optimizer_step(self.model)
+        return (time.perf_counter() - started) / steps
+
+
+class BareLoop:
+    def __init__(self, model, batch: dict):
+        self.model, self.batch = model, model_inputs(batch)
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+    def run(self, steps: int) -> float:
+        started = time.perf_counter()
+        for _ in range(steps):
+            self.model(**self.batch, return_loss=True).loss.backward()
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        return (time.perf_counter() - started) / steps
+
+
+class StepTimes(TrainerCallback):
+    def __init__(self):
+        self.times, self.started = [], None
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.started = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.times.append(time.perf_counter() - self.started)
+
+
+class TrainerLoop:
+    """PSDTrainer over the dataset; a step is timed from Trainer's step-begin to step-end event, the first skipped
+    (it builds the DataLoader iterator)."""
+
+    def __init__(self, model, dataset, collator, batch_size: int, workers: int, folder: str):
+        self.model, self.dataset, self.collator = model, dataset, collator
+        self.batch_size, self.workers, self.folder = batch_size, workers, folder
+
+    def run(self, steps: int) -> float:
+        timer = StepTimes()
+        args = TrainingArguments(output_dir=self.folder, max_steps=steps + 1, per_device_train_batch_size=self.batch_size,
+                                 dataloader_num_workers=self.workers, report_to=[], save_strategy="no",
+                                 disable_tqdm=True, logging_strategy="no", learning_rate=1e-4, use_cpu=not
+                                 torch.cuda.is_available())
+        PSDTrainer(model=self.model, args=args, train_dataset=self.dataset, data_collator=self.collator,
+                   callbacks=[timer]).train()
+        return statistics.mean(timer.times[1:])
+
+
+def timed_rounds(loops: dict, rounds: int, steps: int) -> dict:
+    for loop in loops.values():  # warm-up
+        loop.run(1)
+    times = {name: [] for name in loops}
+    for _ in range(rounds):
+        for name, loop in loops.items():
+            times[name].append(loop.run(steps))
+    return times
+
+
+def print_table(title: str, times: dict, batch_size: int, reference: str) -> None:
+    print(f"\n{title}")
+    median_ref, best_ref = statistics.median(times[reference]), min(times[reference])
+    for name, values in times.items():
+        median, best = statistics.median(values), min(values)
+        print(f"  {name:20s} median {median:6.3f} s/step ({batch_size / median:6.1f} samples/s, "
+              f"{median_ref / median:5.3f}x {reference} speed)   best {best:6.3f} s/step "
+              f"({best_ref / best:5.3f}x {reference} speed)")
+
+
+def memory_per_sample(gradient_checkpointing: bool, batch_size: int) -> float:
+    """Peak memory of one ViT-B/32 training step at 224 px, per sample, in MiB (run in a fresh process)."""
+    code = f"""
+import json, resource, torch
+from modeling_psdclip import PSDCLIPConfig, PSDCLIPModel
+model = PSDCLIPModel(PSDCLIPConfig.from_preset("vit-b-32", distill_alpha_max=0.0))
+if {gradient_checkpointing}:
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={{"use_reentrant": False}})
+device = "cuda" if torch.cuda.is_available() else "cpu"
+model.to(device).train()
+batch = {{"pixel_values": torch.randn({batch_size}, 3, 224, 224, device=device),
+          "input_ids": torch.randint(0, 49407, ({batch_size}, 77), device=device)}}
+model(**batch, return_loss=True).loss.backward()  # warm-up: allocator caches, gradients allocated
+model.zero_grad(set_to_none=False)
+if device == "cuda":
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+else:
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+model(**batch, return_loss=True).loss.backward()
+after = torch.cuda.max_memory_allocated() if device == "cuda" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+print(json.dumps((after - before) / {batch_size} / 2**20))
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.train_speed", description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="tiny")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=3, help="steps per method per round")
+    parser.add_argument("--num-workers", type=int, default=0, help="DataLoader workers of train.py and Trainer")
+    parser.add_argument("--memory", action="store_true", help="also ViT-B/32 memory per sample")
+    parser.add_argument("--memory-batch-size", type=int, default=8)
+    options = parser.parse_args(argv)
+
+    accelerator = Accelerator(cpu=not torch.accelerator.is_available())
+    config = PSDCLIPConfig.from_preset(options.preset)
+    processor = build_processor(config.vision_config.image_size, config.text_config.max_position_embeddings)
+    dataset = load_image_text_dataset("synthetic:train", num_samples=options.batch_size * 8,
+                                      image_size=config.vision_config.image_size)
+    collator = ImageTextCollator(processor, train=True)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=options.batch_size, sampler=EpochSampler(len(dataset)),
+                                         drop_last=True, collate_fn=collator, num_workers=options.num_workers,
+                                         persistent_workers=options.num_workers > 0)
+
+    def endless(iterable):
+        while True:
+            yield from iterable
+
+    collated = [batch for _, batch in zip(range(options.steps), loader)]
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else \
+        f"{platform.machine()} CPU, {torch.get_num_threads()} threads"
+    print(f"{options.preset} preset, batch {options.batch_size}, {device}; {options.rounds} rounds of "
+          f"{options.steps} steps per method")
+
+    with tempfile.TemporaryDirectory() as folder:
+        loops = {"bare": BareLoop(new_model(options.preset, distill_alpha_max=0.0), collated[0]),
+                 "train.py": StepLoop(new_model(options.preset, distill_alpha_max=0.0), endless(loader), accelerator),
+                 "trainer": TrainerLoop(new_model(options.preset, distill_alpha_max=0.0), dataset, collator,
+                                        options.batch_size, options.num_workers, folder)}
+        print_table("CLIP steps (train.py and Trainer read and collate their batches)",
+                    timed_rounds(loops, options.rounds, options.steps), options.batch_size, "bare")
+
+        teachers = {}
+        for name, settings in TEACHERS.items():
+            model = new_model(options.preset, **settings)
+            teacher = build_teacher(model.config, model, accelerator, f"{folder}/{name}", num_pairs=len(dataset))
+            loop = StepLoop(model, endless(collated), accelerator, teacher)
+            if teacher is not None:  # the bank's first epoch, so that the timed steps read a filled bank
+                teacher.start_epoch(0)
+                loop.run(len(collated))
+                teacher.start_epoch(1)
+            teachers[name] = loop
+        print_table("Teachers (pre-collated batches)", timed_rounds(teachers, options.rounds, options.steps),
+                    options.batch_size, "clip")
+
+    if options.memory:
+        print(f"\nViT-B/32, 224 px, peak memory per sample of a training step (batch {options.memory_batch_size}):")
+        for checkpointing in (False, True):
+            mib = memory_per_sample(checkpointing, options.memory_batch_size)
+            print(f"  gradient checkpointing {'on ' if checkpointing else 'off'}: {mib:7.1f} MiB")
+
+
+if __name__ == "__main__":
+    main()
