@@ -42,7 +42,7 @@ from modeling_psdclip import PSDCLIPConfig, PSDCLIPModel
 from modeling_psdclip.modeling_psdclip import PSDLossOutput
 from modeling_psdclip.training.checkpoints import CheckpointManager, is_complete, load_tensors
 from modeling_psdclip.data import SKIP_REASONS, DataError, EpochSampler, ImageTextCollator, load_image_text_dataset
-from modeling_psdclip.hub import HubError, push_folder_to_hub, save_model_folder
+from modeling_psdclip.hub import HubError, ModelFolderError, push_folder_to_hub, save_model_folder
 from modeling_psdclip.processing import build_processor
 from modeling_psdclip.cli import fail, first_line
 from modeling_psdclip.training.options import OptionError, TrainingOptions, parse_options
@@ -597,7 +597,7 @@ def main(argv: list[str] | None = None) -> None:
         if accelerator.is_main_process:
             print(f"{PROG}: error: {error}", file=sys.stderr)
         status = 2
-    except (DataError, TrainingDiverged, HubError) as error:
+    except (DataError, TrainingDiverged, HubError, ModelFolderError) as error:
         if accelerator.is_main_process:
             print(f"{PROG}: error: {first_line(error)}", file=sys.stderr)
         status = 1

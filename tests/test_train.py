@@ -272,6 +272,33 @@ def test_options_come_from_yaml_and_flags_override_it(tmp_path, capsys):
         assert exited.value.code == 2 and len(error.splitlines()) == 1 and option in error
 
 
+def test_output_dir_that_would_destroy_something_is_refused_before_training(tmp_path, env, micro_folder, capsys,
+                                                                          monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "pairs.csv").write_text("image,caption\n")
+    (tmp_path / "a-file").write_text("mine")
+    for output, run_dir, message in [
+        ("data", "run", "holds 'pairs.csv'"), ("a-file", "run", "is a file"), (".", "run", "current folder"),
+        (str(tmp_path.parent), "run", "current folder"), ("runs/x", "runs/x", "separate folders"),
+        ("runs/x/model", "runs/x", "separate folders"), ("runs/x", "runs/x/run", "separate folders"),
+        ("/proc/psdclip-nowhere/model", "run", "cannot create /proc/psdclip-nowhere/model"),
+    ]:
+        with pytest.raises(SystemExit) as exited:
+            parse_options(["--output-dir", output, "--run-dir", run_dir])
+        error = capsys.readouterr().err.strip()
+        assert exited.value.code == 2 and len(error.splitlines()) == 1, error
+        assert error.startswith("train.py: error: --output-dir") and message in error, error
+
+    # End to end: one line, nothing trained, the user's folder as it was.
+    done = run(micro_args(micro_folder, tmp_path, "--max-steps", "1", "--output-dir", str(tmp_path / "data")), env,
+               check=False)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("train.py: error: --output-dir")
+    assert not (tmp_path / "run").exists()
+    assert [path.name for path in (tmp_path / "data").iterdir()] == ["pairs.csv"]
+
+
 def test_help_lists_every_option_with_its_default(env):
     done = subprocess.run([sys.executable, TRAIN, "--help"], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0
