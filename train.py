@@ -40,7 +40,7 @@ from transformers.models.clip.modeling_clip import image_text_contrastive_loss
 from eval.ranking import true_match_ranks
 from modeling_psdclip import PSDCLIPConfig, PSDCLIPModel
 from modeling_psdclip.modeling_psdclip import PSDLossOutput
-from modeling_psdclip.training.checkpoints import CheckpointManager, is_complete, load_tensors
+from modeling_psdclip.training.checkpoints import CheckpointError, CheckpointManager, is_complete, restore
 from modeling_psdclip.data import SKIP_REASONS, DataError, EpochSampler, ImageTextCollator, load_image_text_dataset
 from modeling_psdclip.hub import HubError, ModelFolderError, push_folder_to_hub, save_model_folder
 from modeling_psdclip.processing import build_processor
@@ -56,7 +56,7 @@ PROG = "train.py"
 
 
 class TrainState:
-    """Where training is, saved in every checkpoint (Accelerate saves objects registered for checkpointing)."""
+    """Where training is, saved in every checkpoint as JSON (`CheckpointManager.save`)."""
 
     def __init__(self):
         self.step = 0  # optimizer steps taken (a skipped non-finite step counts: the schedule moves on)
@@ -316,7 +316,7 @@ class Session:
     data_description: dict
 
     def save_checkpoint(self) -> None:
-        self.checkpoints.save(self.accelerator, self.state.step,
+        self.checkpoints.save(self.accelerator, self.state.step, self.state.state_dict(),
                               tensors={"teacher": self.teacher.state_dict() if self.teacher else {}})
 
 
@@ -389,11 +389,11 @@ def set_up(options, accelerator: Accelerator) -> Session:
                        "trains as CLIP (use --distill-teacher ema)", main_process_only=True)
 
     state = TrainState()
-    accelerator.register_for_checkpointing(state)
     if resume_from is not None:
-        accelerator.load_state(str(resume_from))
+        saved_state, tensors = restore(accelerator, resume_from, ("teacher",))
+        state.load_state_dict(saved_state)
         if teacher is not None:
-            teacher.load_state_dict(load_tensors(resume_from, "teacher") or {})
+            teacher.load_state_dict(tensors["teacher"] or {})
         logger.info(f"resumed from {resume_from} at step {state.step}", main_process_only=True)
         if accelerator.is_main_process:
             checkpoints.discard_newer_than(state.step)
@@ -597,7 +597,7 @@ def main(argv: list[str] | None = None) -> None:
         if accelerator.is_main_process:
             print(f"{PROG}: error: {error}", file=sys.stderr)
         status = 2
-    except (DataError, TrainingDiverged, HubError, ModelFolderError) as error:
+    except (DataError, TrainingDiverged, HubError, ModelFolderError, CheckpointError) as error:
         if accelerator.is_main_process:
             print(f"{PROG}: error: {first_line(error)}", file=sys.stderr)
         status = 1

@@ -162,6 +162,29 @@ def test_killed_run_with_a_teacher_resumes_exactly_across_an_epoch_boundary(tmp_
     assert soft[-1] > 0
 
 
+class RunsCodeWhenUnpickled:
+    def __init__(self, proof: Path):
+        self.proof = proof
+
+    def __reduce__(self):
+        return open, (str(self.proof), "w")
+
+
+def test_resume_unpickles_no_state_of_its_own(tmp_path, env, micro_folder):
+    run(micro_args(micro_folder, tmp_path, "--max-steps", "2", "--checkpoint-every", "1"), env)
+    checkpoint = tmp_path / "run" / "checkpoints" / "step-00000002"
+    # What Accelerate loads with full pickle for an object registered for checkpointing.
+    proof = tmp_path / "code-ran"
+    torch.save(RunsCodeWhenUnpickled(proof), checkpoint / "custom_checkpoint_0.pkl")
+    done = run(micro_args(micro_folder, tmp_path, "--max-steps", "2", "--resume", str(checkpoint)), env, check=False)
+    assert not proof.exists()
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (f"train.py: error: {checkpoint} holds custom_checkpoint_0.pkl, a "
+                                                    "pickle this package never writes and does not load; resume from "
+                                                    "a checkpoint written by this version")
+    assert json.loads((checkpoint / "train_state.json").read_text())["step"] == 2
+
+
 def test_ema_teacher_moves_once_per_optimizer_step_and_stays_out_of_the_export(tmp_path, env, micro_folder):
     run(micro_args(micro_folder, tmp_path, "--max-steps", "1", "--accum-steps", "2", "--checkpoint-every", "1",
                    "--distill-teacher", "ema", "--distill-ema-decay", "0.5"), env)
@@ -345,7 +368,7 @@ class FakeAccelerator:
 def test_checkpoints_are_complete_or_ignored_and_only_the_last_are_kept(tmp_path):
     manager = CheckpointManager(tmp_path, keep_last=2)
     for step in (10, 20, 30):
-        manager.save(FakeAccelerator(), step)
+        manager.save(FakeAccelerator(), step, {"step": step})
     assert [p.name for p in manager.complete_checkpoints()] == ["step-00000020", "step-00000030"]
     # What a kill leaves behind: a staging folder mid-write, or a renamed one whose marker is gone mid-delete.
     (tmp_path / ".staging-step-00000040").mkdir()

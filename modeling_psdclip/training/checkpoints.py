@@ -6,8 +6,10 @@ are flushed to disk, a completion marker is added, and only then is the folder r
 (a rename is atomic on POSIX file systems). A folder without the marker is never offered for resuming, and an
 old checkpoint loses its marker before it is deleted.
 
-State that Accelerate does not hold (the EMA teacher's weights) is saved beside it as safetensors files, which
-load without unpickling anything.
+State that Accelerate does not hold is saved beside it in formats that load without unpickling anything: the
+training loop's own state as JSON (`train_state.json`; it is not registered with Accelerate, which would pickle it
+and load it back with full pickle, so a crafted checkpoint could run code) and tensors such as the EMA teacher's
+weights as safetensors files.
 """
 
 import json
@@ -20,9 +22,16 @@ import torch
 from accelerate import Accelerator
 from safetensors.torch import load_file, save_file
 
+from ..cli import first_line
+
 
 MARKER = "checkpoint_complete.json"
+STATE_FILE = "train_state.json"
 STEP_FOLDER = re.compile(r"step-(\d+)")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint cannot be written or loaded; the message is one line for the user."""
 
 
 def fsync_tree(folder: Path) -> None:
@@ -83,11 +92,12 @@ class CheckpointManager:
         checkpoints = self.complete_checkpoints()
         return checkpoints[-1] if checkpoints else None
 
-    def save(self, accelerator: Accelerator, step: int, tensors: dict[str, dict[str, torch.Tensor]] | None = None
-             ) -> Path:
+    def save(self, accelerator: Accelerator, step: int, state: dict,
+             tensors: dict[str, dict[str, torch.Tensor]] | None = None) -> Path:
         """Collective: every process must call it (sharded states are written by every rank).
 
-        `tensors` maps a name to a state dict that is the same on every process, saved as `<name>.safetensors`.
+        `state` is the training loop's JSON-serialisable state, saved as `train_state.json`; `tensors` maps a name
+        to a state dict that is the same on every process, saved as `<name>.safetensors`.
         """
         final = self.root / f"step-{step:08d}"
         staging = self.root / f".staging-{final.name}"
@@ -98,9 +108,11 @@ class CheckpointManager:
         accelerator.save_state(str(staging))
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
-            for name, state in (tensors or {}).items():
-                if state:
-                    save_file({key: value.cpu() for key, value in state.items()}, staging / f"{name}.safetensors")
+            (staging / STATE_FILE).write_text(json.dumps(state))
+            for name, tensor_state in (tensors or {}).items():
+                if tensor_state:
+                    save_file({key: value.cpu() for key, value in tensor_state.items()},
+                              staging / f"{name}.safetensors")
             fsync_tree(staging)
             marker = staging / MARKER
             marker.write_text(json.dumps({"step": step}))
@@ -126,3 +138,24 @@ def load_tensors(checkpoint: Path, name: str) -> dict[str, torch.Tensor] | None:
     """The state dict saved as `name` by `CheckpointManager.save`, or None when the checkpoint has none."""
     path = Path(checkpoint) / f"{name}.safetensors"
     return load_file(path) if path.is_file() else None
+
+
+def restore(accelerator: Accelerator, checkpoint: Path, tensor_names: tuple[str, ...] = ()
+            ) -> tuple[dict, dict[str, dict[str, torch.Tensor] | None]]:
+    """Load a checkpoint into the prepared objects; return the loop's state and the `tensor_names` state dicts.
+
+    Raises CheckpointError for a checkpoint that cannot be loaded. Accelerate would unpickle a
+    `custom_checkpoint_*.pkl` without restrictions for a registered object; this package registers none and
+    refuses a checkpoint that holds one.
+    """
+    checkpoint = Path(checkpoint)
+    pickled = sorted(path.name for path in checkpoint.glob("custom_checkpoint_*"))
+    if pickled:
+        raise CheckpointError(f"{checkpoint} holds {pickled[0]}, a pickle this package never writes and does not "
+                              "load; resume from a checkpoint written by this version")
+    try:
+        accelerator.load_state(str(checkpoint))
+        state = json.loads((checkpoint / STATE_FILE).read_text())
+        return state, {name: load_tensors(checkpoint, name) for name in tensor_names}
+    except Exception as error:  # Any damage (truncation, a missing file, bad JSON) means the same: unusable.
+        raise CheckpointError(f"cannot load the checkpoint {checkpoint}: {first_line(error)}") from error
