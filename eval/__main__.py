@@ -57,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     common.add_argument("--output", type=Path, default=Path("outputs/eval"), help="folder for results")
     common.add_argument("--no-card", action="store_true", help="leave the model folders' README.md alone")
+    common.add_argument("--trust-remote-code", action="store_true",
+                        help="run the Python files a --model folder carries (auto_map); only for folders you trust. "
+                             "PSD-CLIP and stock CLIP folders never need it")
     templates = OneLineErrorParser(add_help=False)
     templates.add_argument("--templates", default=None, metavar="SET_OR_FILE",
                            help="imagenet80 (default unless the data ships templates), simple, or a file")
@@ -104,7 +107,8 @@ def load_models(args) -> list[tuple[Path, EmbeddingModel]]:
     names = [Path(folder).resolve().name for folder in args.model]
     names = [name if names.count(name) == 1 else f"{name}-{i + 1}" for i, name in enumerate(names)]
     return [(Path(folder), EmbeddingModel.from_pretrained(folder, name=name, batch_size=args.batch_size,
-                                                          device=args.device))
+                                                          device=args.device,
+                                                          trust_remote_code=args.trust_remote_code))
             for folder, name in zip(args.model, names)]
 
 

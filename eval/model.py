@@ -57,20 +57,25 @@ class EmbeddingModel:
         self.progress = progress
 
     @classmethod
-    def from_pretrained(cls, folder: str | Path, **kwargs) -> "EmbeddingModel":
-        """Load a saved model folder (PSD-CLIP or any CLIP-compatible checkpoint) and its processor, offline."""
+    def from_pretrained(cls, folder: str | Path, *, trust_remote_code: bool = False, **kwargs) -> "EmbeddingModel":
+        """Load a saved model folder (PSD-CLIP or any CLIP-compatible checkpoint) and its processor, offline.
+
+        PSD-CLIP folders load through this package's classes, stock CLIP folders through transformers' own; the
+        Python files a folder carries run only with `trust_remote_code=True`, for folders you trust.
+        """
         from transformers import AutoModel, AutoProcessor
 
+        import modeling_psdclip  # noqa: F401 (registers model_type "psdclip" with the Auto classes)
+
         folder = require_model_folder(folder)
-        try:  # registers model_type "psdclip" with the Auto classes when the library is installed
-            import modeling_psdclip  # noqa: F401
-        except ImportError:
-            pass
         try:
-            model = AutoModel.from_pretrained(folder, trust_remote_code=True, local_files_only=True)
-            processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True, local_files_only=True)
+            model = AutoModel.from_pretrained(folder, trust_remote_code=trust_remote_code, local_files_only=True)
+            processor = AutoProcessor.from_pretrained(folder, trust_remote_code=trust_remote_code,
+                                                      local_files_only=True)
         except (OSError, ValueError, KeyError) as error:
-            raise EvalInputError(f"cannot load model folder {folder}: {first_line(error)}") from error
+            hint = "" if trust_remote_code or "trust_remote_code" not in str(error) else \
+                " (the folder's own Python runs only with --trust-remote-code: pass it for folders you trust)"
+            raise EvalInputError(f"cannot load model folder {folder}: {first_line(error)}{hint}") from error
         for method in ("get_image_features", "get_text_features"):
             if not hasattr(model, method):
                 raise EvalInputError(f"model in {folder} is not an image-text model (no {method})")

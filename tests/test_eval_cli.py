@@ -1,15 +1,17 @@
 """`python -m eval` end to end on a saved stock CLIPModel folder, exit code 2 on bad input, and the card."""
 
 import json
+import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import datasets
 import pytest
 import torch
 from huggingface_hub import ModelCard
-from test_eval_support import COLOURS, colour_image, save_tiny_clip, write_imagefolder
+from test_eval_support import COLOURS, colour_image, save_tiny_clip, save_tiny_psdclip, write_imagefolder
 
 from eval.__main__ import main
 from eval.card import update_model_card
@@ -89,6 +91,41 @@ def test_bad_input_exits_2_with_one_line(workspace, arguments, capsys):
     # The last line, after any progress bars; argparse names the task in its own errors.
     assert re.match(r"python -m eval( [a-z-]+)?: error: ", stderr.strip().splitlines()[-1])
     assert "Traceback" not in stderr
+
+
+REPO = Path(__file__).resolve().parents[1]
+# Prepended to a folder's Python files: leaves a file behind when the folder's code runs.
+PROOF_CODE = "import os, pathlib; pathlib.Path(os.environ['PROOF']).write_text('ran')\n"
+
+
+def run_eval(tmp_path, *arguments):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PROOF": str(tmp_path / "code-ran"),
+           "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    return subprocess.run([sys.executable, "-m", "eval", *arguments, "--templates", "simple", "--no-card",
+                           "--output", str(tmp_path / "out")], cwd=REPO, env=env, capture_output=True, text=True)
+
+
+def test_model_folder_code_runs_only_with_trust_remote_code(workspace, tmp_path):
+    folder = save_tiny_psdclip(tmp_path / "psdclip")
+    for name in ("configuration_psdclip.py", "modeling_psdclip.py"):
+        (folder / name).write_text(PROOF_CODE + (folder / name).read_text())
+    data = ["--data", str(workspace["data"])]
+    # A PSD-CLIP folder loads through the installed package.
+    done = run_eval(tmp_path, "zeroshot", "--model", str(folder), *data)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert not (tmp_path / "code-ran").exists()
+
+    # A folder of unknown type whose config points at its own code: refused, then run only when asked for.
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "model_type": "psdclip-fork"}))
+    done = run_eval(tmp_path, "zeroshot", "--model", str(folder), *data)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"python -m eval: error: cannot load model folder {folder}") and "--trust-remote-code" in last
+    assert not (tmp_path / "code-ran").exists()
+    done = run_eval(tmp_path, "zeroshot", "--model", str(folder), *data, "--trust-remote-code")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (tmp_path / "code-ran").exists()
 
 
 def test_module_entry_point_exit_code():
