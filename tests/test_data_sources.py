@@ -248,6 +248,21 @@ def test_undecodable_webdataset_caption_is_skipped(tmp_path):
     assert {record["caption"] for record in loaded} == {"fine", "a smile \U0001F600"}
 
 
+@pytest.mark.parametrize("streaming", [False, True])
+def test_a_row_that_cannot_be_read_is_skipped_and_counted(tmp_path, streaming):
+    # The JSON reader keeps bytes that are not UTF-8; turning the row into Python fails, for this row only.
+    write_images(tmp_path, ["0.png", "1.png", "2.png"])
+    lines = [json.dumps({"image": f"{index}.png", "caption": f"picture {index}"}).encode() for index in range(3)]
+    lines.insert(1, b'{"image": "0.png", "caption": "bad \xff\xfe caption"}')
+    (tmp_path / "pairs.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    loaded = records(load_image_text_dataset(str(tmp_path / "pairs.jsonl"), streaming=streaming, shuffle_buffer=None))
+    counts = collections.Counter()
+    for record in loaded:
+        counts.update(record["skipped"])
+    assert counts == {"unreadable_record": 1}
+    assert {record["caption"] for record in loaded} == {"picture 0", "picture 1", "picture 2"}
+
+
 def one_line_error(source, **kwargs) -> str:
     with pytest.raises(DataError) as error:
         load_image_text_dataset(source, **kwargs)

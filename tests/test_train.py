@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 from transformers import CLIPModel
 
 from modeling_psdclip import PSDCLIPConfig, PSDCLIPModel
+from modeling_psdclip.data import SKIP_REASONS
 from modeling_psdclip.training.checkpoints import MARKER, CheckpointManager
 from modeling_psdclip.processing import build_processor
 from modeling_psdclip.training.options import parse_options
@@ -227,7 +228,7 @@ def write_pairs_with_bad_records(folder: Path, usable: int = 13) -> dict:
     rows += [("corrupt.png", "a broken picture"), ("missing.png", "a lost picture"), ("0.png", "")]
     table = folder / "pairs.csv"
     table.write_text("image,caption\n" + "".join(f"{image},{caption}\n" for image, caption in rows))
-    return {"missing_image": 1, "corrupt_image": 1, "empty_caption": 1, "undecodable_caption": 0}
+    return {**dict.fromkeys(SKIP_REASONS, 0), "missing_image": 1, "corrupt_image": 1, "empty_caption": 1}
 
 
 def test_bad_records_are_skipped_and_counted_exactly(tmp_path, env, micro_folder):

@@ -3,13 +3,14 @@
 import io
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageOps
 
 # Why a record was skipped; every batch reports a count for each of these.
-SKIP_REASONS = ("missing_image", "corrupt_image", "empty_caption", "undecodable_caption")
+SKIP_REASONS = ("missing_image", "corrupt_image", "empty_caption", "undecodable_caption", "unreadable_record")
 CAPTION_KEYS = ("caption", "captions", "text", "txt", "title", "sentences")  # looked up in JSON captions
 JSON_COLUMNS = ("json",)  # columns whose text is a JSON object holding the caption(s)
 WHITE = (255, 255, 255, 255)
@@ -34,6 +35,19 @@ class RecordColumns:
     image: tuple[str, ...]
     caption: tuple[str, ...]
     base_dir: str | None = None  # what relative image paths are relative to
+
+    def read(self, load_row: Callable[[], dict], rng: np.random.Generator) -> tuple[Image.Image, str]:
+        """`decode(load_row())`, where any failure to read or decode the row is a `BadRecord`.
+
+        Format readers let through what Python then fails on (a JSON reader keeps bytes that are not UTF-8, and
+        converting the row raises UnicodeDecodeError); whatever it is, it concerns this row alone.
+        """
+        try:
+            return self.decode(load_row(), rng)
+        except BadRecord:
+            raise
+        except Exception:
+            raise BadRecord("unreadable_record") from None
 
     def decode(self, row: dict, rng: np.random.Generator) -> tuple[Image.Image, str]:
         """The row's image in RGB and one of its captions (drawn with `rng` when it has several).
