@@ -316,6 +316,7 @@ class Session:
     data_description: dict
 
     def save_checkpoint(self) -> None:
+        require_finite_weights(self.accelerator, self.model, self.state.step, "checkpoint")
         self.checkpoints.save(self.accelerator, self.state.step, self.state.state_dict(),
                               tensors={"teacher": self.teacher.state_dict() if self.teacher else {}})
 
@@ -541,11 +542,24 @@ def train(options, accelerator: Accelerator) -> None:
         "skipped_records": dict(state.skipped_records), "skipped_records_total": sum(state.skipped_records.values()),
         **{key: round(value, 4) for key, value in final.items()},
     }
+    require_finite_weights(accelerator, model, state.step, "model")
     save_final_model(accelerator, model, session.processor, options, session.data_description, metrics)
 
 
 class TrainingDiverged(RuntimeError):
-    """Too many non-finite losses in a row."""
+    """Too many non-finite losses in a row, or weights that are not finite."""
+
+
+def require_finite_weights(accelerator: Accelerator, model, step: int, what: str) -> None:
+    """Raise TrainingDiverged, on every process alike, when any process holds a weight that is not finite.
+
+    A model that skipped every step as non-finite, or stepped with non-finite gradients, would otherwise be saved;
+    and a checkpoint of it would push the last good one out.
+    """
+    finite = torch.stack([torch.isfinite(parameter).all() for parameter in model.parameters()]).all()
+    if accelerator.reduce((~finite).float().reshape(1), "sum").item() > 0:
+        raise TrainingDiverged(f"stopped at step {step}: the weights are not all finite, so no {what} was saved and "
+                               "the earlier checkpoints are kept (try a lower --lr or --mixed-precision no)")
 
 
 def save_final_model(accelerator, model, processor, options, data_description: dict, metrics: dict) -> None:

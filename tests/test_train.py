@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import pytest
 import torch
 from accelerate import Accelerator
 from PIL import Image
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from transformers import CLIPModel
 
 from modeling_psdclip import PSDCLIPConfig, PSDCLIPModel
@@ -259,6 +260,28 @@ def test_diverging_run_skips_non_finite_steps_then_stops_with_one_line(tmp_path,
     assert not (tmp_path / "model").exists()
 
 
+def test_weights_that_are_not_finite_are_never_saved(tmp_path, env, micro_folder):
+    # Every step of a model with a NaN weight is skipped as non-finite: what `--lr inf` used to do.
+    poisoned = tmp_path / "poisoned"
+    shutil.copytree(micro_folder, poisoned)
+    state = load_file(poisoned / "model.safetensors")
+    state["text_projection.weight"][0, 0] = float("nan")
+    save_file(state, poisoned / "model.safetensors", metadata={"format": "pt"})
+    shutil.copytree(micro_folder, tmp_path / "model")  # an earlier model in --output-dir must survive
+    args = micro_args(micro_folder, tmp_path, "--max-steps", "3", "--max-nonfinite-steps", "10")
+    args[args.index("--init-from") + 1] = str(poisoned)
+    for extra, what in [(["--checkpoint-every", "0"], "model"), (["--checkpoint-every", "2"], "checkpoint")]:
+        done = run(args + extra, env, check=False)
+        assert done.returncode == 1 and "Traceback" not in done.stderr
+        step = 3 if what == "model" else 2
+        assert done.stderr.strip().splitlines()[-1] == (
+            f"train.py: error: stopped at step {step}: the weights are not all finite, so no {what} was saved and "
+            "the earlier checkpoints are kept (try a lower --lr or --mixed-precision no)")
+        assert not (tmp_path / "run" / "checkpoints").exists() or not any((tmp_path / "run" / "checkpoints").iterdir())
+        assert all(torch.isfinite(tensor).all() for tensor in weights(tmp_path).values())
+        shutil.rmtree(tmp_path / "run")
+
+
 def test_missing_data_and_bad_options_are_one_line_errors_with_status_2(tmp_path, env, micro_folder):
     done = run(micro_args(micro_folder, tmp_path, "--data", str(tmp_path / "nowhere.csv")), env, check=False)
     assert done.returncode == 2 and "Traceback" not in done.stderr
@@ -280,6 +303,8 @@ def test_options_come_from_yaml_and_flags_override_it(tmp_path, capsys):
                          (["--mixed-precision", "fp8"], "--mixed-precision"),
                          (["--distill-temperature", "0"], "--distill-temperature"),
                          (["--weight-decay", "nan"], "--weight-decay"), (["--lr", "nan"], "--lr"),
+                         (["--lr", "inf"], "--lr"), (["--max-grad-norm", "inf"], "--max-grad-norm"),
+                         (["--peak-tflops", "inf"], "--peak-tflops"),
                          (["--p-mismatch", "0.6", "--p-partial", "0.6"], "--p-partial")]:
         with pytest.raises(SystemExit) as exited:
             parse_options(argv)
@@ -288,7 +313,7 @@ def test_options_come_from_yaml_and_flags_override_it(tmp_path, capsys):
         assert len(error.splitlines()) == 1 and option in error
 
     for text, option in [("batch_sise: 64\n", "batch_sise"), ("batch_size:\n", "--batch-size"),
-                         ("report_to:\n", "--report-to")]:
+                         ("report_to:\n", "--report-to"), ("lr: .inf\n", "--lr")]:
         config.write_text(text)
         with pytest.raises(SystemExit) as exited:
             parse_options(["--config", str(config)])

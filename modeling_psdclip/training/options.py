@@ -7,6 +7,7 @@ status 2, as argparse does for its own errors.
 
 import argparse
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -164,7 +165,10 @@ def read_yaml(path: str) -> dict:
 
 def check_ranges(options: TrainingOptions) -> None:
     """Raise OptionError naming the first option whose value is out of range."""
-    # Every check is written so that it fails for NaN (every comparison with NaN is false).
+    for option_field in dataclasses.fields(options):
+        value = getattr(options, option_field.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise OptionError(f"{flag(option_field.name)} must be a finite number, got {value}")
     for name in POSITIVE:
         value = getattr(options, name)
         if value is not None and not value > 0:
