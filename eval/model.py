@@ -9,6 +9,7 @@ import torch
 from tqdm.auto import tqdm
 
 from modeling_psdclip.cli import first_line
+from modeling_psdclip.data.records import to_rgb
 
 from .errors import EvalInputError
 
@@ -109,7 +110,7 @@ class EmbeddingModel:
                               leave=False):
                 batch = items[start:start + self.batch_size]
                 if kind == "images":
-                    inputs = self.processor(images=[image.convert("RGB") for image in batch], return_tensors="pt")
+                    inputs = self.processor(images=[to_rgb(image) for image in batch], return_tensors="pt")
                 else:
                     inputs = self.processor(text=batch, padding=True, truncation=True,
                                             max_length=self.context_length, return_tensors="pt")

@@ -226,6 +226,16 @@ def test_every_image_mode_is_converted_to_rgb(tmp_path):
     assert cyan[0] < 60 and cyan[1] > 200 and cyan[2] > 200
 
 
+def test_16_bit_greyscale_keeps_its_content(tmp_path):
+    ramp = np.linspace(0, 65535, 12 * 10).reshape(10, 12).astype(np.uint16)
+    Image.fromarray(ramp).save(tmp_path / "deep.png")
+    assert Image.open(tmp_path / "deep.png").mode.startswith("I")  # what a 16-bit PNG opens as
+    (tmp_path / "pairs.csv").write_text("image,caption\ndeep.png,a grey ramp\n")
+    image = np.asarray(records(load_image_text_dataset(str(tmp_path / "pairs.csv")))[0]["image"])
+    expected = np.round(ramp / 257).astype(np.uint8)
+    assert all(np.array_equal(image[..., channel], expected) for channel in range(3))
+
+
 def test_undecodable_webdataset_caption_is_skipped(tmp_path):
     (tmp_path / "shards").mkdir()
     with tarfile.open(tmp_path / "shards" / "0.tar", "w") as tar:

@@ -8,9 +8,11 @@ import sys
 from pathlib import Path
 
 import datasets
+import numpy as np
 import pytest
 import torch
 from huggingface_hub import ModelCard
+from PIL import Image
 from test_eval_support import COLOURS, colour_image, save_tiny_clip, save_tiny_psdclip, write_imagefolder
 
 from eval.__main__ import main
@@ -164,3 +166,14 @@ def test_embedding_model_batches_without_changing_results(workspace):
     assert torch.allclose(small_batches.norm(dim=1), torch.ones(5))
     texts = model.encode_texts(["a red square", "a photo of a blue square"])
     assert texts.shape == (2, 16) and model.logit_multiplier == pytest.approx(torch.tensor(2.6592).exp().item(), rel=1e-4)
+
+
+def test_16_bit_greyscale_images_are_encoded_as_their_8_bit_content(workspace, tmp_path):
+    from eval import EmbeddingModel
+
+    model = EmbeddingModel.from_pretrained(workspace["model"], progress=False)
+    ramp = np.linspace(0, 65535, 16 * 16).reshape(16, 16).astype(np.uint16)
+    Image.fromarray(ramp).save(tmp_path / "deep.png")
+    eight_bit = Image.fromarray(np.round(ramp / 257).astype(np.uint8)).convert("RGB")
+    torch.testing.assert_close(model.encode_images([Image.open(tmp_path / "deep.png")]),
+                               model.encode_images([eight_bit]))

@@ -134,10 +134,17 @@ def _read_file(path, base_dir: str | None) -> bytes:
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    """RGB with the camera's orientation applied; transparency is laid over white rather than dropped to black."""
+    """RGB with the camera's orientation applied; transparency is laid over white rather than dropped to black.
+
+    16-bit greyscale (PNG, TIFF; mode "I;16*", or "I" in older Pillow) is scaled to 8 bits: Pillow's own
+    conversion clips it, which turns every pixel but the darkest white.
+    """
     image = ImageOps.exif_transpose(image)
     if image.mode == "RGB":
         return image
+    if image.mode.startswith("I;16") or image.mode == "I":
+        pixels = np.asarray(image, dtype=np.float64) * (255 / 65535)
+        image = Image.fromarray(np.clip(np.round(pixels), 0, 255).astype(np.uint8), "L")
     if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
         image = image.convert("RGBA")
         return Image.alpha_composite(Image.new("RGBA", image.size, WHITE), image).convert("RGB")
