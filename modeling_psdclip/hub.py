@@ -53,6 +53,19 @@ def check_model_folder_target(folder) -> None:
         raise ModelFolderError(f"cannot create {folder}: {error.strerror or error} in {existing}") from None
 
 
+def pickle_weights_note(folder) -> str | None:
+    """One line for a folder whose weights are only a pickle (`pytorch_model*.bin`), else None.
+
+    transformers loads such weights with torch's restricted unpickler (`weights_only=True`), which rebuilds tensors
+    and refuses anything else; the line says so, since a pickle is not the format a folder should be shared in.
+    """
+    folder = Path(folder)
+    if any(folder.glob("*.safetensors")) or not any(folder.glob("pytorch_model*.bin")):
+        return None
+    return (f"{folder} holds its weights only as pytorch_model.bin, a pickle: loading them with torch's restricted "
+            "unpickler (weights_only=True), which loads tensors and refuses anything else")
+
+
 def _is_psdclip_config(path: Path) -> bool:
     try:
         return json.loads(path.read_text()).get("model_type") == "psdclip"

@@ -1,5 +1,6 @@
 """train.py end to end on a micro model and tiny synthetic data, plus its pieces in-process."""
 
+import errno
 import json
 import math
 import os
@@ -20,7 +21,7 @@ from transformers import CLIPModel
 
 from modeling_psdclip import PSDCLIPConfig, PSDCLIPModel
 from modeling_psdclip.data import SKIP_REASONS
-from modeling_psdclip.training.checkpoints import MARKER, CheckpointManager
+from modeling_psdclip.training.checkpoints import MARKER, CheckpointError, CheckpointManager
 from modeling_psdclip.processing import build_processor
 from modeling_psdclip.training.options import parse_options
 from modeling_psdclip.training.teachers import EMATeacher
@@ -184,7 +185,33 @@ def test_resume_unpickles_no_state_of_its_own(tmp_path, env, micro_folder):
     assert done.stderr.strip().splitlines()[-1] == (f"train.py: error: {checkpoint} holds custom_checkpoint_0.pkl, a "
                                                     "pickle this package never writes and does not load; resume from "
                                                     "a checkpoint written by this version")
-    assert json.loads((checkpoint / "train_state.json").read_text())["step"] == 2
+    assert json.loads((checkpoint / "train_state.json").read_text())["train"]["step"] == 2
+
+
+def test_resume_refuses_changed_options_and_survives_a_torn_log_and_a_corrupt_newest_checkpoint(
+        tmp_path, env, micro_folder):
+    steps = ["--checkpoint-every", "2", "--keep-checkpoints", "2"]
+    run(micro_args(micro_folder, tmp_path / "whole", "--max-steps", "6", *steps), env)
+    root = tmp_path / "resumed"
+    run(micro_args(micro_folder, root, "--max-steps", "4", *steps), env)
+    checkpoints = root / "run" / "checkpoints"
+    for option, value in [("--batch-size", "32"), ("--preset", "small")]:
+        done = run(micro_args(micro_folder, root, "--max-steps", "6", *steps, "--resume", "latest", option, value),
+                   env, check=False)
+        assert done.returncode == 2 and "Traceback" not in done.stderr
+        assert done.stderr.strip().splitlines()[-1].startswith(
+            f"train.py: error: {option}: {checkpoints / 'step-00000004'} was trained with")
+
+    # What a kill leaves: half a log line; and the newest checkpoint damaged after it was completed.
+    with (root / "run" / "metrics.jsonl").open("a") as log:
+        log.write('{"step": 5, "train/lo')
+    newest = checkpoints / "step-00000004" / "model.safetensors"
+    newest.write_bytes(newest.read_bytes()[:100])
+    done = run(micro_args(micro_folder, root, "--max-steps", "6", *steps, "--resume", "latest"), env)
+    assert f"resuming from the previous complete checkpoint, {checkpoints / 'step-00000002'}" in done.stderr
+    assert [line["step"] for line in log_lines(root) if "train/loss" in line] == [1, 2, 3, 4, 5, 6]
+    whole = weights(tmp_path / "whole")
+    assert all(torch.equal(tensor, whole[name]) for name, tensor in weights(root).items())
 
 
 def test_ema_teacher_moves_once_per_optimizer_step_and_stays_out_of_the_export(tmp_path, env, micro_folder):
@@ -280,6 +307,33 @@ def test_weights_that_are_not_finite_are_never_saved(tmp_path, env, micro_folder
         assert not (tmp_path / "run" / "checkpoints").exists() or not any((tmp_path / "run" / "checkpoints").iterdir())
         assert all(torch.isfinite(tensor).all() for tensor in weights(tmp_path).values())
         shutil.rmtree(tmp_path / "run")
+
+
+def test_init_from_a_damaged_foreign_or_pickled_folder(tmp_path, env, micro_folder):
+    truncated, foreign, pickled = (tmp_path / name for name in ("truncated", "foreign", "pickled"))
+    for folder in (truncated, foreign, pickled):
+        shutil.copytree(micro_folder, folder)
+    weights_file = truncated / "model.safetensors"
+    weights_file.write_bytes(weights_file.read_bytes()[:1000])
+    (foreign / "config.json").write_text(json.dumps({"model_type": "bert", "hidden_size": 32}))
+    torch.save(load_file(pickled / "model.safetensors"), pickled / "pytorch_model.bin")
+    (pickled / "model.safetensors").unlink()
+    for folder, message in [(truncated, f"cannot load a model from {truncated}: "),
+                            (foreign, f"{foreign} holds a 'bert' model, not a PSD-CLIP or CLIP one")]:
+        args = micro_args(micro_folder, tmp_path, "--max-steps", "1")
+        args[args.index("--init-from") + 1] = str(folder)
+        done = run(args, env, check=False)
+        assert done.returncode == 2 and "Traceback" not in done.stderr
+        assert done.stderr.strip().splitlines()[-1].startswith(f"train.py: error: --init-from: {message}")
+    args = micro_args(micro_folder, tmp_path, "--max-steps", "1")
+    args[args.index("--init-from") + 1] = str(pickled)
+    done = run(args, env)
+    assert (f"{pickled} holds its weights only as pytorch_model.bin, a pickle: loading them with torch's restricted "
+            "unpickler (weights_only=True)") in done.stderr
+    # One step moves a weight by at most the learning rate: these are the pickled weights, not a new model's.
+    start, trained = load_file(micro_folder / "model.safetensors"), weights(tmp_path)
+    for name in ("text_model.embeddings.position_embedding.weight", "visual_projection.weight"):
+        torch.testing.assert_close(trained[name], start[name], atol=2e-3, rtol=0)
 
 
 def test_missing_data_and_bad_options_are_one_line_errors_with_status_2(tmp_path, env, micro_folder):
@@ -404,6 +458,25 @@ def test_checkpoints_are_complete_or_ignored_and_only_the_last_are_kept(tmp_path
     # Resumed from step 20: the old step 30 is another history and must not be offered again.
     manager.discard_newer_than(20)
     assert manager.latest() == tmp_path / "step-00000020"
+
+
+class DiskFullAccelerator(FakeAccelerator):
+    def save_state(self, folder):
+        Path(folder).mkdir(parents=True)
+        (Path(folder) / "model.safetensors").write_bytes(b"half the weig")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def test_a_checkpoint_that_cannot_be_written_is_one_line_and_keeps_the_earlier_ones(tmp_path):
+    manager = CheckpointManager(tmp_path, keep_last=2)
+    for step in (10, 20):
+        manager.save(FakeAccelerator(), step, {"step": step})
+    with pytest.raises(CheckpointError) as error:
+        manager.save(DiskFullAccelerator(), 30, {"step": 30})
+    assert str(error.value) == (f"cannot write the checkpoint of step 30 to {tmp_path}: No space left on device; "
+                                "the earlier checkpoints are kept")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["step-00000010", "step-00000020"]
+    assert all((path / "model.safetensors").read_bytes() == b"weights" for path in tmp_path.iterdir())
 
 
 @pytest.mark.parametrize("config", sorted((REPO / "configs").glob("*.yaml")), ids=lambda path: path.name)

@@ -101,6 +101,20 @@ class CheckpointManager:
         """
         final = self.root / f"step-{step:08d}"
         staging = self.root / f".staging-{final.name}"
+        try:
+            self._write(accelerator, step, state, tensors, staging, final)
+        # A full disk, a quota, a lost mount (torch.save reports them as RuntimeError): the earlier checkpoints are
+        # untouched, and the partial one must not fill the disk further.
+        except Exception as error:
+            shutil.rmtree(staging, ignore_errors=True)
+            reason = error.strerror if isinstance(error, OSError) and error.strerror else first_line(error)
+            raise CheckpointError(f"cannot write the checkpoint of step {step} to {self.root}: {reason}; the "
+                                  "earlier checkpoints are kept") from error
+        accelerator.wait_for_everyone()
+        return final
+
+    def _write(self, accelerator: Accelerator, step: int, state: dict, tensors: dict | None, staging: Path,
+               final: Path) -> None:
         if accelerator.is_main_process:
             self.root.mkdir(parents=True, exist_ok=True)
             shutil.rmtree(staging, ignore_errors=True)  # Left by a run killed while writing this step.
@@ -123,8 +137,6 @@ class CheckpointManager:
             os.rename(staging, final)
             fsync_directory(self.root)
             self.prune()
-        accelerator.wait_for_everyone()
-        return final
 
     def prune(self) -> None:
         """Drop all but the newest `keep_last` complete checkpoints and any staging folder left by a crash."""
@@ -140,13 +152,11 @@ def load_tensors(checkpoint: Path, name: str) -> dict[str, torch.Tensor] | None:
     return load_file(path) if path.is_file() else None
 
 
-def restore(accelerator: Accelerator, checkpoint: Path, tensor_names: tuple[str, ...] = ()
-            ) -> tuple[dict, dict[str, dict[str, torch.Tensor] | None]]:
-    """Load a checkpoint into the prepared objects; return the loop's state and the `tensor_names` state dicts.
+def read_state(checkpoint: Path) -> dict:
+    """The training loop's state saved by `CheckpointManager.save`; CheckpointError when it cannot be read.
 
-    Raises CheckpointError for a checkpoint that cannot be loaded. Accelerate would unpickle a
-    `custom_checkpoint_*.pkl` without restrictions for a registered object; this package registers none and
-    refuses a checkpoint that holds one.
+    Accelerate would unpickle a `custom_checkpoint_*.pkl` without restrictions for a registered object; this package
+    registers none and refuses a checkpoint that holds one.
     """
     checkpoint = Path(checkpoint)
     pickled = sorted(path.name for path in checkpoint.glob("custom_checkpoint_*"))
@@ -154,8 +164,19 @@ def restore(accelerator: Accelerator, checkpoint: Path, tensor_names: tuple[str,
         raise CheckpointError(f"{checkpoint} holds {pickled[0]}, a pickle this package never writes and does not "
                               "load; resume from a checkpoint written by this version")
     try:
+        return json.loads((checkpoint / STATE_FILE).read_text())
+    except (OSError, ValueError) as error:
+        raise CheckpointError(f"cannot load the checkpoint {checkpoint}: {first_line(error)}") from error
+
+
+def restore(accelerator: Accelerator, checkpoint: Path, tensor_names: tuple[str, ...] = ()
+            ) -> dict[str, dict[str, torch.Tensor] | None]:
+    """Load a checkpoint into the prepared objects and return the `tensor_names` state dicts (None when absent).
+
+    Raises CheckpointError for a checkpoint that cannot be loaded.
+    """
+    try:
         accelerator.load_state(str(checkpoint))
-        state = json.loads((checkpoint / STATE_FILE).read_text())
-        return state, {name: load_tensors(checkpoint, name) for name in tensor_names}
-    except Exception as error:  # Any damage (truncation, a missing file, bad JSON) means the same: unusable.
+        return {name: load_tensors(checkpoint, name) for name in tensor_names}
+    except Exception as error:  # Any damage (truncation, a missing file) means the same: unusable.
         raise CheckpointError(f"cannot load the checkpoint {checkpoint}: {first_line(error)}") from error
