@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Protocol, Sequence
 
 import torch
+from safetensors import SafetensorError
 from tqdm.auto import tqdm
 
 from modeling_psdclip.cli import first_line
+from modeling_psdclip.hub import pickle_weights_note
 from modeling_psdclip.data.records import to_rgb
 
 from .errors import EvalInputError
@@ -50,8 +53,11 @@ class EmbeddingModel:
 
     def __init__(self, model, processor, *, name: str = "model", batch_size: int = 256,
                  device: str | torch.device | None = None, progress: bool = True):
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.model = model.to(self.device).eval()
+        try:  # An unknown device name, or one this machine lacks (torch raises either error)
+            self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+            self.model = model.to(self.device).eval()
+        except (RuntimeError, AssertionError) as error:
+            raise EvalInputError(f"cannot use the device {device!r}: {first_line(error)}") from None
         self.processor = processor
         self.name = name
         self.batch_size = batch_size
@@ -69,11 +75,14 @@ class EmbeddingModel:
         import modeling_psdclip  # noqa: F401 (registers model_type "psdclip" with the Auto classes)
 
         folder = require_model_folder(folder)
+        note = pickle_weights_note(folder)
+        if note:
+            print(f"note: {note}", file=sys.stderr)
         try:
             model = AutoModel.from_pretrained(folder, trust_remote_code=trust_remote_code, local_files_only=True)
             processor = AutoProcessor.from_pretrained(folder, trust_remote_code=trust_remote_code,
                                                       local_files_only=True)
-        except (OSError, ValueError, KeyError) as error:
+        except (OSError, ValueError, KeyError, SafetensorError) as error:
             hint = "" if trust_remote_code or "trust_remote_code" not in str(error) else \
                 " (the folder's own Python runs only with --trust-remote-code: pass it for folders you trust)"
             raise EvalInputError(f"cannot load model folder {folder}: {first_line(error)}{hint}") from error

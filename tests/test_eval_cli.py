@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -128,6 +129,60 @@ def test_model_folder_code_runs_only_with_trust_remote_code(workspace, tmp_path)
     done = run_eval(tmp_path, "zeroshot", "--model", str(folder), *data, "--trust-remote-code")
     assert done.returncode == 0, done.stderr[-2000:]
     assert (tmp_path / "code-ran").exists()
+
+
+def test_bad_devices_sizes_outputs_and_weights_exit_2_with_one_line(workspace, tmp_path, capsys):
+    truncated = tmp_path / "truncated"
+    shutil.copytree(workspace["model"], truncated)
+    (truncated / "model.safetensors").write_bytes((truncated / "model.safetensors").read_bytes()[:1000])
+    (tmp_path / "a-file").write_text("mine")
+    common = ["zeroshot", "--data", str(workspace["data"]), "--templates", "simple", "--no-card"]
+    model, output = ["--model", str(workspace["model"])], ["--output", str(tmp_path / "out")]
+    for arguments, message in [
+        ([*model, *output, "--batch-size", "0"], "argument --batch-size: must be a positive integer, got 0"),
+        ([*model, *output, "--batch-size", "-1"], "argument --batch-size: must be a positive integer, got -1"),
+        ([*model, *output, "--device", "bogus"], "cannot use the device 'bogus': "),
+        (["--model", str(truncated), *output], f"cannot load model folder {truncated}: "),
+        ([*model, "--output", str(tmp_path / "a-file")], f"--output {tmp_path / 'a-file'}: cannot create"),
+        ([*model, "--output", str(tmp_path / "a-file" / "out")], f"--output {tmp_path / 'a-file' / 'out'}: cannot"),
+    ]:
+        with pytest.raises(SystemExit) as exit_info:
+            sys.exit(main([*common, *arguments]))
+        stderr = capsys.readouterr().err
+        assert exit_info.value.code == 2 and "Traceback" not in stderr
+        assert re.match(r"python -m eval( zeroshot)?: error: " + re.escape(message), stderr.strip().splitlines()[-1])
+    assert (tmp_path / "a-file").read_text() == "mine"
+
+
+def test_pickled_weights_load_with_the_restricted_unpickler_and_say_so(workspace, tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    from eval import EmbeddingModel
+
+    pickled = tmp_path / "pickled"
+    shutil.copytree(workspace["model"], pickled)
+    torch.save(load_file(pickled / "model.safetensors"), pickled / "pytorch_model.bin")
+    (pickled / "model.safetensors").unlink()
+    images = [colour_image("red")]
+    torch.testing.assert_close(EmbeddingModel.from_pretrained(pickled, progress=False).encode_images(images),
+                               EmbeddingModel.from_pretrained(workspace["model"], progress=False).encode_images(images))
+    assert capsys.readouterr().err.strip().splitlines()[0] == (
+        f"note: {pickled} holds its weights only as pytorch_model.bin, a pickle: loading them with torch's restricted "
+        "unpickler (weights_only=True), which loads tensors and refuses anything else")
+
+
+def test_results_are_written_when_the_card_cannot_be(workspace, tmp_path, capsys):
+    folder = tmp_path / "model"
+    shutil.copytree(workspace["model"], folder)
+    (folder / "README.md").unlink(missing_ok=True)
+    (folder / "README.md").mkdir()  # a card path nothing can be written to, whoever runs the test
+    code = main(["retrieval", "--model", str(folder), "--data", str(workspace["data"]), "--output",
+                 str(tmp_path / "out"), "--batch-size", "5"])
+    assert code == 1
+    assert "model" in json.loads((tmp_path / "out" / "retrieval.json").read_text())
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"python -m eval: error: the results are in {tmp_path / 'out' / 'retrieval.json'}, but the card in {folder} "
+        "could not be updated: Is a directory (pass --no-card to leave cards alone)")
 
 
 def test_module_entry_point_exit_code():
