@@ -121,7 +121,7 @@ def test_webdataset_shards_with_jpg_txt_and_png_json(tmp_path):
     assert_loads(load_image_text_dataset(str(shards / "shard-001.tar")), ["a png with a json"])
 
 
-def test_rewritten_shard_is_read_again_and_a_damaged_one_is_a_data_error(tmp_path):
+def test_rewritten_shard_is_read_again_and_an_unreadable_one_alone_is_a_data_error(tmp_path):
     shard = tmp_path / "shard.tar"
     for caption in ("first caption", "a longer second caption"):
         with tarfile.open(shard, "w") as tar:
@@ -129,8 +129,34 @@ def test_rewritten_shard_is_read_again_and_a_damaged_one_is_a_data_error(tmp_pat
             add_member(tar, "s0.txt", caption.encode())
         assert_loads(load_image_text_dataset(str(shard)), [caption])
     shard.write_bytes(b"not a tar archive" * 50)
-    error = one_line_error(str(shard))
-    assert "cannot read the tar shard" in error
+    assert one_line_error(str(shard)) == f"{str(shard)!r} has no usable record among its first 1 (1 unreadable_record)"
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_damaged_shards_give_their_readable_samples_and_count_the_rest(tmp_path, streaming):
+    folder = tmp_path / "shards"
+    folder.mkdir()
+    for index in range(3):
+        with tarfile.open(folder / f"shard-{index}.tar", "w") as tar:
+            for sample in range(4):
+                add_member(tar, f"s{index}-{sample}.png", encoded())
+                add_member(tar, f"s{index}-{sample}.txt", f"shard {index} sample {sample}".encode())
+    # Each sample is four 512-byte blocks. Shard 1 is cut inside the third sample's image (tarfile raises), shard 2
+    # inside its header (tarfile stops without a word); shard 3 is not a tar at all.
+    sample_bytes = 4 * tarfile.BLOCKSIZE
+    for index, cut in ((1, 2 * sample_bytes + tarfile.BLOCKSIZE + 30), (2, 2 * sample_bytes + 200)):
+        shard = folder / f"shard-{index}.tar"
+        shard.write_bytes(shard.read_bytes()[:cut])
+    (folder / "shard-3.tar").write_bytes(b"<html>502 Bad Gateway</html>")
+    loaded = records(load_image_text_dataset(str(folder), streaming=streaming, shuffle_buffer=None))
+    # A map-style dataset puts the next usable record in a bad row's place; a stream drops it.
+    assert len(loaded) == 8 + (0 if streaming else 3)
+    assert {record["caption"] for record in loaded} == {f"shard 0 sample {sample}" for sample in range(4)} | {
+        f"shard {index} sample {sample}" for index in (1, 2) for sample in range(2)}
+    counts = collections.Counter()
+    for record in loaded:
+        counts.update(record["skipped"])
+    assert counts == {"unreadable_record": 3}
 
 
 def test_streaming_yields_the_same_records(tmp_path):

@@ -13,6 +13,8 @@ from PIL import Image, ImageOps
 SKIP_REASONS = ("missing_image", "corrupt_image", "empty_caption", "undecodable_caption", "unreadable_record")
 CAPTION_KEYS = ("caption", "captions", "text", "txt", "title", "sentences")  # looked up in JSON captions
 JSON_COLUMNS = ("json",)  # columns whose text is a JSON object holding the caption(s)
+# A row a reader puts where it could not read the data (the damaged rest of a tar shard): counted, never used.
+UNREADABLE = "unreadable"
 WHITE = (255, 255, 255, 255)
 # What text readers put in place of bytes they could not decode (CSV files are read with errors replaced).
 REPLACEMENT_CHARACTER = "\ufffd"
@@ -54,6 +56,8 @@ class RecordColumns:
 
         Raises `BadRecord` naming the first problem found; the caption is checked first, being the cheaper.
         """
+        if row.get(UNREADABLE):
+            raise BadRecord("unreadable_record")
         caption_column, caption = _first_present(row, self.caption)
         caption = decode_caption(caption, rng, as_json=caption_column in JSON_COLUMNS)
         _, image = _first_present(row, self.image)
