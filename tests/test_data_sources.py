@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from modeling_psdclip.data import DataError, ImageTextDataset, ImageTextStream, SampleKey, load_image_text_dataset
+from modeling_psdclip.data.records import BadRecord, decode_caption
 
 
 def encoded(colour="red", mode="RGB", fmt="PNG", size=(12, 10)) -> bytes:
@@ -297,6 +298,19 @@ def test_a_row_that_cannot_be_read_is_skipped_and_counted(tmp_path, streaming):
         counts.update(record["skipped"])
     assert counts == {"unreadable_record": 1}
     assert {record["caption"] for record in loaded} == {"picture 0", "picture 1", "picture 2"}
+
+
+def test_captions_that_are_not_text_are_counted_as_such(tmp_path):
+    write_images(tmp_path, ["0.png"])
+    for name, captions, summary in [("numbers", [1.5, None, 2.5], "(2 caption_not_text, 1 empty_caption)"),
+                                    ("lists", [[7], [], [None], [3]], "(2 caption_not_text, 2 empty_caption)")]:
+        datasets.Dataset.from_dict({"image": ["0.png"] * len(captions), "caption": captions}) \
+            .to_parquet(str(tmp_path / f"{name}.parquet"))
+        assert one_line_error(str(tmp_path / f"{name}.parquet")).endswith(summary)
+    rng = np.random.default_rng(0)
+    assert decode_caption([7, "a picture"], rng) == "a picture"
+    with pytest.raises(BadRecord, match="caption_not_text"):
+        decode_caption({"caption": 7}, rng)
 
 
 def one_line_error(source, **kwargs) -> str:

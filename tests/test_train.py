@@ -458,6 +458,9 @@ def test_checkpoints_are_complete_or_ignored_and_only_the_last_are_kept(tmp_path
     # Resumed from step 20: the old step 30 is another history and must not be offered again.
     manager.discard_newer_than(20)
     assert manager.latest() == tmp_path / "step-00000020"
+    # The next save clears what the kill left.
+    manager.save(FakeAccelerator(), 60, {"step": 60})
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["step-00000020", "step-00000060"]
 
 
 class DiskFullAccelerator(FakeAccelerator):

@@ -10,7 +10,8 @@ import numpy as np
 from PIL import Image, ImageOps
 
 # Why a record was skipped; every batch reports a count for each of these.
-SKIP_REASONS = ("missing_image", "corrupt_image", "empty_caption", "undecodable_caption", "unreadable_record")
+SKIP_REASONS = ("missing_image", "corrupt_image", "empty_caption", "undecodable_caption", "caption_not_text",
+                "unreadable_record")
 CAPTION_KEYS = ("caption", "captions", "text", "txt", "title", "sentences")  # looked up in JSON captions
 JSON_COLUMNS = ("json",)  # columns whose text is a JSON object holding the caption(s)
 # A row a reader puts where it could not read the data (the damaged rest of a tar shard): counted, never used.
@@ -86,8 +87,11 @@ def decode_caption(value, rng: np.random.Generator, as_json: bool = False) -> st
         value = next((value[key] for key in CAPTION_KEYS if value.get(key) is not None), None)
     if isinstance(value, (list, tuple)):
         texts = [text for text in value if isinstance(text, str) and text.strip()]
-        value = texts[rng.integers(len(texts))] if texts else None
-    if not isinstance(value, str) or not value.strip():
+        others = [text for text in value if text is not None and not isinstance(text, str)]
+        value = texts[rng.integers(len(texts))] if texts else others[0] if others else None
+    if value is not None and not isinstance(value, str):  # a number, say: a column that holds no captions
+        raise BadRecord("caption_not_text")
+    if value is None or not value.strip():
         raise BadRecord("empty_caption")
     if REPLACEMENT_CHARACTER in value:
         raise BadRecord("undecodable_caption")

@@ -139,11 +139,15 @@ class CheckpointManager:
             self.prune()
 
     def prune(self) -> None:
-        """Drop all but the newest `keep_last` complete checkpoints and any staging folder left by a crash."""
+        """Drop all but the newest `keep_last` complete checkpoints, and what a crash left: staging folders, and
+        checkpoint folders whose marker was removed before a deletion that did not finish."""
         for old in self.complete_checkpoints()[: -self.keep_last]:
             remove_checkpoint(old)
         for leftover in self.root.glob(".staging-*"):
             shutil.rmtree(leftover, ignore_errors=True)
+        for leftover in self.root.glob("step-*"):
+            if STEP_FOLDER.fullmatch(leftover.name) and not is_complete(leftover):
+                shutil.rmtree(leftover, ignore_errors=True)
 
 
 def load_tensors(checkpoint: Path, name: str) -> dict[str, torch.Tensor] | None:
