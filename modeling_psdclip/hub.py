@@ -41,7 +41,8 @@ def check_model_folder_target(folder) -> None:
         if folder.is_symlink() or not folder.is_dir():
             raise ModelFolderError(f"{folder} is a {'link' if folder.is_symlink() else 'file'}, not a model folder")
         entries = list(folder.iterdir())
-        foreign = [entry.name for entry in entries if not (entry.is_file() and MODEL_FOLDER_FILES.fullmatch(entry.name))]
+        foreign = [entry.name for entry in entries
+                   if not (entry.is_file() and MODEL_FOLDER_FILES.fullmatch(entry.name))]
         if entries and (foreign or not _is_psdclip_config(folder / "config.json")):
             why = f"it holds {sorted(foreign)[0]!r}" if foreign else "its config.json is not a PSD-CLIP config"
             raise ModelFolderError(f"{folder} exists and is not a PSD-CLIP model folder ({why}); it is never "

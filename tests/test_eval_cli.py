@@ -124,7 +124,8 @@ def test_model_folder_code_runs_only_with_trust_remote_code(workspace, tmp_path)
     done = run_eval(tmp_path, "zeroshot", "--model", str(folder), *data)
     assert done.returncode == 2 and "Traceback" not in done.stderr
     last = done.stderr.strip().splitlines()[-1]
-    assert last.startswith(f"python -m eval: error: cannot load model folder {folder}") and "--trust-remote-code" in last
+    assert last.startswith(f"python -m eval: error: cannot load model folder {folder}")
+    assert "--trust-remote-code" in last
     assert not (tmp_path / "code-ran").exists()
     done = run_eval(tmp_path, "zeroshot", "--model", str(folder), *data, "--trust-remote-code")
     assert done.returncode == 0, done.stderr[-2000:]

@@ -453,11 +453,11 @@ def test_checkpoints_are_complete_or_ignored_and_only_the_last_are_kept(tmp_path
     # What a kill leaves behind: a staging folder mid-write, or a renamed one whose marker is gone mid-delete.
     (tmp_path / ".staging-step-00000040").mkdir()
     (tmp_path / "step-00000050").mkdir()
-    assert manager.latest() == tmp_path / "step-00000030"
-    assert (manager.latest() / MARKER).is_file()
+    assert manager.complete_checkpoints()[-1] == tmp_path / "step-00000030"
+    assert (tmp_path / "step-00000030" / MARKER).is_file()
     # Resumed from step 20: the old step 30 is another history and must not be offered again.
     manager.discard_newer_than(20)
-    assert manager.latest() == tmp_path / "step-00000020"
+    assert manager.complete_checkpoints()[-1] == tmp_path / "step-00000020"
     # The next save clears what the kill left.
     manager.save(FakeAccelerator(), 60, {"step": 60})
     assert sorted(path.name for path in tmp_path.iterdir()) == ["step-00000020", "step-00000060"]

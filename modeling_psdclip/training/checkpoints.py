@@ -88,10 +88,6 @@ class CheckpointManager:
             if step_of(checkpoint) > step:
                 remove_checkpoint(checkpoint)
 
-    def latest(self) -> Path | None:
-        checkpoints = self.complete_checkpoints()
-        return checkpoints[-1] if checkpoints else None
-
     def save(self, accelerator: Accelerator, step: int, state: dict,
              tensors: dict[str, dict[str, torch.Tensor]] | None = None) -> Path:
         """Collective: every process must call it (sharded states are written by every rank).
