@@ -104,8 +104,9 @@ class CheckpointManager:
         except Exception as error:
             shutil.rmtree(staging, ignore_errors=True)
             reason = error.strerror if isinstance(error, OSError) and error.strerror else first_line(error)
-            raise CheckpointError(f"cannot write the checkpoint of step {step} to {self.root}: {reason}; the "
-                                  "earlier checkpoints are kept") from error
+            free = shutil.disk_usage(self.root).free if self.root.is_dir() else 0
+            raise CheckpointError(f"cannot write the checkpoint of step {step} to {self.root} ({free / 2**20:.0f} "
+                                  f"MiB free there): {reason}; the earlier checkpoints are kept") from error
         accelerator.wait_for_everyone()
         return final
 
