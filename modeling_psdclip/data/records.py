@@ -15,7 +15,7 @@ SKIP_REASONS = ("missing_image", "corrupt_image", "empty_caption", "undecodable_
 CAPTION_KEYS = ("caption", "captions", "text", "txt", "title", "sentences")  # looked up in JSON captions
 JSON_COLUMNS = ("json",)  # columns whose text is a JSON object holding the caption(s)
 # A row a reader puts where it could not read the data (the damaged rest of a tar shard): counted, never used.
-UNREADABLE = "unreadable"
+UNREADABLE = "_psdclip_unreadable"  # a name no user column has
 WHITE = (255, 255, 255, 255)
 # What text readers put in place of bytes they could not decode (CSV files are read with errors replaced).
 REPLACEMENT_CHARACTER = "\ufffd"
