@@ -33,6 +33,7 @@ from accelerate import Accelerator
 from accelerate.logging import get_logger
 from accelerate.utils import DistributedType, ProjectConfiguration, TorchDynamoPlugin, set_seed
 from huggingface_hub.errors import StrictDataclassError
+from safetensors import SafetensorError
 from tqdm.auto import tqdm
 from transformers import AutoProcessor, get_cosine_schedule_with_warmup
 from transformers.models.clip.modeling_clip import image_text_contrastive_loss
@@ -40,12 +41,16 @@ from transformers.models.clip.modeling_clip import image_text_contrastive_loss
 from eval.ranking import true_match_ranks
 from modeling_psdclip import PSDCLIPConfig, PSDCLIPModel
 from modeling_psdclip.modeling_psdclip import PSDLossOutput
-from modeling_psdclip.training.checkpoints import CheckpointManager, is_complete, load_tensors
+from modeling_psdclip.training.checkpoints import (
+    CheckpointError, CheckpointManager, is_complete, read_state, restore,
+)
 from modeling_psdclip.data import SKIP_REASONS, DataError, EpochSampler, ImageTextCollator, load_image_text_dataset
-from modeling_psdclip.hub import HubError, push_folder_to_hub, save_model_folder, training_card_fields
+from modeling_psdclip.hub import (
+    HubError, ModelFolderError, pickle_weights_note, push_folder_to_hub, save_model_folder, training_card_fields,
+)
 from modeling_psdclip.processing import build_processor
 from modeling_psdclip.cli import fail, first_line
-from modeling_psdclip.training.options import OptionError, TrainingOptions, parse_options
+from modeling_psdclip.training.options import OptionError, TrainingOptions, flag, parse_options
 from modeling_psdclip.training.teachers import (
     PreviousEpochTeacher, Teacher, TeacherEmbeddings, build_teacher, model_inputs, teacher_kwargs,
 )
@@ -56,7 +61,7 @@ PROG = "train.py"
 
 
 class TrainState:
-    """Where training is, saved in every checkpoint (Accelerate saves objects registered for checkpointing)."""
+    """Where training is, saved in every checkpoint as JSON (`CheckpointManager.save`)."""
 
     def __init__(self):
         self.step = 0  # optimizer steps taken (a skipped non-finite step counts: the schedule moves on)
@@ -86,9 +91,17 @@ class JsonlLog:
             return
         kept = []
         if step > 0 and self.path.exists():
-            kept = [line for line in self.path.read_text().splitlines() if json.loads(line)["step"] <= step]
+            kept = [line for line in self.path.read_text().splitlines() if self._step_of(line) <= step]
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.path.write_text("".join(line + "\n" for line in kept))
+
+    @staticmethod
+    def _step_of(line: str) -> float:
+        """The line's step; infinity (dropped, as a line to redo) for a line torn by a kill mid-write."""
+        try:
+            return json.loads(line)["step"]
+        except (ValueError, KeyError, TypeError):
+            return math.inf
 
     def write(self, record: dict) -> None:
         if self.enabled:
@@ -114,9 +127,18 @@ def build_model_and_processor(options):
         processor = build_processor(config.vision_config.image_size, config.text_config.max_position_embeddings)
         return model, processor
     try:
+        model_type = PSDCLIPConfig.get_config_dict(options.init_from)[0].get("model_type")
+        if model_type not in ("psdclip", "clip"):
+            raise OptionError(f"--init-from: {options.init_from} holds a {model_type!r} model, not a PSD-CLIP or "
+                              "CLIP one")
+        note = pickle_weights_note(options.init_from)
+        if note:
+            logger.warning(note, main_process_only=True)
         config = PSDCLIPConfig.from_pretrained(options.init_from, **overrides)
         model = PSDCLIPModel.from_pretrained(options.init_from, config=config)
-    except (OSError, ValueError, StrictDataclassError) as error:
+    except OptionError:
+        raise
+    except (OSError, ValueError, StrictDataclassError, SafetensorError) as error:
         raise OptionError(f"--init-from: cannot load a model from {options.init_from}: {first_line(error)}")
     if options.image_size and options.image_size != config.vision_config.image_size:
         raise OptionError(f"--image-size: the model in {options.init_from} takes "
@@ -316,28 +338,68 @@ class Session:
     data_description: dict
 
     def save_checkpoint(self) -> None:
+        require_finite_weights(self.accelerator, self.model, self.state.step, "checkpoint")
         self.checkpoints.save(self.accelerator, self.state.step,
+                              {"train": self.state.state_dict(), "options": resume_invariants(self.options,
+                                                                                              self.accelerator)},
                               tensors={"teacher": self.teacher.state_dict() if self.teacher else {}})
 
 
-def checkpoint_to_resume(options, checkpoints: CheckpointManager) -> Path | None:
+# What a resumed run must share with its checkpoint: the model, the data and its order, and how batches are cut.
+RESUME_INVARIANTS = ("preset", "init_from", "image_size", "data", "streaming", "seed", "batch_size", "accum_steps",
+                     "distill_teacher")
+
+
+def resume_invariants(options, accelerator: Accelerator) -> dict:
+    return {**{name: getattr(options, name) for name in RESUME_INVARIANTS}, "processes": accelerator.num_processes}
+
+
+def require_same_invariants(saved: dict, current: dict, checkpoint: Path) -> None:
+    for name, value in current.items():
+        if saved.get(name) != value:
+            what = "the number of processes" if name == "processes" else flag(name)
+            raise OptionError(f"{what}: {checkpoint} was trained with {saved.get(name)!r} and a resumed run must "
+                              f"keep it, got {value!r}")
+
+
+def checkpoints_to_resume(options, checkpoints: CheckpointManager) -> list[Path]:
+    """The checkpoints to try, in order: `--resume latest` falls back to older complete ones."""
     if options.resume == "latest":
-        return checkpoints.latest()
+        return checkpoints.complete_checkpoints()[::-1]
     if options.resume:
         if not is_complete(Path(options.resume)):
             raise OptionError(f"--resume: {options.resume} is not a complete checkpoint")
-        return Path(options.resume)
+        return [Path(options.resume)]
     if checkpoints.complete_checkpoints():
         raise OptionError(f"--run-dir {options.run_dir} already holds checkpoints of another run: pass --resume "
                           "latest to continue it, or choose another --run-dir")
-    return None
+    return []
+
+
+def resume(accelerator: Accelerator, candidates: list[Path], options, state: TrainState, teacher) -> Path:
+    """Load the first candidate that loads, saying why each one before it did not; return it."""
+    for index, checkpoint in enumerate(candidates):
+        try:
+            saved = read_state(checkpoint)
+            require_same_invariants(saved["options"], resume_invariants(options, accelerator), checkpoint)
+            tensors = restore(accelerator, checkpoint, ("teacher",))
+        except CheckpointError as error:
+            if index + 1 == len(candidates):
+                raise
+            logger.warning(f"{error}; resuming from the previous complete checkpoint, {candidates[index + 1]}",
+                           main_process_only=True)
+            continue
+        state.load_state_dict(saved["train"])
+        if teacher is not None:
+            teacher.load_state_dict(tensors["teacher"] or {})
+        return checkpoint
 
 
 def set_up(options, accelerator: Accelerator) -> Session:
     """Model, data, optimizer, schedule and teacher, prepared by Accelerate and restored from a checkpoint."""
     run_dir = Path(options.run_dir)
     checkpoints = CheckpointManager(run_dir / "checkpoints", options.keep_checkpoints)
-    resume_from = checkpoint_to_resume(options, checkpoints)
+    resume_candidates = checkpoints_to_resume(options, checkpoints)
 
     set_seed(options.seed)
     model, processor = build_model_and_processor(options)
@@ -381,7 +443,7 @@ def set_up(options, accelerator: Accelerator) -> Session:
     try:
         teacher = build_teacher(accelerator.unwrap_model(model).config, model, accelerator, run_dir / "teacher_bank",
                                 num_pairs=None if options.streaming else len(train_data),
-                                resume=resume_from is not None)
+                                resume=bool(resume_candidates))
     except ValueError as error:
         raise OptionError(f"--distill-teacher: {error}") from error
     if isinstance(teacher, PreviousEpochTeacher) and total_steps <= steps_per_epoch:
@@ -389,12 +451,9 @@ def set_up(options, accelerator: Accelerator) -> Session:
                        "trains as CLIP (use --distill-teacher ema)", main_process_only=True)
 
     state = TrainState()
-    accelerator.register_for_checkpointing(state)
-    if resume_from is not None:
-        accelerator.load_state(str(resume_from))
-        if teacher is not None:
-            teacher.load_state_dict(load_tensors(resume_from, "teacher") or {})
-        logger.info(f"resumed from {resume_from} at step {state.step}", main_process_only=True)
+    if resume_candidates:
+        resumed_from = resume(accelerator, resume_candidates, options, state, teacher)
+        logger.info(f"resumed from {resumed_from} at step {state.step}", main_process_only=True)
         if accelerator.is_main_process:
             checkpoints.discard_newer_than(state.step)
     return Session(options, accelerator, model, processor, optimizer, scheduler, train_loader, val_loader, teacher,
@@ -542,11 +601,24 @@ def train(options, accelerator: Accelerator) -> None:
         "skipped_records": dict(state.skipped_records), "skipped_records_total": sum(state.skipped_records.values()),
         **{key: round(value, 4) for key, value in final.items()},
     }
+    require_finite_weights(accelerator, model, state.step, "model")
     save_final_model(accelerator, model, session.processor, options, session.data_description, metrics)
 
 
 class TrainingDiverged(RuntimeError):
-    """Too many non-finite losses in a row."""
+    """Too many non-finite losses in a row, or weights that are not finite."""
+
+
+def require_finite_weights(accelerator: Accelerator, model, step: int, what: str) -> None:
+    """Raise TrainingDiverged, on every process alike, when any process holds a weight that is not finite.
+
+    A model that skipped every step as non-finite, or stepped with non-finite gradients, would otherwise be saved;
+    and a checkpoint of it would push the last good one out.
+    """
+    finite = torch.stack([torch.isfinite(parameter).all() for parameter in model.parameters()]).all()
+    if accelerator.reduce((~finite).float().reshape(1), "sum").item() > 0:
+        raise TrainingDiverged(f"stopped at step {step}: the weights are not all finite, so no {what} was saved and "
+                               "the earlier checkpoints are kept (try a lower --lr or --mixed-precision no)")
 
 
 def save_final_model(accelerator, model, processor, options, data_description: dict, metrics: dict) -> None:
@@ -596,7 +668,7 @@ def main(argv: list[str] | None = None) -> None:
         if accelerator.is_main_process:
             print(f"{PROG}: error: {error}", file=sys.stderr)
         status = 2
-    except (DataError, TrainingDiverged, HubError) as error:
+    except (DataError, TrainingDiverged, HubError, ModelFolderError, CheckpointError) as error:
         if accelerator.is_main_process:
             print(f"{PROG}: error: {first_line(error)}", file=sys.stderr)
         status = 1

@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from modeling_psdclip.cli import OneLineErrorParser
+from modeling_psdclip.cli import OneLineErrorParser, first_line
 
 from .card import update_model_card
 from .data import CLEAN, EvalData, load_eval_data
@@ -28,6 +28,13 @@ from .zeroshot import zero_shot_classification
 
 
 PROG = "python -m eval"
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,10 +61,13 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--p-generic", type=float, default=0.0,
                         help="synthetic train split: share of uninformative captions")
     common.add_argument("--seed", type=int, default=0)
-    common.add_argument("--batch-size", type=int, default=256)
+    common.add_argument("--batch-size", type=positive_int, default=256)
     common.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     common.add_argument("--output", type=Path, default=Path("outputs/eval"), help="folder for results")
     common.add_argument("--no-card", action="store_true", help="leave the model folders' README.md alone")
+    common.add_argument("--trust-remote-code", action="store_true",
+                        help="run the Python files a --model folder carries (auto_map); only for folders you trust. "
+                             "PSD-CLIP and stock CLIP folders never need it")
     templates = OneLineErrorParser(add_help=False)
     templates.add_argument("--templates", default=None, metavar="SET_OR_FILE",
                            help="imagenet80 (default unless the data ships templates), simple, or a file")
@@ -105,23 +115,25 @@ def load_models(args) -> list[tuple[Path, EmbeddingModel]]:
     names = [Path(folder).resolve().name for folder in args.model]
     names = [name if names.count(name) == 1 else f"{name}-{i + 1}" for i, name in enumerate(names)]
     return [(Path(folder), EmbeddingModel.from_pretrained(folder, name=name, batch_size=args.batch_size,
-                                                          device=args.device))
+                                                          device=args.device,
+                                                          trust_remote_code=args.trust_remote_code))
             for folder, name in zip(args.model, names)]
 
 
-def run_per_model(args, task_type: str, task_name: str, evaluate_one) -> tuple[dict, list[dict]]:
-    """Evaluate every model on --data with `evaluate_one(model, data) -> results`; record rows and cards."""
+def run_per_model(args, task_type: str, task_name: str, evaluate_one) -> tuple[dict, list[dict], list[tuple]]:
+    """Evaluate every model on --data with `evaluate_one(model, data) -> results`; return results, table rows and
+    the card updates (`update_model_card` arguments) to make once the results are written."""
     data = load_data(args, args.data)
-    results, rows = {}, []
+    results, rows, cards = {}, [], []
     for folder, model in load_models(args):
         results[model.name] = evaluate_one(model, data)
         metrics = scalar_metrics(results[model.name])
         rows.append({"model": model.name, "data": data.name, **metrics})
         if not args.no_card:
             # Scores are floats; counts, sizes and file paths are not results to list on a card.
-            update_model_card(folder, task_type, task_name, data.name,
-                              {key: value for key, value in metrics.items() if isinstance(value, float)})
-    return results, rows
+            cards.append((folder, task_type, task_name, data.name,
+                          {key: value for key, value in metrics.items() if isinstance(value, float)}))
+    return results, rows, cards
 
 
 def run_zeroshot(args):
@@ -164,11 +176,10 @@ def run_robustness(args):
     results["scatter"] = str(robustness_scatter(results, args.output / "robustness.png"))
     rows = [{"model": entry["model"], "data": name, "in_distribution_accuracy": entry["in_distribution_accuracy"],
              **shift} for entry in results["models"] for name, shift in entry["shifted"].items()]
-    if not args.no_card:
-        for (folder, _), entry in zip(models, results["models"]):
-            for name, shift in entry["shifted"].items():
-                update_model_card(folder, "zero-shot-image-classification", "Robustness", name, shift)
-    return results, rows
+    cards = [] if args.no_card else [
+        (folder, "zero-shot-image-classification", "Robustness", name, shift)
+        for (folder, _), entry in zip(models, results["models"]) for name, shift in entry["shifted"].items()]
+    return results, rows, cards
 
 
 TASKS = {"zeroshot": run_zeroshot, "linear-probe": run_linear_probe, "retrieval": run_retrieval,
@@ -194,14 +205,33 @@ def main(argv: list[str] | None = None) -> int:
             require_model_folder(folder)
         if args.image_size is None:  # synthetic scenes drawn at the size the model reads
             args.image_size = input_size(args.model[0])
-        results, rows = TASKS[args.task](args)
+        require_output_folder(args.output)
+        results, rows, cards = TASKS[args.task](args)
         paths = write_report(args.output, args.task, results, rows)
     except EvalInputError as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return 2
     print(paths["markdown"].read_text(encoding="utf-8"))
     print(f"results: {paths['json']}")
-    return 0
+    status = 0
+    for folder, *card in cards:
+        try:
+            update_model_card(folder, *card)
+        except OSError as error:  # A read-only or shared model folder: the results are written all the same.
+            print(f"{PROG}: error: the results are in {paths['json']}, but the card in {folder} could not be "
+                  f"updated: {error.strerror or first_line(error)} (pass --no-card to leave cards alone)",
+                  file=sys.stderr)
+            status = 1
+    return status
+
+
+def require_output_folder(output: Path) -> None:
+    """Create --output now, so that a path that cannot hold the results fails before the evaluation runs."""
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise EvalInputError(f"--output {output}: cannot create the results folder: "
+                             f"{error.strerror or first_line(error)}") from None
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ Sources (`load_eval_data(source)`):
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -171,6 +172,7 @@ def _clip_benchmark_webdataset(root: Path, split: str, label_column) -> EvalData
     """Read with the training data's shard reader: datasets' webdataset builder fails on shards that mix image
     formats (CLIP_benchmark keeps each image's own) and on a caption that is not UTF-8."""
     from modeling_psdclip.data import DataError
+    from modeling_psdclip.data.records import UNREADABLE
     from modeling_psdclip.data.webdataset_shards import load_webdataset_shards
 
     name = f"{root.name}:{split}"
@@ -181,6 +183,13 @@ def _clip_benchmark_webdataset(root: Path, split: str, label_column) -> EvalData
         raw = load_webdataset_shards(shards)
     except DataError as error:
         raise EvalInputError(str(error)) from None
+    unreadable = sum(raw[UNREADABLE])
+    if unreadable:
+        print(f"note: data {name!r}: skipped {unreadable} damaged shard part(s) that could not be read",
+              file=sys.stderr)
+        raw = raw.filter(lambda flag: not flag, input_columns=[UNREADABLE])
+        if len(raw) == 0:
+            raise EvalInputError(f"data {name!r} has no readable sample in {len(shards)} damaged shard(s)")
     dataset = raw.select_columns(["image"]).cast_column("image", datasets.Image())
     for field in ("cls", "txt"):
         values = [_utf8(value, name, field) for value in raw[field]]

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Protocol, Sequence
 
 import torch
+from safetensors import SafetensorError
 
 from modeling_psdclip.cli import first_line
 from modeling_psdclip.embedding import ImageTextEmbedder
+from modeling_psdclip.hub import pickle_weights_note
 
 from .errors import EvalInputError
 
@@ -44,11 +47,31 @@ def input_size(folder: str | Path, default: int = 64) -> int:
 class EmbeddingModel(ImageTextEmbedder):
     """The package's embedder (PSD-CLIP or stock `CLIPModel`), loaded from a local folder with eval's errors."""
 
+    def __init__(self, model, processor, **kwargs):
+        try:  # An unknown device name, or one this machine lacks (torch raises either error)
+            super().__init__(model, processor, **kwargs)
+        except (RuntimeError, AssertionError) as error:
+            raise EvalInputError(f"cannot use the device {kwargs.get('device')!r}: {first_line(error)}") from None
+
     @classmethod
-    def from_pretrained(cls, folder: str | Path, **kwargs) -> "EmbeddingModel":
-        """Load a saved model folder (PSD-CLIP or any CLIP-compatible checkpoint) and its processor, offline."""
+    def from_pretrained(cls, folder: str | Path, *, trust_remote_code: bool = False, **kwargs) -> "EmbeddingModel":
+        """Load a saved model folder (PSD-CLIP or any CLIP-compatible checkpoint) and its processor, offline.
+
+        PSD-CLIP folders load through this package's classes, stock CLIP folders through transformers' own; the
+        Python files a folder carries run only with `trust_remote_code=True`, for folders you trust.
+        """
+        import modeling_psdclip  # noqa: F401 (registers model_type "psdclip" with the Auto classes)
+
         folder = require_model_folder(folder)
+        note = pickle_weights_note(folder)
+        if note:
+            print(f"note: {note}", file=sys.stderr)
         try:
-            return super().from_pretrained(folder, trust_remote_code=True, local_files_only=True, **kwargs)
-        except (OSError, ValueError, KeyError) as error:
-            raise EvalInputError(f"cannot load model folder {folder}: {first_line(error)}") from error
+            return super().from_pretrained(folder, trust_remote_code=trust_remote_code, local_files_only=True,
+                                           **kwargs)
+        except EvalInputError:  # already one line (an unusable device)
+            raise
+        except (OSError, ValueError, KeyError, SafetensorError) as error:
+            hint = "" if trust_remote_code or "trust_remote_code" not in str(error) else \
+                " (the folder's own Python runs only with --trust-remote-code: pass it for folders you trust)"
+            raise EvalInputError(f"cannot load model folder {folder}: {first_line(error)}{hint}") from error

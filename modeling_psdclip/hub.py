@@ -1,6 +1,7 @@
 """Saving a Hub-ready model folder (weights, remote code, processor, model card) and pushing it."""
 
 import json
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -20,6 +21,16 @@ LICENSE = "apache-2.0"  # the project's licence (pyproject.toml)
 # train.py options that only locate files on the training machine: private there, and meaningless on the Hub.
 MACHINE_OPTIONS = ("config", "output_dir", "run_dir", "resume")
 VALIDATION_PREFIX = "val/"
+
+
+# Every file a model folder of this package holds: what `save_model_folder` writes (sharded weights included, and
+# the tokenizer files of a processor taken from a stock CLIP folder) and train.py's metrics.json. A folder with
+# anything else in it holds something a user put there, and is never replaced.
+MODEL_FOLDER_FILES = re.compile(
+    r"README\.md|config\.json|configuration_psdclip\.py|modeling_psdclip\.py|metrics\.json|generation_config\.json"
+    r"|model(-\d+-of-\d+)?\.safetensors|model\.safetensors\.index\.json"
+    r"|(pre)?processor_config\.json|tokenizer(_config)?\.json|special_tokens_map\.json|added_tokens\.json"
+    r"|vocab\.json|merges\.txt|chat_template\.(json|jinja)")
 
 
 class HubError(RuntimeError):
@@ -48,6 +59,50 @@ def validation_results(metrics: dict, dataset: str) -> list[EvalResult]:
                    metric_name=key.removeprefix(VALIDATION_PREFIX), metric_value=float(value))
         for key, value in metrics.items() if key.startswith(VALIDATION_PREFIX)
     ]
+
+
+class ModelFolderError(ValueError):
+    """A model folder cannot be written there without destroying something else; one line for the user."""
+
+
+def check_model_folder_target(folder) -> None:
+    """Raise ModelFolderError unless `folder` can be written: creatable, empty, or a model folder of this package."""
+    folder = Path(folder)
+    if folder.is_symlink() or folder.exists():
+        if folder.is_symlink() or not folder.is_dir():
+            raise ModelFolderError(f"{folder} is a {'link' if folder.is_symlink() else 'file'}, not a model folder")
+        entries = list(folder.iterdir())
+        foreign = [entry.name for entry in entries
+                   if not (entry.is_file() and MODEL_FOLDER_FILES.fullmatch(entry.name))]
+        if entries and (foreign or not _is_psdclip_config(folder / "config.json")):
+            why = f"it holds {sorted(foreign)[0]!r}" if foreign else "its config.json is not a PSD-CLIP config"
+            raise ModelFolderError(f"{folder} exists and is not a PSD-CLIP model folder ({why}); it is never "
+                                   "replaced: choose another folder or move it away")
+    existing = next(parent for parent in folder.absolute().parents if parent.exists())
+    try:  # The one check that holds for root and on read-only mounts alike: creating something there.
+        Path(tempfile.mkdtemp(prefix=".psdclip-write-check-", dir=existing)).rmdir()
+    except OSError as error:
+        raise ModelFolderError(f"cannot create {folder}: {error.strerror or error} in {existing}") from None
+
+
+def pickle_weights_note(folder) -> str | None:
+    """One line for a folder whose weights are only a pickle (`pytorch_model*.bin`), else None.
+
+    transformers loads such weights with torch's restricted unpickler (`weights_only=True`), which rebuilds tensors
+    and refuses anything else; the line says so, since a pickle is not the format a folder should be shared in.
+    """
+    folder = Path(folder)
+    if any(folder.glob("*.safetensors")) or not any(folder.glob("pytorch_model*.bin")):
+        return None
+    return (f"{folder} holds its weights only as pytorch_model.bin, a pickle: loading them with torch's restricted "
+            "unpickler (weights_only=True), which loads tensors and refuses anything else")
+
+
+def _is_psdclip_config(path: Path) -> bool:
+    try:
+        return json.loads(path.read_text()).get("model_type") == "psdclip"
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def render_model_card(config, model_path: str, *, data: dict | None = None, training: dict | None = None,
@@ -144,12 +199,15 @@ def _stock_tokenizer_files(folder: Path) -> None:
 def save_model_folder(model: PSDCLIPModel, processor, folder, repo_id: str | None = None, **card_fields) -> Path:
     """Write model, processor and card to `folder`, replacing it only once the new folder is complete.
 
-    The card's usage snippet names `repo_id` when the folder is meant for the Hub, else the folder's name (not
-    its path on this machine). `card_fields` go to `render_model_card`: `data`, `training`, `metrics` (dicts
-    shown as tables), `model_name`, `license`, `datasets`, `base_model`, `validation_data` (the data `val/...`
-    metrics were measured on; with it they become the card's model-index).
+    An existing `folder` is replaced only when it is empty or a model folder this package wrote; anything else
+    raises ModelFolderError before anything is written. The card's usage snippet names `repo_id` when the folder
+    is meant for the Hub, else the folder's name (not its path on this machine). `card_fields` go to
+    `render_model_card`: `data`, `training`, `metrics` (dicts shown as tables), `model_name`, `license`,
+    `datasets`, `base_model`, `validation_data` (the data `val/...` metrics were measured on; with it they become
+    the card's model-index).
     """
     folder = Path(folder)
+    check_model_folder_target(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:

@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from modeling_psdclip.data import DataError, ImageTextDataset, ImageTextStream, SampleKey, load_image_text_dataset
+from modeling_psdclip.data.records import BadRecord, decode_caption
 
 
 def encoded(colour="red", mode="RGB", fmt="PNG", size=(12, 10)) -> bytes:
@@ -121,7 +122,7 @@ def test_webdataset_shards_with_jpg_txt_and_png_json(tmp_path):
     assert_loads(load_image_text_dataset(str(shards / "shard-001.tar")), ["a png with a json"])
 
 
-def test_rewritten_shard_is_read_again_and_a_damaged_one_is_a_data_error(tmp_path):
+def test_rewritten_shard_is_read_again_and_an_unreadable_one_alone_is_a_data_error(tmp_path):
     shard = tmp_path / "shard.tar"
     for caption in ("first caption", "a longer second caption"):
         with tarfile.open(shard, "w") as tar:
@@ -129,8 +130,34 @@ def test_rewritten_shard_is_read_again_and_a_damaged_one_is_a_data_error(tmp_pat
             add_member(tar, "s0.txt", caption.encode())
         assert_loads(load_image_text_dataset(str(shard)), [caption])
     shard.write_bytes(b"not a tar archive" * 50)
-    error = one_line_error(str(shard))
-    assert "cannot read the tar shard" in error
+    assert one_line_error(str(shard)) == f"{str(shard)!r} has no usable record among its first 1 (1 unreadable_record)"
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_damaged_shards_give_their_readable_samples_and_count_the_rest(tmp_path, streaming):
+    folder = tmp_path / "shards"
+    folder.mkdir()
+    for index in range(3):
+        with tarfile.open(folder / f"shard-{index}.tar", "w") as tar:
+            for sample in range(4):
+                add_member(tar, f"s{index}-{sample}.png", encoded())
+                add_member(tar, f"s{index}-{sample}.txt", f"shard {index} sample {sample}".encode())
+    # Each sample is four 512-byte blocks. Shard 1 is cut inside the third sample's image (tarfile raises), shard 2
+    # inside its header (tarfile stops without a word); shard 3 is not a tar at all.
+    sample_bytes = 4 * tarfile.BLOCKSIZE
+    for index, cut in ((1, 2 * sample_bytes + tarfile.BLOCKSIZE + 30), (2, 2 * sample_bytes + 200)):
+        shard = folder / f"shard-{index}.tar"
+        shard.write_bytes(shard.read_bytes()[:cut])
+    (folder / "shard-3.tar").write_bytes(b"<html>502 Bad Gateway</html>")
+    loaded = records(load_image_text_dataset(str(folder), streaming=streaming, shuffle_buffer=None))
+    # A map-style dataset puts the next usable record in a bad row's place; a stream drops it.
+    assert len(loaded) == 8 + (0 if streaming else 3)
+    assert {record["caption"] for record in loaded} == {f"shard 0 sample {sample}" for sample in range(4)} | {
+        f"shard {index} sample {sample}" for index in (1, 2) for sample in range(2)}
+    counts = collections.Counter()
+    for record in loaded:
+        counts.update(record["skipped"])
+    assert counts == {"unreadable_record": 3}
 
 
 def test_streaming_yields_the_same_records(tmp_path):
@@ -226,6 +253,16 @@ def test_every_image_mode_is_converted_to_rgb(tmp_path):
     assert cyan[0] < 60 and cyan[1] > 200 and cyan[2] > 200
 
 
+def test_16_bit_greyscale_keeps_its_content(tmp_path):
+    ramp = np.linspace(0, 65535, 12 * 10).reshape(10, 12).astype(np.uint16)
+    Image.fromarray(ramp).save(tmp_path / "deep.png")
+    assert Image.open(tmp_path / "deep.png").mode.startswith("I")  # what a 16-bit PNG opens as
+    (tmp_path / "pairs.csv").write_text("image,caption\ndeep.png,a grey ramp\n")
+    image = np.asarray(records(load_image_text_dataset(str(tmp_path / "pairs.csv")))[0]["image"])
+    expected = np.round(ramp / 257).astype(np.uint8)
+    assert all(np.array_equal(image[..., channel], expected) for channel in range(3))
+
+
 def test_undecodable_webdataset_caption_is_skipped(tmp_path):
     (tmp_path / "shards").mkdir()
     with tarfile.open(tmp_path / "shards" / "0.tar", "w") as tar:
@@ -246,6 +283,34 @@ def test_undecodable_webdataset_caption_is_skipped(tmp_path):
         counts.update(record["skipped"])
     assert counts == {"undecodable_caption": 3}
     assert {record["caption"] for record in loaded} == {"fine", "a smile \U0001F600"}
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_a_row_that_cannot_be_read_is_skipped_and_counted(tmp_path, streaming):
+    # The JSON reader keeps bytes that are not UTF-8; turning the row into Python fails, for this row only.
+    write_images(tmp_path, ["0.png", "1.png", "2.png"])
+    lines = [json.dumps({"image": f"{index}.png", "caption": f"picture {index}"}).encode() for index in range(3)]
+    lines.insert(1, b'{"image": "0.png", "caption": "bad \xff\xfe caption"}')
+    (tmp_path / "pairs.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    loaded = records(load_image_text_dataset(str(tmp_path / "pairs.jsonl"), streaming=streaming, shuffle_buffer=None))
+    counts = collections.Counter()
+    for record in loaded:
+        counts.update(record["skipped"])
+    assert counts == {"unreadable_record": 1}
+    assert {record["caption"] for record in loaded} == {"picture 0", "picture 1", "picture 2"}
+
+
+def test_captions_that_are_not_text_are_counted_as_such(tmp_path):
+    write_images(tmp_path, ["0.png"])
+    for name, captions, summary in [("numbers", [1.5, None, 2.5], "(2 caption_not_text, 1 empty_caption)"),
+                                    ("lists", [[7], [], [None], [3]], "(2 caption_not_text, 2 empty_caption)")]:
+        datasets.Dataset.from_dict({"image": ["0.png"] * len(captions), "caption": captions}) \
+            .to_parquet(str(tmp_path / f"{name}.parquet"))
+        assert one_line_error(str(tmp_path / f"{name}.parquet")).endswith(summary)
+    rng = np.random.default_rng(0)
+    assert decode_caption([7, "a picture"], rng) == "a picture"
+    with pytest.raises(BadRecord, match="caption_not_text"):
+        decode_caption({"caption": 7}, rng)
 
 
 def one_line_error(source, **kwargs) -> str:

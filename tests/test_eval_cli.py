@@ -1,15 +1,20 @@
 """`python -m eval` end to end on a saved stock CLIPModel folder, exit code 2 on bad input, and the card."""
 
 import json
+import os
 import re
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import datasets
+import numpy as np
 import pytest
 import torch
 from huggingface_hub import ModelCard
-from test_eval_support import COLOURS, colour_image, save_tiny_clip, write_imagefolder
+from PIL import Image
+from test_eval_support import COLOURS, colour_image, save_tiny_clip, save_tiny_psdclip, write_imagefolder
 
 from eval.__main__ import main
 from eval.card import update_model_card
@@ -91,6 +96,96 @@ def test_bad_input_exits_2_with_one_line(workspace, arguments, capsys):
     assert "Traceback" not in stderr
 
 
+REPO = Path(__file__).resolve().parents[1]
+# Prepended to a folder's Python files: leaves a file behind when the folder's code runs.
+PROOF_CODE = "import os, pathlib; pathlib.Path(os.environ['PROOF']).write_text('ran')\n"
+
+
+def run_eval(tmp_path, *arguments):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PROOF": str(tmp_path / "code-ran"),
+           "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    return subprocess.run([sys.executable, "-m", "eval", *arguments, "--templates", "simple", "--no-card",
+                           "--output", str(tmp_path / "out")], cwd=REPO, env=env, capture_output=True, text=True)
+
+
+def test_model_folder_code_runs_only_with_trust_remote_code(workspace, tmp_path):
+    folder = save_tiny_psdclip(tmp_path / "psdclip")
+    for name in ("configuration_psdclip.py", "modeling_psdclip.py"):
+        (folder / name).write_text(PROOF_CODE + (folder / name).read_text())
+    data = ["--data", str(workspace["data"])]
+    # A PSD-CLIP folder loads through the installed package.
+    done = run_eval(tmp_path, "zeroshot", "--model", str(folder), *data)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert not (tmp_path / "code-ran").exists()
+
+    # A folder of unknown type whose config points at its own code: refused, then run only when asked for.
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "model_type": "psdclip-fork"}))
+    done = run_eval(tmp_path, "zeroshot", "--model", str(folder), *data)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"python -m eval: error: cannot load model folder {folder}")
+    assert "--trust-remote-code" in last
+    assert not (tmp_path / "code-ran").exists()
+    done = run_eval(tmp_path, "zeroshot", "--model", str(folder), *data, "--trust-remote-code")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (tmp_path / "code-ran").exists()
+
+
+def test_bad_devices_sizes_outputs_and_weights_exit_2_with_one_line(workspace, tmp_path, capsys):
+    truncated = tmp_path / "truncated"
+    shutil.copytree(workspace["model"], truncated)
+    (truncated / "model.safetensors").write_bytes((truncated / "model.safetensors").read_bytes()[:1000])
+    (tmp_path / "a-file").write_text("mine")
+    common = ["zeroshot", "--data", str(workspace["data"]), "--templates", "simple", "--no-card"]
+    model, output = ["--model", str(workspace["model"])], ["--output", str(tmp_path / "out")]
+    for arguments, message in [
+        ([*model, *output, "--batch-size", "0"], "argument --batch-size: must be a positive integer, got 0"),
+        ([*model, *output, "--batch-size", "-1"], "argument --batch-size: must be a positive integer, got -1"),
+        ([*model, *output, "--device", "bogus"], "cannot use the device 'bogus': "),
+        (["--model", str(truncated), *output], f"cannot load model folder {truncated}: "),
+        ([*model, "--output", str(tmp_path / "a-file")], f"--output {tmp_path / 'a-file'}: cannot create"),
+        ([*model, "--output", str(tmp_path / "a-file" / "out")], f"--output {tmp_path / 'a-file' / 'out'}: cannot"),
+    ]:
+        with pytest.raises(SystemExit) as exit_info:
+            sys.exit(main([*common, *arguments]))
+        stderr = capsys.readouterr().err
+        assert exit_info.value.code == 2 and "Traceback" not in stderr
+        assert re.match(r"python -m eval( zeroshot)?: error: " + re.escape(message), stderr.strip().splitlines()[-1])
+    assert (tmp_path / "a-file").read_text() == "mine"
+
+
+def test_pickled_weights_load_with_the_restricted_unpickler_and_say_so(workspace, tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    from eval import EmbeddingModel
+
+    pickled = tmp_path / "pickled"
+    shutil.copytree(workspace["model"], pickled)
+    torch.save(load_file(pickled / "model.safetensors"), pickled / "pytorch_model.bin")
+    (pickled / "model.safetensors").unlink()
+    images = [colour_image("red")]
+    torch.testing.assert_close(EmbeddingModel.from_pretrained(pickled, progress=False).encode_images(images),
+                               EmbeddingModel.from_pretrained(workspace["model"], progress=False).encode_images(images))
+    assert capsys.readouterr().err.strip().splitlines()[0] == (
+        f"note: {pickled} holds its weights only as pytorch_model.bin, a pickle: loading them with torch's restricted "
+        "unpickler (weights_only=True), which loads tensors and refuses anything else")
+
+
+def test_results_are_written_when_the_card_cannot_be(workspace, tmp_path, capsys):
+    folder = tmp_path / "model"
+    shutil.copytree(workspace["model"], folder)
+    (folder / "README.md").unlink(missing_ok=True)
+    (folder / "README.md").mkdir()  # a card path nothing can be written to, whoever runs the test
+    code = main(["retrieval", "--model", str(folder), "--data", str(workspace["data"]), "--output",
+                 str(tmp_path / "out"), "--batch-size", "5"])
+    assert code == 1
+    assert "model" in json.loads((tmp_path / "out" / "retrieval.json").read_text())
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"python -m eval: error: the results are in {tmp_path / 'out' / 'retrieval.json'}, but the card in {folder} "
+        "could not be updated: Is a directory (pass --no-card to leave cards alone)")
+
+
 def test_module_entry_point_exit_code():
     completed = subprocess.run([sys.executable, "-m", "eval", "zeroshot", "--model", "/no/such/model", "--data", "x"],
                                capture_output=True, text=True)
@@ -127,3 +222,14 @@ def test_embedding_model_batches_without_changing_results(workspace):
     assert torch.allclose(small_batches.norm(dim=1), torch.ones(5))
     texts = model.encode_texts(["a red square", "a photo of a blue square"])
     assert texts.shape == (2, 16) and model.logit_multiplier == pytest.approx(torch.tensor(2.6592).exp().item(), rel=1e-4)
+
+
+def test_16_bit_greyscale_images_are_encoded_as_their_8_bit_content(workspace, tmp_path):
+    from eval import EmbeddingModel
+
+    model = EmbeddingModel.from_pretrained(workspace["model"], progress=False)
+    ramp = np.linspace(0, 65535, 16 * 16).reshape(16, 16).astype(np.uint16)
+    Image.fromarray(ramp).save(tmp_path / "deep.png")
+    eight_bit = Image.fromarray(np.round(ramp / 257).astype(np.uint8)).convert("RGB")
+    torch.testing.assert_close(model.encode_images([Image.open(tmp_path / "deep.png")]),
+                               model.encode_images([eight_bit]))

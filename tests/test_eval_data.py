@@ -89,6 +89,16 @@ def test_clip_benchmark_webdataset_bad_members_are_one_line_errors(tmp_path):
         load_eval_data(str(write_clip_benchmark_export(tmp_path / "cls", bad_member=b"cat")))
 
 
+def test_clip_benchmark_webdataset_with_a_truncated_shard_keeps_what_it_can_read(tmp_path, capsys):
+    root = write_clip_benchmark_export(tmp_path / "wds_colours")
+    shard = next((root / "test").glob("*.tar"))
+    whole = load_eval_data(str(root))
+    shard.write_bytes(shard.read_bytes()[:6000])  # cut inside a later sample
+    data = load_eval_data(str(root))
+    assert 0 < len(data) < len(whole) and data.labels.tolist() == whole.labels.tolist()[:len(data)]
+    assert "skipped 1 damaged shard part(s)" in capsys.readouterr().err
+
+
 def test_negative_integer_labels_are_a_one_line_error(tmp_path):
     datasets.Dataset.from_dict({"image": [colour_image("red")] * 2, "label": [0, -1]}) \
         .cast_column("image", datasets.Image()).save_to_disk(str(tmp_path / "negative"))

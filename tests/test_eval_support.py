@@ -81,18 +81,32 @@ def tiny_processor(image_size=16) -> CLIPProcessor:
     return CLIPProcessor(image_processor=image_processor, tokenizer=clip_tokenizer)
 
 
+def tiny_clip_config(config_class=CLIPConfig, vocab_size=120):
+    tower = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2}
+    return config_class(
+        text_config={**tower, "max_position_embeddings": 16, "vocab_size": vocab_size,
+                     "bos_token_id": 0, "eos_token_id": 1, "pad_token_id": 1},
+        vision_config={**tower, "image_size": 16, "patch_size": 8}, projection_dim=16)
+
+
 def save_tiny_clip(folder: Path, seed=0) -> Path:
     """A random two-layer stock transformers CLIPModel with its processor, saved like any checkpoint."""
     torch.manual_seed(seed)
     processor = tiny_processor()
-    tower = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2}
-    config = CLIPConfig(
-        text_config={**tower, "max_position_embeddings": 16, "vocab_size": len(processor.tokenizer),
-                     "bos_token_id": 0, "eos_token_id": 1, "pad_token_id": 1},
-        vision_config={**tower, "image_size": 16, "patch_size": 8}, projection_dim=16)
-    CLIPModel(config).save_pretrained(folder)
+    CLIPModel(tiny_clip_config(vocab_size=len(processor.tokenizer))).save_pretrained(folder)
     processor.save_pretrained(folder)
     return folder
+
+
+def save_tiny_psdclip(folder: Path, seed=0) -> Path:
+    """The same, as a PSD-CLIP model folder: weights, processor, card and the remote code files."""
+    from modeling_psdclip import PSDCLIPConfig, PSDCLIPModel
+    from modeling_psdclip.hub import save_model_folder
+
+    torch.manual_seed(seed)
+    processor = tiny_processor()
+    model = PSDCLIPModel(tiny_clip_config(PSDCLIPConfig, vocab_size=len(processor.tokenizer)))
+    return save_model_folder(model, processor, folder)
 
 
 def write_imagefolder(root: Path, per_class=3, metadata=False) -> Path:

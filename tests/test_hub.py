@@ -21,7 +21,9 @@ from transformers import AutoConfig, AutoModel, AutoModelForZeroShotImageClassif
 from transformers import CLIPTextModelWithProjection, CLIPVisionModelWithProjection
 
 from modeling_psdclip import PSDCLIPConfig, PSDCLIPModel
-from modeling_psdclip.hub import downloaded_model_id, model_title, save_model_folder, training_card_fields
+from modeling_psdclip.hub import (
+    MODEL_FOLDER_FILES, ModelFolderError, downloaded_model_id, model_title, save_model_folder, training_card_fields,
+)
 from modeling_psdclip.processing import build_processor
 from modeling_psdclip.tokenization import load_clip_tokenizer
 from modeling_psdclip.training.options import parse_options
@@ -82,6 +84,8 @@ def test_folder_contents(saved):
     assert set(config["auto_map"]) == {"AutoConfig", "AutoModel", "AutoModelForZeroShotImageClassification"}
     for name in ("model.safetensors", "configuration_psdclip.py", "modeling_psdclip.py", "README.md"):
         assert (folder / name).is_file(), name
+    # What a saved folder holds is what a later save recognises as its own and may replace.
+    assert all(MODEL_FOLDER_FILES.fullmatch(path.name) for path in folder.iterdir())
     card = (folder / "README.md").read_text()
     assert "pipeline_tag: zero-shot-image-classification" in card and "val/recall@1" in card
 
@@ -321,3 +325,35 @@ def test_card_names_the_hub_repository_and_a_failed_save_leaves_nothing(tmp_path
     with pytest.raises(OSError, match="disk full"):
         save_model_folder(model, BrokenProcessor(), tmp_path / "other")
     assert sorted(path.name for path in tmp_path.iterdir()) == ["model"]
+
+
+def test_existing_folder_is_replaced_only_when_this_package_wrote_it(tmp_path):
+    model = PSDCLIPModel(small_tiny_config())
+    processor = build_processor(image_size=64, context_length=32)
+    folder = save_model_folder(model, processor, tmp_path / "model")
+    (folder / "metrics.json").write_text("{}")  # train.py adds it
+    model.config.distill_alpha_max = 0.25
+    save_model_folder(model, processor, folder)
+    assert json.loads((folder / "config.json").read_text())["distill_alpha_max"] == 0.25
+    (tmp_path / "empty").mkdir()
+    save_model_folder(model, processor, tmp_path / "empty")
+
+    user_data = tmp_path / "data"
+    user_data.mkdir()
+    (user_data / "pairs.csv").write_text("image,caption\n")
+    notes = tmp_path / "notes"
+    shutil.copytree(folder, notes)
+    (notes / "notes.txt").write_text("mine")
+    other_model = tmp_path / "other"
+    shutil.copytree(folder, other_model)
+    (other_model / "config.json").write_text(json.dumps({"model_type": "clip"}))
+    a_file = tmp_path / "file"
+    a_file.write_text("mine")
+    for target, message in [(user_data, "holds 'pairs.csv'"), (notes, "holds 'notes.txt'"),
+                            (other_model, "not a PSD-CLIP config"), (a_file, "is a file"),
+                            (a_file / "model", "Not a directory")]:
+        before = sorted(path.name for path in tmp_path.rglob("*"))
+        with pytest.raises(ModelFolderError, match=message):
+            save_model_folder(model, processor, target)
+        assert sorted(path.name for path in tmp_path.rglob("*")) == before, target
+    assert (user_data / "pairs.csv").read_text() == "image,caption\n" and (notes / "notes.txt").is_file()

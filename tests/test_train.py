@@ -1,8 +1,11 @@
 """train.py end to end on a micro model and tiny synthetic data, plus its pieces in-process."""
 
+import errno
 import json
 import math
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,11 +17,12 @@ import pytest
 import torch
 from accelerate import Accelerator
 from PIL import Image
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from transformers import CLIPModel
 
 from modeling_psdclip import PSDCLIPConfig, PSDCLIPModel
-from modeling_psdclip.training.checkpoints import MARKER, CheckpointManager
+from modeling_psdclip.data import SKIP_REASONS
+from modeling_psdclip.training.checkpoints import MARKER, CheckpointError, CheckpointManager
 from modeling_psdclip.processing import build_processor
 from modeling_psdclip.training.options import parse_options
 from modeling_psdclip.training.teachers import EMATeacher
@@ -162,6 +166,55 @@ def test_killed_run_with_a_teacher_resumes_exactly_across_an_epoch_boundary(tmp_
     assert soft[-1] > 0
 
 
+class RunsCodeWhenUnpickled:
+    def __init__(self, proof: Path):
+        self.proof = proof
+
+    def __reduce__(self):
+        return open, (str(self.proof), "w")
+
+
+def test_resume_unpickles_no_state_of_its_own(tmp_path, env, micro_folder):
+    run(micro_args(micro_folder, tmp_path, "--max-steps", "2", "--checkpoint-every", "1"), env)
+    checkpoint = tmp_path / "run" / "checkpoints" / "step-00000002"
+    # What Accelerate loads with full pickle for an object registered for checkpointing.
+    proof = tmp_path / "code-ran"
+    torch.save(RunsCodeWhenUnpickled(proof), checkpoint / "custom_checkpoint_0.pkl")
+    done = run(micro_args(micro_folder, tmp_path, "--max-steps", "2", "--resume", str(checkpoint)), env, check=False)
+    assert not proof.exists()
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (f"train.py: error: {checkpoint} holds custom_checkpoint_0.pkl, a "
+                                                    "pickle this package never writes and does not load; resume from "
+                                                    "a checkpoint written by this version")
+    assert json.loads((checkpoint / "train_state.json").read_text())["train"]["step"] == 2
+
+
+def test_resume_refuses_changed_options_and_survives_a_torn_log_and_a_corrupt_newest_checkpoint(
+        tmp_path, env, micro_folder):
+    steps = ["--checkpoint-every", "2", "--keep-checkpoints", "2"]
+    run(micro_args(micro_folder, tmp_path / "whole", "--max-steps", "6", *steps), env)
+    root = tmp_path / "resumed"
+    run(micro_args(micro_folder, root, "--max-steps", "4", *steps), env)
+    checkpoints = root / "run" / "checkpoints"
+    for option, value in [("--batch-size", "32"), ("--preset", "small")]:
+        done = run(micro_args(micro_folder, root, "--max-steps", "6", *steps, "--resume", "latest", option, value),
+                   env, check=False)
+        assert done.returncode == 2 and "Traceback" not in done.stderr
+        assert done.stderr.strip().splitlines()[-1].startswith(
+            f"train.py: error: {option}: {checkpoints / 'step-00000004'} was trained with")
+
+    # What a kill leaves: half a log line; and the newest checkpoint damaged after it was completed.
+    with (root / "run" / "metrics.jsonl").open("a") as log:
+        log.write('{"step": 5, "train/lo')
+    newest = checkpoints / "step-00000004" / "model.safetensors"
+    newest.write_bytes(newest.read_bytes()[:100])
+    done = run(micro_args(micro_folder, root, "--max-steps", "6", *steps, "--resume", "latest"), env)
+    assert f"resuming from the previous complete checkpoint, {checkpoints / 'step-00000002'}" in done.stderr
+    assert [line["step"] for line in log_lines(root) if "train/loss" in line] == [1, 2, 3, 4, 5, 6]
+    whole = weights(tmp_path / "whole")
+    assert all(torch.equal(tensor, whole[name]) for name, tensor in weights(root).items())
+
+
 def test_ema_teacher_moves_once_per_optimizer_step_and_stays_out_of_the_export(tmp_path, env, micro_folder):
     run(micro_args(micro_folder, tmp_path, "--max-steps", "1", "--accum-steps", "2", "--checkpoint-every", "1",
                    "--distill-teacher", "ema", "--distill-ema-decay", "0.5"), env)
@@ -204,7 +257,7 @@ def write_pairs_with_bad_records(folder: Path, usable: int = 13) -> dict:
     rows += [("corrupt.png", "a broken picture"), ("missing.png", "a lost picture"), ("0.png", "")]
     table = folder / "pairs.csv"
     table.write_text("image,caption\n" + "".join(f"{image},{caption}\n" for image, caption in rows))
-    return {"missing_image": 1, "corrupt_image": 1, "empty_caption": 1, "undecodable_caption": 0}
+    return {**dict.fromkeys(SKIP_REASONS, 0), "missing_image": 1, "corrupt_image": 1, "empty_caption": 1}
 
 
 def test_bad_records_are_skipped_and_counted_exactly(tmp_path, env, micro_folder):
@@ -235,6 +288,55 @@ def test_diverging_run_skips_non_finite_steps_then_stops_with_one_line(tmp_path,
     assert not (tmp_path / "model").exists()
 
 
+def test_weights_that_are_not_finite_are_never_saved(tmp_path, env, micro_folder):
+    # Every step of a model with a NaN weight is skipped as non-finite: what `--lr inf` used to do.
+    poisoned = tmp_path / "poisoned"
+    shutil.copytree(micro_folder, poisoned)
+    state = load_file(poisoned / "model.safetensors")
+    state["text_projection.weight"][0, 0] = float("nan")
+    save_file(state, poisoned / "model.safetensors", metadata={"format": "pt"})
+    shutil.copytree(micro_folder, tmp_path / "model")  # an earlier model in --output-dir must survive
+    args = micro_args(micro_folder, tmp_path, "--max-steps", "3", "--max-nonfinite-steps", "10")
+    args[args.index("--init-from") + 1] = str(poisoned)
+    for extra, what in [(["--checkpoint-every", "0"], "model"), (["--checkpoint-every", "2"], "checkpoint")]:
+        done = run(args + extra, env, check=False)
+        assert done.returncode == 1 and "Traceback" not in done.stderr
+        step = 3 if what == "model" else 2
+        assert done.stderr.strip().splitlines()[-1] == (
+            f"train.py: error: stopped at step {step}: the weights are not all finite, so no {what} was saved and "
+            "the earlier checkpoints are kept (try a lower --lr or --mixed-precision no)")
+        assert not (tmp_path / "run" / "checkpoints").exists() or not any((tmp_path / "run" / "checkpoints").iterdir())
+        assert all(torch.isfinite(tensor).all() for tensor in weights(tmp_path).values())
+        shutil.rmtree(tmp_path / "run")
+
+
+def test_init_from_a_damaged_foreign_or_pickled_folder(tmp_path, env, micro_folder):
+    truncated, foreign, pickled = (tmp_path / name for name in ("truncated", "foreign", "pickled"))
+    for folder in (truncated, foreign, pickled):
+        shutil.copytree(micro_folder, folder)
+    weights_file = truncated / "model.safetensors"
+    weights_file.write_bytes(weights_file.read_bytes()[:1000])
+    (foreign / "config.json").write_text(json.dumps({"model_type": "bert", "hidden_size": 32}))
+    torch.save(load_file(pickled / "model.safetensors"), pickled / "pytorch_model.bin")
+    (pickled / "model.safetensors").unlink()
+    for folder, message in [(truncated, f"cannot load a model from {truncated}: "),
+                            (foreign, f"{foreign} holds a 'bert' model, not a PSD-CLIP or CLIP one")]:
+        args = micro_args(micro_folder, tmp_path, "--max-steps", "1")
+        args[args.index("--init-from") + 1] = str(folder)
+        done = run(args, env, check=False)
+        assert done.returncode == 2 and "Traceback" not in done.stderr
+        assert done.stderr.strip().splitlines()[-1].startswith(f"train.py: error: --init-from: {message}")
+    args = micro_args(micro_folder, tmp_path, "--max-steps", "1")
+    args[args.index("--init-from") + 1] = str(pickled)
+    done = run(args, env)
+    assert (f"{pickled} holds its weights only as pytorch_model.bin, a pickle: loading them with torch's restricted "
+            "unpickler (weights_only=True)") in done.stderr
+    # One step moves a weight by at most the learning rate: these are the pickled weights, not a new model's.
+    start, trained = load_file(micro_folder / "model.safetensors"), weights(tmp_path)
+    for name in ("text_model.embeddings.position_embedding.weight", "visual_projection.weight"):
+        torch.testing.assert_close(trained[name], start[name], atol=2e-3, rtol=0)
+
+
 def test_missing_data_and_bad_options_are_one_line_errors_with_status_2(tmp_path, env, micro_folder):
     done = run(micro_args(micro_folder, tmp_path, "--data", str(tmp_path / "nowhere.csv")), env, check=False)
     assert done.returncode == 2 and "Traceback" not in done.stderr
@@ -256,6 +358,8 @@ def test_options_come_from_yaml_and_flags_override_it(tmp_path, capsys):
                          (["--mixed-precision", "fp8"], "--mixed-precision"),
                          (["--distill-temperature", "0"], "--distill-temperature"),
                          (["--weight-decay", "nan"], "--weight-decay"), (["--lr", "nan"], "--lr"),
+                         (["--lr", "inf"], "--lr"), (["--max-grad-norm", "inf"], "--max-grad-norm"),
+                         (["--peak-tflops", "inf"], "--peak-tflops"),
                          (["--p-mismatch", "0.6", "--p-partial", "0.6"], "--p-partial")]:
         with pytest.raises(SystemExit) as exited:
             parse_options(argv)
@@ -264,12 +368,39 @@ def test_options_come_from_yaml_and_flags_override_it(tmp_path, capsys):
         assert len(error.splitlines()) == 1 and option in error
 
     for text, option in [("batch_sise: 64\n", "batch_sise"), ("batch_size:\n", "--batch-size"),
-                         ("report_to:\n", "--report-to")]:
+                         ("report_to:\n", "--report-to"), ("lr: .inf\n", "--lr")]:
         config.write_text(text)
         with pytest.raises(SystemExit) as exited:
             parse_options(["--config", str(config)])
         error = capsys.readouterr().err.strip()
         assert exited.value.code == 2 and len(error.splitlines()) == 1 and option in error
+
+
+def test_output_dir_that_would_destroy_something_is_refused_before_training(tmp_path, env, micro_folder, capsys,
+                                                                          monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "pairs.csv").write_text("image,caption\n")
+    (tmp_path / "a-file").write_text("mine")
+    for output, run_dir, message in [
+        ("data", "run", "holds 'pairs.csv'"), ("a-file", "run", "is a file"), (".", "run", "current folder"),
+        (str(tmp_path.parent), "run", "current folder"), ("runs/x", "runs/x", "separate folders"),
+        ("runs/x/model", "runs/x", "separate folders"), ("runs/x", "runs/x/run", "separate folders"),
+        ("/proc/psdclip-nowhere/model", "run", "cannot create /proc/psdclip-nowhere/model"),
+    ]:
+        with pytest.raises(SystemExit) as exited:
+            parse_options(["--output-dir", output, "--run-dir", run_dir])
+        error = capsys.readouterr().err.strip()
+        assert exited.value.code == 2 and len(error.splitlines()) == 1, error
+        assert error.startswith("train.py: error: --output-dir") and message in error, error
+
+    # End to end: one line, nothing trained, the user's folder as it was.
+    done = run(micro_args(micro_folder, tmp_path, "--max-steps", "1", "--output-dir", str(tmp_path / "data")), env,
+               check=False)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("train.py: error: --output-dir")
+    assert not (tmp_path / "run").exists()
+    assert [path.name for path in (tmp_path / "data").iterdir()] == ["pairs.csv"]
 
 
 def test_help_lists_every_option_with_its_default(env):
@@ -336,16 +467,38 @@ class FakeAccelerator:
 def test_checkpoints_are_complete_or_ignored_and_only_the_last_are_kept(tmp_path):
     manager = CheckpointManager(tmp_path, keep_last=2)
     for step in (10, 20, 30):
-        manager.save(FakeAccelerator(), step)
+        manager.save(FakeAccelerator(), step, {"step": step})
     assert [p.name for p in manager.complete_checkpoints()] == ["step-00000020", "step-00000030"]
     # What a kill leaves behind: a staging folder mid-write, or a renamed one whose marker is gone mid-delete.
     (tmp_path / ".staging-step-00000040").mkdir()
     (tmp_path / "step-00000050").mkdir()
-    assert manager.latest() == tmp_path / "step-00000030"
-    assert (manager.latest() / MARKER).is_file()
+    assert manager.complete_checkpoints()[-1] == tmp_path / "step-00000030"
+    assert (tmp_path / "step-00000030" / MARKER).is_file()
     # Resumed from step 20: the old step 30 is another history and must not be offered again.
     manager.discard_newer_than(20)
-    assert manager.latest() == tmp_path / "step-00000020"
+    assert manager.complete_checkpoints()[-1] == tmp_path / "step-00000020"
+    # The next save clears what the kill left.
+    manager.save(FakeAccelerator(), 60, {"step": 60})
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["step-00000020", "step-00000060"]
+
+
+class DiskFullAccelerator(FakeAccelerator):
+    def save_state(self, folder):
+        Path(folder).mkdir(parents=True)
+        (Path(folder) / "model.safetensors").write_bytes(b"half the weig")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def test_a_checkpoint_that_cannot_be_written_is_one_line_and_keeps_the_earlier_ones(tmp_path):
+    manager = CheckpointManager(tmp_path, keep_last=2)
+    for step in (10, 20):
+        manager.save(FakeAccelerator(), step, {"step": step})
+    with pytest.raises(CheckpointError) as error:
+        manager.save(DiskFullAccelerator(), 30, {"step": 30})
+    assert re.fullmatch(f"cannot write the checkpoint of step 30 to {re.escape(str(tmp_path))} \\(\\d+ MiB free "
+                        "there\\): No space left on device; the earlier checkpoints are kept", str(error.value))
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["step-00000010", "step-00000020"]
+    assert all((path / "model.safetensors").read_bytes() == b"weights" for path in tmp_path.iterdir())
 
 
 @pytest.mark.parametrize("config", sorted((REPO / "configs").glob("*.yaml")), ids=lambda path: path.name)

@@ -39,7 +39,8 @@ class ImageTextDataset(torch.utils.data.Dataset):
         for offset in range(len(self)):
             index = (key.index + offset) % len(self)
             try:
-                image, caption = self.columns.decode(self.source[index], sample_rng(self.seed, key, CAPTION_STREAM))
+                image, caption = self.columns.read(lambda: self.source[index],
+                                                   sample_rng(self.seed, key, CAPTION_STREAM))
             except BadRecord as bad:
                 if offset == 0:
                     skipped[bad.reason] += 1
@@ -58,7 +59,8 @@ class ImageTextStream(torch.utils.data.IterableDataset):
 
     def __init__(self, source: datasets.IterableDataset, columns: RecordColumns, seed: int = 0,
                  shuffle_buffer: int | None = 1000):
-        self.source = source.shuffle(seed=seed, buffer_size=shuffle_buffer) if shuffle_buffer else source
+        source = source.shuffle(seed=seed, buffer_size=shuffle_buffer) if shuffle_buffer else source
+        self.source = arrow_rows(source)
         self.columns = columns
         self.seed = seed
 
@@ -74,7 +76,8 @@ class ImageTextStream(torch.utils.data.IterableDataset):
             # Each worker reads its own shards: interleaving positions keeps keys distinct across workers.
             key = SampleKey(epoch, position * num_workers + worker_id)
             try:
-                image, caption = self.columns.decode(row, sample_rng(self.seed, key, CAPTION_STREAM))
+                image, caption = self.columns.read(lambda: row.to_pylist()[0],
+                                                   sample_rng(self.seed, key, CAPTION_STREAM))
             except BadRecord as bad:
                 skipped[bad.reason] += 1
                 continue
@@ -84,3 +87,12 @@ class ImageTextStream(torch.utils.data.IterableDataset):
         if ready is not None:
             ready["skipped"] = dict(Counter(ready["skipped"]) + skipped)
             yield ready
+
+
+def arrow_rows(source: datasets.IterableDataset) -> datasets.IterableDataset:
+    """`source` yielding each row as a one-row Arrow table.
+
+    Converted to Python by the stream, a row that cannot be converted ends the whole iteration; converted one by
+    one, it is one bad record.
+    """
+    return source.with_format("arrow")

@@ -3,15 +3,19 @@
 import io
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageOps
 
 # Why a record was skipped; every batch reports a count for each of these.
-SKIP_REASONS = ("missing_image", "corrupt_image", "empty_caption", "undecodable_caption")
+SKIP_REASONS = ("missing_image", "corrupt_image", "empty_caption", "undecodable_caption", "caption_not_text",
+                "unreadable_record")
 CAPTION_KEYS = ("caption", "captions", "text", "txt", "title", "sentences")  # looked up in JSON captions
 JSON_COLUMNS = ("json",)  # columns whose text is a JSON object holding the caption(s)
+# A row a reader puts where it could not read the data (the damaged rest of a tar shard): counted, never used.
+UNREADABLE = "_psdclip_unreadable"  # a name no user column has
 WHITE = (255, 255, 255, 255)
 # What text readers put in place of bytes they could not decode (CSV files are read with errors replaced).
 REPLACEMENT_CHARACTER = "\ufffd"
@@ -35,11 +39,26 @@ class RecordColumns:
     caption: tuple[str, ...]
     base_dir: str | None = None  # what relative image paths are relative to
 
+    def read(self, load_row: Callable[[], dict], rng: np.random.Generator) -> tuple[Image.Image, str]:
+        """`decode(load_row())`, where any failure to read or decode the row is a `BadRecord`.
+
+        Format readers let through what Python then fails on (a JSON reader keeps bytes that are not UTF-8, and
+        converting the row raises UnicodeDecodeError); whatever it is, it concerns this row alone.
+        """
+        try:
+            return self.decode(load_row(), rng)
+        except BadRecord:
+            raise
+        except Exception:
+            raise BadRecord("unreadable_record") from None
+
     def decode(self, row: dict, rng: np.random.Generator) -> tuple[Image.Image, str]:
         """The row's image in RGB and one of its captions (drawn with `rng` when it has several).
 
         Raises `BadRecord` naming the first problem found; the caption is checked first, being the cheaper.
         """
+        if row.get(UNREADABLE):
+            raise BadRecord("unreadable_record")
         caption_column, caption = _first_present(row, self.caption)
         caption = decode_caption(caption, rng, as_json=caption_column in JSON_COLUMNS)
         _, image = _first_present(row, self.image)
@@ -68,8 +87,11 @@ def decode_caption(value, rng: np.random.Generator, as_json: bool = False) -> st
         value = next((value[key] for key in CAPTION_KEYS if value.get(key) is not None), None)
     if isinstance(value, (list, tuple)):
         texts = [text for text in value if isinstance(text, str) and text.strip()]
-        value = texts[rng.integers(len(texts))] if texts else None
-    if not isinstance(value, str) or not value.strip():
+        others = [text for text in value if text is not None and not isinstance(text, str)]
+        value = texts[rng.integers(len(texts))] if texts else others[0] if others else None
+    if value is not None and not isinstance(value, str):  # a number, say: a column that holds no captions
+        raise BadRecord("caption_not_text")
+    if value is None or not value.strip():
         raise BadRecord("empty_caption")
     if REPLACEMENT_CHARACTER in value:
         raise BadRecord("undecodable_caption")
@@ -120,10 +142,17 @@ def _read_file(path, base_dir: str | None) -> bytes:
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    """RGB with the camera's orientation applied; transparency is laid over white rather than dropped to black."""
+    """RGB with the camera's orientation applied; transparency is laid over white rather than dropped to black.
+
+    16-bit greyscale (PNG, TIFF; mode "I;16*", or "I" in older Pillow) is scaled to 8 bits: Pillow's own
+    conversion clips it, which turns every pixel but the darkest white.
+    """
     image = ImageOps.exif_transpose(image)
     if image.mode == "RGB":
         return image
+    if image.mode.startswith("I;16") or image.mode == "I":
+        pixels = np.asarray(image, dtype=np.float64) * (255 / 65535)
+        image = Image.fromarray(np.clip(np.round(pixels), 0, 255).astype(np.uint8), "L")
     if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
         image = image.convert("RGBA")
         return Image.alpha_composite(Image.new("RGBA", image.size, WHITE), image).convert("RGB")

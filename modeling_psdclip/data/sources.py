@@ -9,7 +9,7 @@ import numpy as np
 
 from ..cli import first_line
 from .errors import DataError
-from .image_text import ImageTextDataset, ImageTextStream
+from .image_text import ImageTextDataset, ImageTextStream, arrow_rows
 from .records import BadRecord, RecordColumns
 from .synthetic import build_synthetic_dataset
 from .webdataset_shards import load_webdataset_shards
@@ -170,10 +170,14 @@ def _pick_columns(names, chosen, role, candidates, source, also=()) -> tuple[str
 def _require_usable_record(raw, columns: RecordColumns, source: str):
     rng = np.random.default_rng(0)
     reasons = Counter()
-    rows = raw.select(range(min(len(raw), PROBE_RECORDS))) if isinstance(raw, datasets.Dataset) else raw
-    for row in itertools.islice(rows, PROBE_RECORDS):
+    if isinstance(raw, datasets.Dataset):
+        row_loaders = (lambda index=index: raw[index] for index in range(min(len(raw), PROBE_RECORDS)))
+    else:
+        row_loaders = (lambda row=row: row.to_pylist()[0]
+                       for row in itertools.islice(arrow_rows(raw), PROBE_RECORDS))
+    for load_row in row_loaders:
         try:
-            columns.decode(row, rng)
+            columns.read(load_row, rng)
             return
         except BadRecord as bad:
             reasons[bad.reason] += 1

@@ -6,8 +6,10 @@ are flushed to disk, a completion marker is added, and only then is the folder r
 (a rename is atomic on POSIX file systems). A folder without the marker is never offered for resuming, and an
 old checkpoint loses its marker before it is deleted.
 
-State that Accelerate does not hold (the EMA teacher's weights) is saved beside it as safetensors files, which
-load without unpickling anything.
+State that Accelerate does not hold is saved beside it in formats that load without unpickling anything: the
+training loop's own state as JSON (`train_state.json`; it is not registered with Accelerate, which would pickle it
+and load it back with full pickle, so a crafted checkpoint could run code) and tensors such as the EMA teacher's
+weights as safetensors files.
 """
 
 import json
@@ -20,9 +22,16 @@ import torch
 from accelerate import Accelerator
 from safetensors.torch import load_file, save_file
 
+from ..cli import first_line
+
 
 MARKER = "checkpoint_complete.json"
+STATE_FILE = "train_state.json"
 STEP_FOLDER = re.compile(r"step-(\d+)")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint cannot be written or loaded; the message is one line for the user."""
 
 
 def fsync_tree(folder: Path) -> None:
@@ -79,18 +88,30 @@ class CheckpointManager:
             if step_of(checkpoint) > step:
                 remove_checkpoint(checkpoint)
 
-    def latest(self) -> Path | None:
-        checkpoints = self.complete_checkpoints()
-        return checkpoints[-1] if checkpoints else None
-
-    def save(self, accelerator: Accelerator, step: int, tensors: dict[str, dict[str, torch.Tensor]] | None = None
-             ) -> Path:
+    def save(self, accelerator: Accelerator, step: int, state: dict,
+             tensors: dict[str, dict[str, torch.Tensor]] | None = None) -> Path:
         """Collective: every process must call it (sharded states are written by every rank).
 
-        `tensors` maps a name to a state dict that is the same on every process, saved as `<name>.safetensors`.
+        `state` is the training loop's JSON-serialisable state, saved as `train_state.json`; `tensors` maps a name
+        to a state dict that is the same on every process, saved as `<name>.safetensors`.
         """
         final = self.root / f"step-{step:08d}"
         staging = self.root / f".staging-{final.name}"
+        try:
+            self._write(accelerator, step, state, tensors, staging, final)
+        # A full disk, a quota, a lost mount (torch.save reports them as RuntimeError): the earlier checkpoints are
+        # untouched, and the partial one must not fill the disk further.
+        except Exception as error:
+            shutil.rmtree(staging, ignore_errors=True)
+            reason = error.strerror if isinstance(error, OSError) and error.strerror else first_line(error)
+            free = shutil.disk_usage(self.root).free if self.root.is_dir() else 0
+            raise CheckpointError(f"cannot write the checkpoint of step {step} to {self.root} ({free / 2**20:.0f} "
+                                  f"MiB free there): {reason}; the earlier checkpoints are kept") from error
+        accelerator.wait_for_everyone()
+        return final
+
+    def _write(self, accelerator: Accelerator, step: int, state: dict, tensors: dict | None, staging: Path,
+               final: Path) -> None:
         if accelerator.is_main_process:
             self.root.mkdir(parents=True, exist_ok=True)
             shutil.rmtree(staging, ignore_errors=True)  # Left by a run killed while writing this step.
@@ -98,9 +119,11 @@ class CheckpointManager:
         accelerator.save_state(str(staging))
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
-            for name, state in (tensors or {}).items():
-                if state:
-                    save_file({key: value.cpu() for key, value in state.items()}, staging / f"{name}.safetensors")
+            (staging / STATE_FILE).write_text(json.dumps(state))
+            for name, tensor_state in (tensors or {}).items():
+                if tensor_state:
+                    save_file({key: value.cpu() for key, value in tensor_state.items()},
+                              staging / f"{name}.safetensors")
             fsync_tree(staging)
             marker = staging / MARKER
             marker.write_text(json.dumps({"step": step}))
@@ -111,18 +134,50 @@ class CheckpointManager:
             os.rename(staging, final)
             fsync_directory(self.root)
             self.prune()
-        accelerator.wait_for_everyone()
-        return final
 
     def prune(self) -> None:
-        """Drop all but the newest `keep_last` complete checkpoints and any staging folder left by a crash."""
+        """Drop all but the newest `keep_last` complete checkpoints, and what a crash left: staging folders, and
+        checkpoint folders whose marker was removed before a deletion that did not finish."""
         for old in self.complete_checkpoints()[: -self.keep_last]:
             remove_checkpoint(old)
         for leftover in self.root.glob(".staging-*"):
             shutil.rmtree(leftover, ignore_errors=True)
+        for leftover in self.root.glob("step-*"):
+            if STEP_FOLDER.fullmatch(leftover.name) and not is_complete(leftover):
+                shutil.rmtree(leftover, ignore_errors=True)
 
 
 def load_tensors(checkpoint: Path, name: str) -> dict[str, torch.Tensor] | None:
     """The state dict saved as `name` by `CheckpointManager.save`, or None when the checkpoint has none."""
     path = Path(checkpoint) / f"{name}.safetensors"
     return load_file(path) if path.is_file() else None
+
+
+def read_state(checkpoint: Path) -> dict:
+    """The training loop's state saved by `CheckpointManager.save`; CheckpointError when it cannot be read.
+
+    Accelerate would unpickle a `custom_checkpoint_*.pkl` without restrictions for a registered object; this package
+    registers none and refuses a checkpoint that holds one.
+    """
+    checkpoint = Path(checkpoint)
+    pickled = sorted(path.name for path in checkpoint.glob("custom_checkpoint_*"))
+    if pickled:
+        raise CheckpointError(f"{checkpoint} holds {pickled[0]}, a pickle this package never writes and does not "
+                              "load; resume from a checkpoint written by this version")
+    try:
+        return json.loads((checkpoint / STATE_FILE).read_text())
+    except (OSError, ValueError) as error:
+        raise CheckpointError(f"cannot load the checkpoint {checkpoint}: {first_line(error)}") from error
+
+
+def restore(accelerator: Accelerator, checkpoint: Path, tensor_names: tuple[str, ...] = ()
+            ) -> dict[str, dict[str, torch.Tensor] | None]:
+    """Load a checkpoint into the prepared objects and return the `tensor_names` state dicts (None when absent).
+
+    Raises CheckpointError for a checkpoint that cannot be loaded.
+    """
+    try:
+        accelerator.load_state(str(checkpoint))
+        return {name: load_tensors(checkpoint, name) for name in tensor_names}
+    except Exception as error:  # Any damage (truncation, a missing file) means the same: unusable.
+        raise CheckpointError(f"cannot load the checkpoint {checkpoint}: {first_line(error)}") from error

@@ -7,6 +7,7 @@ status 2, as argparse does for its own errors.
 
 import argparse
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +16,7 @@ import yaml
 
 from ..cli import OneLineErrorParser, fail
 from ..configuration_psdclip import DISTILL_SCHEDULES, DISTILL_TEACHERS, PRESETS
+from ..hub import ModelFolderError, check_model_folder_target
 
 
 def option(default, help: str, **argparse_kwargs):
@@ -163,7 +165,10 @@ def read_yaml(path: str) -> dict:
 
 def check_ranges(options: TrainingOptions) -> None:
     """Raise OptionError naming the first option whose value is out of range."""
-    # Every check is written so that it fails for NaN (every comparison with NaN is false).
+    for option_field in dataclasses.fields(options):
+        value = getattr(options, option_field.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise OptionError(f"{flag(option_field.name)} must be a finite number, got {value}")
     for name in POSITIVE:
         value = getattr(options, name)
         if value is not None and not value > 0:
@@ -196,6 +201,22 @@ def check_ranges(options: TrainingOptions) -> None:
         raise OptionError(f"--report-to: unknown tracker {unknown[0]!r} (one of none, all, {', '.join(KNOWN_TRACKERS)})")
 
 
+def check_output_dir(options: TrainingOptions) -> None:
+    """Raise OptionError unless the model folder can be written at the end without destroying anything."""
+    output, run = Path(options.output_dir).resolve(), Path(options.run_dir).resolve()
+    here = Path.cwd().resolve()
+    if output == here or output in here.parents:
+        raise OptionError(f"--output-dir {options.output_dir} is the current folder or one above it; the model "
+                          "folder is replaced as a whole, so it must be a folder of its own")
+    if output == run or output in run.parents or run in output.parents:
+        raise OptionError(f"--output-dir {options.output_dir} and --run-dir {options.run_dir} must be separate "
+                          "folders, neither inside the other")
+    try:
+        check_model_folder_target(options.output_dir)
+    except ModelFolderError as error:
+        raise OptionError(f"--output-dir: {error}") from None
+
+
 def parse_options(argv: list[str] | None = None, prog: str = "train.py") -> TrainingOptions:
     """Defaults, then the `--config` YAML file, then flags; exits with status 2 and one line on a bad value."""
     parser = build_parser(prog)
@@ -207,6 +228,7 @@ def parse_options(argv: list[str] | None = None, prog: str = "train.py") -> Trai
         if options.run_dir is None:
             options.run_dir = str(Path("runs") / Path(options.output_dir).name)
         check_ranges(options)
+        check_output_dir(options)
     except OptionError as error:
         fail(prog, str(error))
     return options
