@@ -240,8 +240,9 @@ def test_previous_epoch_teacher_refuses_streamed_data_in_one_line(tmp_path, env,
 
 def test_killed_streaming_run_over_two_processes_resumes_exactly(tmp_path, env, micro_folder):
     write_pairs_with_bad_records(tmp_path / "pairs", usable=40)
+    # Streamed pairs have no stable index for a previous-epoch bank: the EMA teacher, resumed over two processes.
     steps = ["--data", str(tmp_path / "pairs" / "pairs.csv"), "--streaming", "--batch-size", "8",
-             "--max-steps", "24", "--checkpoint-every", "4"]
+             "--max-steps", "24", "--checkpoint-every", "4", "--distill-teacher", "ema"]
     assert_killed_and_resumed_run_ends_like_the_whole_run(
         tmp_path, lambda root: micro_args(micro_folder, root, *steps), env, TWO_PROCESSES, steps=24)
 
@@ -272,7 +273,7 @@ def test_streamed_bad_records_are_counted_exactly_over_two_processes(tmp_path, e
     # 12 usable records are exactly 3 steps of 4: every record is read, so every bad row's count arrives.
     expected = write_pairs_with_bad_records(tmp_path / "pairs", usable=12)
     run(micro_args(micro_folder, tmp_path, "--data", str(tmp_path / "pairs" / "pairs.csv"), "--streaming",
-                   "--batch-size", "4", "--max-steps", "3"), env, launcher=TWO_PROCESSES)
+                   "--batch-size", "4", "--max-steps", "3", "--distill-teacher", "ema"), env, launcher=TWO_PROCESSES)
     assert json.loads((tmp_path / "model" / "metrics.json").read_text())["skipped_records"] == expected
 
 
