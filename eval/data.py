@@ -24,6 +24,7 @@ import datasets
 import numpy as np
 
 from modeling_psdclip.cli import first_line
+from modeling_psdclip.data.records import BadRecord, decode_image
 
 from .errors import EvalInputError
 from .templates import read_lines
@@ -72,10 +73,32 @@ class EvalData:
         if label_column is not None and label_column not in columns:
             raise EvalInputError(f"data {name!r} has no column {label_column!r} (it has {', '.join(columns)})")
         label_column = label_column or next((column for column in LABEL_COLUMNS if column in columns), None)
+        dataset = _readable_images(dataset, image_column, name)
         labels, class_names = _labels(dataset, label_column, class_names, name)
         return cls(name=name, images=dataset[image_column], labels=labels, class_names=class_names,
                    captions=_captions(dataset), noise=list(dataset["noise"]) if "noise" in columns else None,
                    templates=templates)
+
+
+def _readable_images(dataset: datasets.Dataset, column: str, name: str) -> datasets.Dataset:
+    """The rows whose image decodes; the others are dropped and counted in a note, so that one truncated file does
+    not stop an evaluation (images are decoded lazily, in the middle of encoding, where it would)."""
+    if not isinstance(dataset.features.get(column), datasets.Image):
+        return dataset
+    readable = []
+    for index, value in enumerate(dataset.cast_column(column, datasets.Image(decode=False))[column]):
+        try:
+            decode_image(value)
+        except BadRecord:
+            continue
+        readable.append(index)
+    if len(readable) == len(dataset):
+        return dataset
+    if not readable:
+        raise EvalInputError(f"data {name!r}: none of its {len(dataset)} images can be read")
+    print(f"note: data {name!r}: skipped {len(dataset) - len(readable)} of {len(dataset)} images that cannot be read",
+          file=sys.stderr)
+    return dataset.select(readable)
 
 
 def _labels(dataset, column, class_names, name):

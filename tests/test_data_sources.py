@@ -333,3 +333,10 @@ def test_user_mistakes_are_one_line_data_errors(tmp_path):
     assert "empty.csv" in one_line_error(str(tmp_path / "empty.csv"))
     (tmp_path / "notes.txt").write_text("hello")
     assert "cannot read" in one_line_error(str(tmp_path / "notes.txt"))
+
+
+def test_malformed_jsonl_line_is_named(tmp_path):
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    (tmp_path / "pairs.jsonl").write_text('{"image": "a.png", "caption": "a square"}\n{"image": "a.png", caption\n')
+    with pytest.raises(DataError, match=r"pairs.jsonl': line 2 is not a JSON object"):
+        load_image_text_dataset(str(tmp_path / "pairs.jsonl"))

@@ -22,6 +22,16 @@ def test_imagefolder_classes_come_from_folder_names(tmp_path):
     assert data.captions is None
 
 
+def test_truncated_image_in_a_folder_is_skipped_with_a_note(tmp_path, capsys):
+    root = write_imagefolder(tmp_path / "folder")
+    first = sorted((root / next(iter(COLOURS))).glob("*.png"))[0]
+    first.write_bytes(first.read_bytes()[:60])  # a cut-off download
+    data = load_eval_data(str(root))
+    assert len(data) == 3 * len(COLOURS) - 1 and len(data.labels) == len(data)
+    [image.convert("RGB") for image in data.images]  # every image left decodes
+    assert "skipped 1 of" in capsys.readouterr().err
+
+
 def test_imagefolder_with_metadata_has_captions_and_noise(tmp_path):
     data = load_eval_data(str(write_imagefolder(tmp_path / "folder", metadata=True)))
     assert data.class_names == CLASS_NAMES  # from the metadata's "label" strings

@@ -1,6 +1,7 @@
 """One entry point for every kind of image-text data a user can point at, all read through `datasets`."""
 
 import itertools
+import json
 from collections import Counter
 from pathlib import Path
 
@@ -124,8 +125,27 @@ def _load_file(path: Path, split: str, streaming: bool, options: dict):
     if suffix not in TABLE_BUILDERS:
         raise DataError(f"cannot read {path}: expected one of {', '.join(TABLE_BUILDERS)}, .tar or a folder")
     builder, builder_options = TABLE_BUILDERS[suffix]
-    return _load_dataset(path, builder, data_files={split: str(path)}, split=split, streaming=streaming,
-                         **builder_options, **options)
+    try:
+        return _load_dataset(path, builder, data_files={split: str(path)}, split=split, streaming=streaming,
+                             **builder_options, **options)
+    except DataError:
+        # datasets' JSON error names neither the file's line nor what is wrong with it.
+        line = _first_line_not_json(path) if suffix == ".jsonl" else None
+        if line is None:
+            raise
+        raise DataError(f"cannot load {str(path)!r}: line {line} is not a JSON object") from None
+
+
+def _first_line_not_json(path: Path) -> int | None:
+    with open(path, "rb") as lines:
+        for number, line in enumerate(lines, 1):
+            if line.strip():
+                try:
+                    if not isinstance(json.loads(line), dict):
+                        return number
+                except ValueError:
+                    return number
+    return None
 
 
 def _load_from_disk(path: Path, split: str) -> datasets.Dataset:
