@@ -30,6 +30,8 @@ def test_bank_distils_from_the_second_epoch_with_the_first_epochs_embeddings(tmp
 
     bank.start_epoch(0)
     assert bank.embeddings(first) is None  # nothing stored yet: epoch 0 trains as CLIP
+    with pytest.raises(ValueError, match="pair_index"):
+        bank.record({}, torch.zeros(1, 16), torch.zeros(1, 16))
     recorded = {}
     for batch in (first, second):
         out = model(**{k: v for k, v in batch.items() if k != "pair_index"}, return_loss=True)

@@ -67,6 +67,13 @@ def teacher_kwargs(embeddings: TeacherEmbeddings | None) -> dict:
     return embeddings.as_kwargs() if embeddings is not None else {}
 
 
+def pair_indices(batch: dict) -> torch.Tensor:
+    if batch.get("pair_index") is None:
+        raise ValueError("the previous_epoch teacher needs each batch's pair_index, the dataset index of every pair "
+                         "(modeling_psdclip.data.ImageTextCollator adds it)")
+    return batch["pair_index"]
+
+
 class PreviousEpochTeacher:
     """Embeddings of every pair from the previous epoch, in memory-mapped fp16 banks in the run directory.
 
@@ -126,7 +133,7 @@ class PreviousEpochTeacher:
         if self.epoch == 0:
             return None
         device = batch["input_ids"].device
-        rows = batch["pair_index"].cpu().numpy()
+        rows = pair_indices(batch).cpu().numpy()
         read = (self.epoch - 1) % 2
         return TeacherEmbeddings(
             image=torch.from_numpy(self.banks["image"][read, rows]).to(device),
@@ -137,7 +144,7 @@ class PreviousEpochTeacher:
     @torch.no_grad()
     def record(self, batch: dict, image_embeds: torch.Tensor, text_embeds: torch.Tensor) -> None:
         """Collective: store the global batch's embeddings of this epoch."""
-        rows = self.accelerator.gather(batch["pair_index"].to(image_embeds.device)).cpu().numpy()
+        rows = self.accelerator.gather(pair_indices(batch).to(image_embeds.device)).cpu().numpy()
         images = self.accelerator.gather(image_embeds.detach().half().contiguous()).cpu().numpy()
         texts = self.accelerator.gather(text_embeds.detach().half().contiguous()).cpu().numpy()
         if self.accelerator.is_local_main_process:
