@@ -77,19 +77,23 @@ class BareLoop:
 
 
 class StepTimes(TrainerCallback):
-    def __init__(self):
-        self.times, self.started = [], None
+    """Time between consecutive step ends: the whole step, reading and collating its batch included (Trainer
+    fetches a step's batch before its step-begin event)."""
 
-    def on_step_begin(self, args, state, control, **kwargs):
-        self.started = time.perf_counter()
+    def __init__(self):
+        self.ends = []
 
     def on_step_end(self, args, state, control, **kwargs):
-        self.times.append(time.perf_counter() - self.started)
+        self.ends.append(time.perf_counter())
+
+    @property
+    def times(self) -> list[float]:
+        return [later - earlier for earlier, later in zip(self.ends, self.ends[1:])]
 
 
 class TrainerLoop:
-    """PSDTrainer over the dataset; a step is timed from Trainer's step-begin to step-end event, the first skipped
-    (it builds the DataLoader iterator)."""
+    """PSDTrainer over the dataset, timed from one step's end to the next (the first step, which builds the
+    DataLoader iterator, is not timed)."""
 
     def __init__(self, model, dataset, collator, batch_size: int, workers: int, folder: str):
         self.model, self.dataset, self.collator = model, dataset, collator
@@ -103,7 +107,7 @@ class TrainerLoop:
                                  torch.cuda.is_available())
         PSDTrainer(model=self.model, args=args, train_dataset=self.dataset, data_collator=self.collator,
                    callbacks=[timer]).train()
-        return statistics.mean(timer.times[1:])
+        return statistics.mean(timer.times)
 
 
 def timed_rounds(loops: dict, rounds: int, steps: int) -> dict:

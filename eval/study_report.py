@@ -105,7 +105,7 @@ def write_study_report(study: dict, results: list[dict], output: str | Path, tit
              "linear probe on the clean test split, retrieval R@1 (mean of both directions) on the clean validation "
              "split, shifted zero-shot = mean shape accuracy over the sketch, unseen_texture and unseen_shade "
              "splits, noisy-pair AUROC on the run's own noisy training pairs, val loss = CLIP loss on clean "
-             "validation at the end.\n"]
+             "validation at the end (lower is better).\n"]
     if baseline is not None:
         lines.append(f"Effective robustness: shifted accuracy above the line logit(shifted) = {baseline[0]:.3f} "
                      f"logit(in-distribution) + {baseline[1]:.3f}, fitted over all {len(results)} models.\n")

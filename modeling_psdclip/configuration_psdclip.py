@@ -62,7 +62,7 @@ class PSDCLIPConfig(CLIPConfig):
         `"linear"` ramps alpha from 0 to `distill_alpha_max` over training; `"constant"` holds it there.
     distill_temperature (`float`, defaults to 1.0):
         Temperature of the teacher's softmax over its logits.
-    distill_teacher (`str`, defaults to `"previous_epoch"`):
+    distill_teacher (`str`, defaults to `"ema"`):
         Where the teacher comes from during training: `"previous_epoch"` (the embeddings the model produced for
         each pair in the previous epoch, stored as it trains: no extra compute) or `"ema"` (a momentum copy of the
         model's weights run on the same batch: one extra forward). Only training reads it; inference never builds
@@ -82,7 +82,7 @@ class PSDCLIPConfig(CLIPConfig):
     distill_fraction: float | int = 0.5
     distill_schedule: str = "linear"
     distill_temperature: float | int = 1.0
-    distill_teacher: str = "previous_epoch"
+    distill_teacher: str = "ema"
     distill_ema_decay: float | int = 0.99
     distill_seed: int = 0
     logit_scale_max: float | int = 100.0
