@@ -93,6 +93,7 @@ def test_shortened_default_run_saves_a_loadable_model_and_learns(tmp_path, env):
     assert model.config.vision_config.image_size == 48
     card = (tmp_path / "model" / "README.md").read_text()
     assert "p_mismatch" in card and "val/text_to_image_R@1" in card
+    assert "PSD compared with CLIP on this data" in card  # the built-in data's card states the study's comparison
     metrics = json.loads((tmp_path / "model" / "metrics.json").read_text())
     assert metrics["steps"] == 30 and metrics["skipped_records_total"] == 0
     losses = [line["train/loss"] for line in log_lines(tmp_path) if "train/loss" in line]
