@@ -22,7 +22,6 @@ import dataclasses
 import itertools
 import json
 import math
-import os
 import sys
 import time
 from collections import Counter
@@ -49,7 +48,7 @@ from modeling_psdclip.hub import (
     HubError, ModelFolderError, pickle_weights_note, push_folder_to_hub, save_model_folder, training_card_fields,
 )
 from modeling_psdclip.processing import build_processor
-from modeling_psdclip.cli import fail, first_line
+from modeling_psdclip.cli import fail, first_line, write_json_atomically
 from modeling_psdclip.training.options import OptionError, TrainingOptions, flag, parse_options
 from modeling_psdclip.training.teachers import (
     PreviousEpochTeacher, Teacher, TeacherEmbeddings, build_teacher, model_inputs, teacher_kwargs,
@@ -636,12 +635,6 @@ def save_final_model(accelerator, model, processor, options, data_description: d
         if options.push_to_hub:
             print(f"pushed to {push_folder_to_hub(folder, options.push_to_hub)}")
     accelerator.wait_for_everyone()
-
-
-def write_json_atomically(path: Path, data: dict) -> None:
-    staging = path.with_name(f".{path.name}.tmp")
-    staging.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(staging, path)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import yaml
 
-from modeling_psdclip.cli import first_line
+from modeling_psdclip.cli import first_line, write_json_atomically
 
 from .data import CLEAN, load_eval_data
 from .errors import EvalInputError
@@ -179,9 +179,7 @@ def run_study(config: str | Path, quick: bool = False, output: str | Path | None
                 progress(f"[{number}/{len(runs)}] training {run.name}")
                 train(study, run, folder)
             record = {"version": EVAL_VERSION, "run": asdict(run), **evaluate(study, run, folder)}
-            staging = evaluated.with_suffix(".tmp")
-            staging.write_text(json.dumps(record, indent=1))
-            os.replace(staging, evaluated)
+            write_json_atomically(evaluated, record)
             progress(f"[{number}/{len(runs)}] {run.name} done in {time.perf_counter() - started:.0f} s")
         results.append(record)
     return study, results

@@ -1,7 +1,10 @@
 """What every command of the project (train.py, python -m eval) shares: a user mistake is one line and exit 2."""
 
 import argparse
+import json
+import os
 import sys
+from pathlib import Path
 
 
 def first_line(error: BaseException) -> str:
@@ -23,4 +26,11 @@ class OneLineErrorParser(argparse.ArgumentParser):
         fail(self.prog, message)
 
 
-__all__ = ["OneLineErrorParser", "fail", "first_line"]
+def write_json_atomically(path: Path, data: dict) -> None:
+    """Write `data` as JSON so that a reader never sees half a file: staged beside it, then renamed over it."""
+    staging = path.with_name(f".{path.name}.tmp")
+    staging.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(staging, path)
+
+
+__all__ = ["OneLineErrorParser", "fail", "first_line", "write_json_atomically"]
