@@ -108,6 +108,29 @@ class JsonlLog:
                 handle.write(json.dumps(record) + "\n")
 
 
+class TimeEstimate:
+    """Says once, early in a run, how long its training will take: the progress bar's ETA, but printed where
+    it stays on screen and in a captured log. Timed from the end of the first steps, which warm up and compile.
+    """
+
+    def __init__(self, steps_left: int, enabled: bool, warmup_steps: int = 2, timed_steps: int = 10):
+        self.steps_left, self.enabled = steps_left, enabled and steps_left > warmup_steps + timed_steps
+        self.warmup_steps, self.timed_steps = warmup_steps, timed_steps
+        self.started = self.timed_from = time.perf_counter()
+
+    def after_step(self, steps_this_run: int) -> None:
+        if not self.enabled:
+            return
+        now = time.perf_counter()
+        if steps_this_run == self.warmup_steps:
+            self.timed_from = now
+        elif steps_this_run == self.warmup_steps + self.timed_steps:
+            per_step = (now - self.timed_from) / self.timed_steps
+            total = now - self.started + per_step * (self.steps_left - steps_this_run)
+            tqdm.write(f"estimated training time: {total / 60:.1f} min for {self.steps_left} steps "
+                       f"({per_step:.2f} s/step), then a final validation and the save", file=sys.stderr)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Model, data, optimizer
 
@@ -548,6 +571,7 @@ def train(options, accelerator: Accelerator) -> None:
     window = Counter()  # sums since the last log line
     started = time.perf_counter()
     steps_this_run = 0
+    estimate = TimeEstimate(session.total_steps - state.step, accelerator.is_local_main_process)
     batches = step_batches(session)
     while True:
         # Data: the next step's micro-batches (the wait is what the loader costs the step).
@@ -569,6 +593,7 @@ def train(options, accelerator: Accelerator) -> None:
         state.samples_seen += options.batch_size
         steps_this_run += 1
         progress.update()
+        estimate.after_step(steps_this_run)
         window.update(steps=1, data_s=compute_started - data_started, compute_s=time.perf_counter() - compute_started)
 
         # Logging, validation, checkpoints.

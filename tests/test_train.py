@@ -88,6 +88,8 @@ def test_shortened_default_run_saves_a_loadable_model_and_learns(tmp_path, env):
     assert done.returncode == 1
     assert done.stderr.strip().splitlines()[-1].startswith("train.py: error: could not push")
     assert "Traceback" not in done.stderr
+    # The total is estimated once, after the warm-up steps and a few timed ones.
+    assert len(re.findall(r"estimated training time: [0-9.]+ min for 30 steps", done.stderr)) == 1
 
     model = PSDCLIPModel.from_pretrained(tmp_path / "model")
     assert model.config.vision_config.image_size == 48
