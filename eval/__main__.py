@@ -86,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     build = tasks.add_parser("build-openmoji", help="build the OpenMoji image-text benchmark into a folder")
     build.add_argument("out", type=Path)
     build.add_argument("--image-size", type=int, default=64)
+    build.add_argument("--p-mismatch", type=float, default=0.0,
+                       help="share of train rows given another train row's captions (noise label 'mismatch')")
     study = tasks.add_parser("study", help="train and evaluate a matrix of runs (methods x noise x data x seeds)")
     study.add_argument("--config", required=True, metavar="FILE", help="the study's YAML file, e.g. studies/noise.yaml")
     study.add_argument("--quick", action="store_true", help="the study file's smaller `quick` size")
@@ -192,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.task == "build-openmoji":
             from .openmoji import build_openmoji
 
-            print(build_openmoji(args.out, image_size=args.image_size))
+            print(build_openmoji(args.out, image_size=args.image_size, p_mismatch=args.p_mismatch))
             return 0
         if args.task == "study":
             from .study import run_study

