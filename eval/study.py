@@ -1,15 +1,22 @@
 """The PSD-versus-CLIP study: `python -m eval study --config studies/noise.yaml [--quick] [--output DIR]`.
 
 A study is a matrix of training runs: methods (train.py option sets, e.g. CLIP and PSD with each teacher) x cells
-(a caption-noise level and a number of training pairs) x seeds, all with the same optimizer steps, so fewer pairs
-means more epochs over them (the memorisation end of the data-size axis). Each run is trained by train.py itself,
-in a subprocess (its own code path, checkpoints and resume), then evaluated with this package's tasks on the
-built-in synthetic splits: zero-shot shape, colour and count on clean test, retrieval on clean val, a linear probe
-on shape, zero-shot on the shifted splits, noisy-pair detection on the run's own noisy training pairs, and the
-validation loss curve train.py logged. A finished run is never redone: a killed study continues where it stopped.
+(a caption-noise level and a number of training pairs, or a data folder) x seeds, all with the same optimizer
+steps, so fewer pairs means more epochs over them (the memorisation end of the data-size axis). Each run is
+trained by train.py itself, in a subprocess (its own code path, checkpoints and resume), then evaluated with this
+package's tasks, and the validation loss curve and diagnostics train.py logged are collected. A finished run is
+never redone: a killed study continues where it stopped.
+
+- A synthetic cell ({noise, train_samples}) trains on the built-in scenes with the noise level's options and is
+  evaluated on the built-in splits: zero-shot shape, colour and count on clean test, retrieval on clean val, a
+  linear probe on shape, zero-shot on the shifted splits, noisy-pair detection on the run's own noisy pairs.
+- A data cell ({noise, data}) trains on the `train` split of a folder built by `python -m eval build-openmoji`
+  (validating on its `validation` split); its noise level only names the cell and adds train options. It is
+  evaluated with zero-shot group and subgroup and retrieval on the folder's `test` split (emoji unseen in
+  training), and noisy-pair detection on its `train` split, whose `noise` column marks the mismatched captions.
 
 The study's YAML file holds `output`, `seeds`, `methods` ({name: train options}), `noise` ({name: train options}),
-`cells` ([{noise, train_samples}]), `train` (options of every run), `eval` (`num_samples`, `noisy_pairs`),
+`cells`, `train` (options of every run), `eval` (`num_samples`, `noisy_pairs`: synthetic sizes; `batch_size`),
 optionally `launcher` (a command that runs train.py, e.g. "accelerate launch --multi_gpu") and `quick` (overrides
 of any of these for `--quick`; `train` and `eval` are merged key by key).
 """
@@ -29,7 +36,7 @@ import yaml
 
 from modeling_psdclip.cli import first_line, write_json_atomically
 
-from .data import CLEAN, load_eval_data
+from .data import CLEAN, EvalData, load_eval_data
 from .errors import EvalInputError
 from .linear_probe import linear_probe
 from .model import EmbeddingModel
@@ -42,6 +49,7 @@ STUDY_KEYS = {"output", "seeds", "methods", "noise", "cells", "train", "eval", "
 MERGED_KEYS = ("train", "eval")
 ATTRIBUTES = ("shape", "colour", "count")
 SHIFTED_SPLITS = ("sketch", "unseen_texture", "unseen_shade")
+DATA_LABELS = ("group", "subgroup")  # the class columns of a build-openmoji folder
 DIAGNOSTICS = ("train/teacher_share", "train/teacher_entropy", "train/paired_probability", "train/teacher_agreement",
                "train/loss_soft", "train/logit_multiplier")
 EVAL_VERSION = 1  # part of each run's eval.json: bump it when evaluation changes, and finished runs are re-evaluated
@@ -51,16 +59,18 @@ EVAL_VERSION = 1  # part of each run's eval.json: bump it when evaluation change
 class Run:
     method: str
     noise: str
-    train_samples: int
+    train_samples: int | None
     seed: int
+    data: str | None = None  # a data cell's folder; None for the built-in synthetic data
 
     @property
     def name(self) -> str:
-        return f"{self.noise}-{self.train_samples}-{self.method}-seed{self.seed}"
+        data = Path(self.data).name if self.data else self.train_samples
+        return f"{self.noise}-{data}-{self.method}-seed{self.seed}"
 
     @property
     def cell(self) -> str:
-        return f"{self.noise} noise, {self.train_samples} pairs"
+        return f"{self.noise} noise, {Path(self.data).name if self.data else f'{self.train_samples} pairs'}"
 
 
 def load_study(path: str | Path, quick: bool = False) -> dict:
@@ -82,11 +92,17 @@ def load_study(path: str | Path, quick: bool = False) -> dict:
         if not study.get(key):
             raise EvalInputError(f"study {path} needs a non-empty {key!r}")
     for cell in study["cells"]:
-        if cell.get("noise") not in study["noise"] or not isinstance(cell.get("train_samples"), int):
-            raise EvalInputError(f"study {path}: cell {cell} needs a noise level of 'noise' and an integer "
-                                 "train_samples")
+        synthetic, folder = isinstance(cell.get("train_samples"), int), isinstance(cell.get("data"), str)
+        if cell.get("noise") not in study["noise"] or synthetic == folder:
+            raise EvalInputError(f"study {path}: cell {cell} needs a noise level of 'noise' and either an integer "
+                                 "train_samples (synthetic data) or a data folder")
     if "clip" not in study["methods"]:
         raise EvalInputError(f"study {path}: the methods need a 'clip' baseline to compare with")
+    names = [run.name for run in planned_runs(study)]
+    repeated = next((name for name in names if names.count(name) > 1), None)
+    if repeated:  # runs share their folder by name, so a second would take the first one's results
+        raise EvalInputError(f"study {path}: run {repeated} is planned twice (a repeated seed or cell, or two data "
+                             "folders of the same name)")
     study.setdefault("output", "outputs/study")
     study.setdefault("train", {})
     study.setdefault("eval", {})
@@ -94,14 +110,26 @@ def load_study(path: str | Path, quick: bool = False) -> dict:
 
 
 def planned_runs(study: dict) -> list[Run]:
-    return [Run(method, cell["noise"], cell["train_samples"], seed)
+    return [Run(method, cell["noise"], cell.get("train_samples"), seed, cell.get("data"))
             for cell in study["cells"] for seed in study["seeds"] for method in study["methods"]]
 
 
+def require_data_folders(runs: list[Run]) -> None:
+    """Fail before any training when a data cell's folder has not been built."""
+    for data in dict.fromkeys(run.data for run in runs if run.data):
+        if not (Path(data) / "dataset_dict.json").is_file():
+            raise EvalInputError(f"data folder {data} is not built: python -m eval build-openmoji {data} "
+                                 "--p-mismatch P (the study file's header gives P)")
+
+
 def train_options(study: dict, run: Run, folder: Path) -> dict:
-    return {**study["train"], **study["noise"][run.noise], **study["methods"][run.method],
-            "train_samples": run.train_samples, "seed": run.seed, "output_dir": str(folder / "model"),
-            "run_dir": str(folder / "run"), "report_to": "none", "progress_bar": False}
+    # --data FOLDER trains on the folder's train split; --val-data FOLDER would validate on that same split, so it
+    # names the validation split's own folder (a DatasetDict saves each split as a Dataset in a sub-folder).
+    data = {"data": run.data, "val_data": str(Path(run.data) / "validation")} if run.data else \
+        {"train_samples": run.train_samples}
+    return {**study["train"], **study["noise"][run.noise], **study["methods"][run.method], **data,
+            "seed": run.seed, "output_dir": str(folder / "model"), "run_dir": str(folder / "run"),
+            "report_to": "none", "progress_bar": False}
 
 
 def train(study: dict, run: Run, folder: Path) -> None:
@@ -124,6 +152,11 @@ def evaluate(study: dict, run: Run, folder: Path) -> dict:
     settings = {"num_samples": 1000, "noisy_pairs": 2000, "batch_size": 256, **study["eval"]}
     model = EmbeddingModel.from_pretrained(folder / "model", name=run.name, batch_size=settings["batch_size"],
                                            progress=False)
+    measured = evaluate_on_folder(model, run) if run.data else evaluate_on_synthetic(model, study, run, settings)
+    return {**measured, **training_record(folder)}
+
+
+def evaluate_on_synthetic(model: EmbeddingModel, study: dict, run: Run, settings: dict) -> dict:
     image_size = model.model.config.vision_config.image_size
 
     def data(split, attribute="shape", **options):
@@ -132,32 +165,55 @@ def evaluate(study: dict, run: Run, folder: Path) -> dict:
                               **options)
 
     test = {attribute: data("test", attribute) for attribute in ATTRIBUTES}
-    test_features = model.encode_images(test["shape"].images)
-    results = {f"zeroshot_{attribute}": zero_shot_classification(model, test[attribute],
-                                                                 image_features=test_features)["top1_accuracy"]
-               for attribute in ATTRIBUTES}
+    results = zero_shot_accuracies(model, test)
     val = data("val")
-    found = retrieval(model, val, k=(1,))
-    results["retrieval_r1"] = (found["image_to_text_recall@1"] + found["text_to_image_recall@1"]) / 2
+    results["retrieval_r1"] = retrieval_r1(model, val)
     results["linear_probe_shape"] = linear_probe(model, val, test["shape"], seed=run.seed)["top1_accuracy"]
     shifted = {split: zero_shot_classification(model, data(split))["top1_accuracy"] for split in SHIFTED_SPLITS}
     results["shifted"] = shifted
     results["shifted_accuracy"] = sum(shifted.values()) / len(shifted)
     noise = {key: value for key, value in study["noise"][run.noise].items() if key.startswith("p_") and value}
     noisy_train = data("train", num_samples=settings["noisy_pairs"], seed=run.seed, **noise)
-    has_noise = any(label != CLEAN for label in noisy_train.noise)
-    detection, _ = noisy_pair_detection(model, noisy_train, seed=run.seed)
-    results["noisy_pair_auroc"] = detection.get("auroc") if has_noise else None
-
-    log = [json.loads(line) for line in (folder / "run" / "metrics.jsonl").read_text().splitlines()]
-    results["val_loss_curve"] = [[line["step"], line["val/loss"]] for line in log if "val/loss" in line]
-    results["val_loss"] = results["val_loss_curve"][-1][1] if results["val_loss_curve"] else None
-    last_train = [line for line in log if "train/loss" in line][-1]
-    results["diagnostics"] = {name.removeprefix("train/"): last_train.get(name) for name in DIAGNOSTICS}
-    trained = json.loads((folder / "model" / "metrics.json").read_text())
-    results["training_flops"] = trained.get("training_flops")
-    results["train_wall_time_s"] = trained.get("wall_time_s")
+    results["noisy_pair_auroc"] = noisy_pair_auroc(model, noisy_train, run.seed)
     return results
+
+
+def evaluate_on_folder(model: EmbeddingModel, run: Run) -> dict:
+    test = {label: load_eval_data(f"{run.data}:test", label_column=label) for label in DATA_LABELS}
+    results = zero_shot_accuracies(model, test)
+    results["retrieval_r1"] = retrieval_r1(model, test[DATA_LABELS[0]])
+    results["noisy_pair_auroc"] = noisy_pair_auroc(model, load_eval_data(f"{run.data}:train"), run.seed)
+    return results
+
+
+def zero_shot_accuracies(model: EmbeddingModel, labelled: dict[str, EvalData]) -> dict:
+    """`zeroshot_<label>` top-1 accuracy for each labelling of the same images, encoded once."""
+    image_features = model.encode_images(next(iter(labelled.values())).images)
+    return {f"zeroshot_{label}": zero_shot_classification(model, data, image_features=image_features)["top1_accuracy"]
+            for label, data in labelled.items()}
+
+
+def retrieval_r1(model: EmbeddingModel, data: EvalData) -> float:
+    found = retrieval(model, data, k=(1,))
+    return (found["image_to_text_recall@1"] + found["text_to_image_recall@1"]) / 2
+
+
+def noisy_pair_auroc(model: EmbeddingModel, data: EvalData, seed: int) -> float | None:
+    """None when no pair is labelled noisy: there is nothing to detect."""
+    if data.noise is None or all(label == CLEAN for label in data.noise):
+        return None
+    return noisy_pair_detection(model, data, seed=seed)[0].get("auroc")
+
+
+def training_record(folder: Path) -> dict:
+    """The validation loss curve and last diagnostics train.py logged, and the training's compute and time."""
+    log = [json.loads(line) for line in (folder / "run" / "metrics.jsonl").read_text().splitlines()]
+    curve = [[line["step"], line["val/loss"]] for line in log if "val/loss" in line]
+    last_train = [line for line in log if "train/loss" in line][-1]
+    trained = json.loads((folder / "model" / "metrics.json").read_text())
+    return {"val_loss_curve": curve, "val_loss": curve[-1][1] if curve else None,
+            "diagnostics": {name.removeprefix("train/"): last_train.get(name) for name in DIAGNOSTICS},
+            "training_flops": trained.get("training_flops"), "train_wall_time_s": trained.get("wall_time_s")}
 
 
 def run_study(config: str | Path, quick: bool = False, output: str | Path | None = None,
@@ -168,6 +224,7 @@ def run_study(config: str | Path, quick: bool = False, output: str | Path | None
     if not TRAIN_SCRIPT.is_file():
         raise EvalInputError(f"the study trains with {TRAIN_SCRIPT}, which is not there (run it from a checkout)")
     runs = planned_runs(study)
+    require_data_folders(runs)
     results = []
     for number, run in enumerate(runs, 1):
         folder = root / "runs" / run.name

@@ -1,7 +1,8 @@
 """The study's report: per cell, each method's mean +/- std over seeds and each PSD method's paired difference from
-CLIP with its 95% interval; effective robustness fitted over every model of the study; teacher diagnostics;
-training FLOPs; figures (metrics across cells, validation loss against step, shifted against in-distribution
-accuracy)."""
+CLIP with its 95% interval; effective robustness fitted over every model of the study evaluated on shifted data;
+teacher diagnostics; training FLOPs; figures (metrics across cells, validation loss against step, shifted against
+in-distribution accuracy). Synthetic and data cells measure different metrics: the tables show those any run
+has, with "–" where a cell's runs lack one."""
 
 from __future__ import annotations
 
@@ -21,26 +22,36 @@ from .robustness import baseline_prediction, fit_baseline  # noqa: E402
 from .statistics import mean_std, paired_difference  # noqa: E402
 from .study import Run  # noqa: E402
 
-# (key in a run's results, column title); every one of them is better higher except the validation loss.
+# (key in a run's results, column title, definition); every one of them is better higher except the validation loss.
 METRICS = (
-    ("zeroshot_shape", "zero-shot shape"),
-    ("zeroshot_colour", "zero-shot colour"),
-    ("zeroshot_count", "zero-shot count"),
-    ("retrieval_r1", "retrieval R@1"),
-    ("linear_probe_shape", "linear probe shape"),
-    ("shifted_accuracy", "shifted zero-shot"),
-    ("effective_robustness", "effective robustness"),
-    ("noisy_pair_auroc", "noisy-pair AUROC"),
-    ("val_loss", "val loss"),
+    ("zeroshot_shape", "zero-shot shape", "zero-shot shape accuracy on the clean synthetic test split"),
+    ("zeroshot_colour", "zero-shot colour", "zero-shot colour accuracy on the clean synthetic test split"),
+    ("zeroshot_count", "zero-shot count", "zero-shot count accuracy on the clean synthetic test split"),
+    ("zeroshot_group", "zero-shot group", "zero-shot accuracy over the emoji groups on the data folder's test split"),
+    ("zeroshot_subgroup", "zero-shot subgroup",
+     "zero-shot accuracy over the emoji sub-groups on the data folder's test split"),
+    ("retrieval_r1", "retrieval R@1", "image-text retrieval Recall@1, mean of both directions, on the clean "
+     "synthetic validation split (synthetic cells) or the data folder's test split (data cells)"),
+    ("linear_probe_shape", "linear probe shape",
+     "shape accuracy of logistic regression on image features, fitted on clean validation, on clean test"),
+    ("shifted_accuracy", "shifted zero-shot",
+     "mean shape accuracy over the sketch, unseen_texture and unseen_shade splits"),
+    ("effective_robustness", "effective robustness", "shifted zero-shot above the line fitted through all the "
+     "study's models that have it (needs three)"),
+    ("noisy_pair_auroc", "noisy-pair AUROC", "AUROC of 1 - paired probability at finding the corrupted pairs among "
+     "the run's own noisy training pairs"),
+    ("val_loss", "val loss", "CLIP loss on the clean validation split at the end (lower is better)"),
 )
+FIGURE_METRICS = ("zeroshot_shape", "zeroshot_group", "retrieval_r1", "linear_probe_shape", "noisy_pair_auroc")
 DIAGNOSTICS = ("teacher_share", "teacher_entropy", "paired_probability", "teacher_agreement", "logit_multiplier")
 
 
 def add_effective_robustness(results: list[dict]) -> tuple[float, float] | None:
-    """Effective robustness of every run against one baseline fitted over all the study's models (zero-shot
-    shape accuracy on clean test against the average over the shifted splits)."""
-    baseline = fit_baseline([r["zeroshot_shape"] for r in results], [r["shifted_accuracy"] for r in results])
-    for record in results:
+    """Effective robustness of every run evaluated on shifted data against one baseline fitted over all those
+    models (zero-shot shape accuracy on clean test against the average over the shifted splits)."""
+    measured = [record for record in results if "shifted_accuracy" in record]
+    baseline = fit_baseline([r["zeroshot_shape"] for r in measured], [r["shifted_accuracy"] for r in measured])
+    for record in measured:
         record["effective_robustness"] = None if baseline is None else float(
             record["shifted_accuracy"] - baseline_prediction(baseline, record["zeroshot_shape"]))
     return baseline
@@ -91,6 +102,8 @@ def write_study_report(study: dict, results: list[dict], output: str | Path, tit
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     baseline = add_effective_robustness(results)
+    robust = [record for record in results if "effective_robustness" in record]
+    metrics = [metric for metric in METRICS if any(metric[0] in record for record in results)]
     cells, methods = cells_and_methods(results)
     grouped = by_cell_and_method(results)
     psd_methods = [method for method in methods if method != "clip"]
@@ -101,14 +114,13 @@ def write_study_report(study: dict, results: list[dict], output: str | Path, tit
              f"trains the same optimizer steps ({study['train'].get('max_steps', 'see the study file')}), batch "
              f"{study['train'].get('batch_size', 128)}, preset {study['train'].get('preset', 'tiny')}. Metrics are "
              "mean ± sample std over seeds; differences are PSD minus CLIP paired by seed (same data, same "
-             "initialisation), with a 95% Student-t interval; * marks an interval that excludes 0. Zero-shot and "
-             "linear probe on the clean test split, retrieval R@1 (mean of both directions) on the clean validation "
-             "split, shifted zero-shot = mean shape accuracy over the sketch, unseen_texture and unseen_shade "
-             "splits, noisy-pair AUROC on the run's own noisy training pairs, val loss = CLIP loss on clean "
-             "validation at the end (lower is better).\n"]
+             "initialisation), with a 95% Student-t interval; * marks an interval that excludes 0; – marks a "
+             "metric the cell's runs do not measure.\n",
+             "".join(f"- {title}: {definition}\n" for _, title, definition in metrics)]
     if baseline is not None:
         lines.append(f"Effective robustness: shifted accuracy above the line logit(shifted) = {baseline[0]:.3f} "
-                     f"logit(in-distribution) + {baseline[1]:.3f}, fitted over all {len(results)} models.\n")
+                     f"logit(in-distribution) + {baseline[1]:.3f}, fitted over all {len(robust)} models evaluated "
+                     "on shifted data.\n")
 
     flops = {method: [r["training_flops"] for (c, m), runs in grouped.items() if m == method
                       for r in runs.values() if r.get("training_flops")] for method in methods}
@@ -121,13 +133,14 @@ def write_study_report(study: dict, results: list[dict], output: str | Path, tit
 
     for cell in cells:
         lines.append(f"## {cell}\n")
+        header = ["method"] + [title for _, title, _ in metrics]
         rows = [[method] + [summary_cell([r.get(key) for r in grouped[cell, method].values()])
-                            for key, _ in METRICS] for method in methods]
-        lines.append(table(["method"] + [name for _, name in METRICS], rows))
+                            for key, _, _ in metrics] for method in methods]
+        lines.append(table(header, rows))
         lines.append("\nPSD minus CLIP:\n")
-        rows = [[method] + [difference_cell(grouped[cell, method], grouped[cell, "clip"], key) for key, _ in METRICS]
-                for method in psd_methods]
-        lines.append(table(["method"] + [name for _, name in METRICS], rows))
+        rows = [[method] + [difference_cell(grouped[cell, method], grouped[cell, "clip"], key)
+                            for key, _, _ in metrics] for method in psd_methods]
+        lines.append(table(header, rows))
         lines.append("\nAt the last logged step (mean over seeds):\n")
         rows = [[method] + [summary_cell([r["diagnostics"].get(name) for r in grouped[cell, method].values()
                                           if r["diagnostics"].get(name) is not None and
@@ -135,9 +148,10 @@ def write_study_report(study: dict, results: list[dict], output: str | Path, tit
                 for method in methods]
         lines.append(table(["method"] + list(DIAGNOSTICS), rows) + "\n")
 
-    figures = [metric_figure(grouped, cells, methods, output / "metrics.png"),
-               val_loss_figure(grouped, cells, methods, output / "val_loss.png"),
-               robustness_figure(results, baseline, output / "robustness.png")]
+    figures = [metric_figure(grouped, cells, methods, metrics, output / "metrics.png"),
+               val_loss_figure(grouped, cells, methods, output / "val_loss.png")]
+    if robust:
+        figures.append(robustness_figure(robust, baseline, output / "robustness.png"))
     lines.append("## Figures\n")
     lines += [f"![{path.stem}]({path.name})\n" for path in figures]
     report = output / "report.md"
@@ -146,10 +160,10 @@ def write_study_report(study: dict, results: list[dict], output: str | Path, tit
     return report
 
 
-def metric_figure(grouped: dict, cells: list[str], methods: list[str], path: Path) -> Path:
-    """Each headline metric across the cells (noise levels and data sizes), one line per method, std as bars."""
-    shown = [(key, name) for key, name in METRICS if key in
-             ("zeroshot_shape", "retrieval_r1", "linear_probe_shape", "noisy_pair_auroc")]
+def metric_figure(grouped: dict, cells: list[str], methods: list[str], metrics: list[tuple], path: Path) -> Path:
+    """Each headline metric of `metrics` across the cells (noise levels, data sizes and folders), one line per
+    method, std as bars; a cell without the metric is left out of its line."""
+    shown = [(key, name) for key, name, _ in metrics if key in FIGURE_METRICS]
     figure, axes = plt.subplots(1, len(shown), figsize=(4.2 * len(shown), 4), squeeze=False)
     positions = np.arange(len(cells))
     for axis, (key, name) in zip(axes[0], shown):
@@ -159,6 +173,7 @@ def metric_figure(grouped: dict, cells: list[str], methods: list[str], path: Pat
             axis.errorbar(positions + 0.06 * (offset - 1), [m for m, _ in stats], yerr=[s for _, s in stats],
                           marker="o", capsize=3, label=method)
         axis.set_xticks(positions, [cell.replace(", ", "\n") for cell in cells], fontsize=7)
+        axis.set_xlim(-0.5, len(cells) - 0.5)  # a single cell would otherwise stretch its methods' offsets apart
         axis.set_title(name)
     axes[0][0].legend(fontsize=8)
     figure.tight_layout()
@@ -189,7 +204,7 @@ def val_loss_figure(grouped: dict, cells: list[str], methods: list[str], path: P
 
 
 def robustness_figure(results: list[dict], baseline, path: Path) -> Path:
-    """Shifted against in-distribution zero-shot accuracy, every run, with the fitted baseline."""
+    """Shifted against in-distribution zero-shot accuracy of every run in `results`, with the fitted baseline."""
     figure, axis = plt.subplots(figsize=(5, 5))
     methods = list(dict.fromkeys(r["run"]["method"] for r in results))
     for method in methods:

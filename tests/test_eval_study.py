@@ -1,4 +1,5 @@
-"""The study end to end on a micro configuration: trains through train.py, evaluates, reports, resumes."""
+"""The study end to end on micro configurations (synthetic and OpenMoji cells): trains through train.py,
+evaluates, reports, resumes."""
 
 import json
 import os
@@ -11,31 +12,42 @@ import torch
 import yaml
 
 from eval.__main__ import main
+from eval.openmoji import build_openmoji
 from eval.study import load_study, planned_runs
+from eval.study_report import write_study_report
 from eval.errors import EvalInputError
 from modeling_psdclip import PSDCLIPModel
 from modeling_psdclip.processing import build_processor
+from tests.test_eval_openmoji import EMOJI_TEST, write_svgs
 from tests.test_train import micro_model_config
+
+REPO = Path(__file__).resolve().parents[1]
+METHODS = {"clip": {"distill_alpha_max": 0.0}, "psd-ema": {"distill_teacher": "ema"}}
 
 
 @pytest.fixture
-def micro_study(tmp_path, monkeypatch):
+def micro_folder(tmp_path, monkeypatch):
+    """A micro PSD-CLIP folder every run starts from, and the environment train.py's subprocesses need."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    repo = Path(__file__).resolve().parents[1]
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(repo), os.environ.get("PYTHONPATH")])))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
     folder = tmp_path / "micro"
     torch.manual_seed(0)
     PSDCLIPModel(micro_model_config()).save_pretrained(folder)
     build_processor(image_size=16, context_length=16).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def micro_study(tmp_path, micro_folder):
     config = tmp_path / "study.yaml"
     config.write_text(yaml.safe_dump({
         "output": str(tmp_path / "out"),
         "seeds": [0],
-        "methods": {"clip": {"distill_alpha_max": 0.0}, "psd-ema": {"distill_teacher": "ema"}},
+        "methods": METHODS,
         "noise": {"heavy": {"p_mismatch": 0.3, "p_partial": 0.1, "p_generic": 0.0}},
         "cells": [{"noise": "heavy", "train_samples": 64}],
-        "train": {"init_from": str(folder), "batch_size": 16, "max_steps": 6, "eval_every": 3, "val_samples": 32,
+        "train": {"init_from": str(micro_folder), "batch_size": 16, "max_steps": 6, "eval_every": 3, "val_samples": 32,
                   "warmup_steps": 1, "log_every": 2, "checkpoint_every": 0},
         "eval": {"num_samples": 48, "noisy_pairs": 64, "batch_size": 64},
         "quick": {"seeds": [0], "train": {"max_steps": 4}},
@@ -71,6 +83,65 @@ def test_micro_study_trains_evaluates_reports_and_resumes(micro_study, capsys):
     assert (ema_run / "eval.json").is_file()
 
 
+def test_micro_openmoji_study_trains_on_the_folder_and_reports_its_metrics(tmp_path, micro_folder, capsys):
+    pytest.importorskip("resvg_py")
+    pytest.importorskip("emoji")
+    (tmp_path / "svgs").mkdir()
+    data = build_openmoji(tmp_path / "openmoji-noisy", image_size=16, svg_dir=write_svgs(tmp_path / "svgs"),
+                          emoji_test=EMOJI_TEST, p_mismatch=0.5)
+    out = tmp_path / "out"
+    study = {"output": str(out), "seeds": [0], "methods": METHODS, "noise": {"heavy": {}},
+             "cells": [{"noise": "heavy", "data": str(tmp_path / "not-built")}],
+             "train": {"init_from": str(micro_folder), "batch_size": 4, "max_steps": 4, "eval_every": 2,
+                       "warmup_steps": 1, "log_every": 2, "checkpoint_every": 0}}
+    config = tmp_path / "openmoji.yaml"
+    config.write_text(yaml.safe_dump(study))
+    assert main(["study", "--config", str(config)]) == 2
+    assert f"python -m eval build-openmoji {tmp_path / 'not-built'} --p-mismatch P" in capsys.readouterr().err
+
+    config.write_text(yaml.safe_dump({**study, "cells": [{"noise": "heavy", "data": str(data)}]}))
+    assert main(["study", "--config", str(config)]) == 0
+    report = (out / "report.md").read_text()
+    assert "## heavy noise, openmoji-noisy" in report and "PSD minus CLIP" in report
+    header = next(line for line in report.splitlines() if line.startswith("| method | zero-shot"))
+    assert header == ("| method | zero-shot group | zero-shot subgroup | retrieval R@1 | noisy-pair AUROC | val loss |")
+    assert not (out / "robustness.png").exists() and (out / "metrics.png").stat().st_size > 0
+    runs = json.loads((out / "results.json").read_text())["runs"]
+    assert [run["run"]["method"] for run in runs] == ["clip", "psd-ema"]
+    for run in runs:
+        for key in ("zeroshot_group", "zeroshot_subgroup", "retrieval_r1", "noisy_pair_auroc"):
+            assert 0 <= run[key] <= 1
+        assert [step for step, _ in run["val_loss_curve"]] == [2, 4]
+        assert run["val_loss"] == pytest.approx(0, abs=1e-6)  # the validation split's one pair, not train's four
+        assert run["training_flops"] > 0 and "zeroshot_shape" not in run
+    trained = yaml.safe_load((out / "runs" / "heavy-openmoji-noisy-psd-ema-seed0" / "train.yaml").read_text())
+    assert trained["data"] == str(data) and trained["val_data"] == str(data / "validation")
+    assert "train_samples" not in trained
+
+
+def test_report_of_synthetic_and_data_cells_marks_what_a_cell_does_not_measure(tmp_path):
+    def record(method, seed, cell, accuracy):
+        measured = ({"zeroshot_shape": accuracy, "shifted_accuracy": accuracy / 2} if "train_samples" in cell else
+                    {"zeroshot_group": accuracy, "zeroshot_subgroup": accuracy / 3})
+        return {"run": {"method": method, "noise": "heavy", "seed": seed, "train_samples": None, **cell},
+                "retrieval_r1": accuracy, "noisy_pair_auroc": 0.6, "val_loss": 2.0, "val_loss_curve": [[4, 2.0]],
+                "diagnostics": {}, "training_flops": 1e9, **measured}
+
+    cells = [{"train_samples": 64}, {"data": "outputs/openmoji-noisy"}]
+    results = [record(method, seed, cell, 0.3 + 0.1 * seed + (method == "psd-ema") * 0.05)
+               for cell in cells for seed in (0, 1) for method in METHODS]
+    report = write_study_report({"train": {}}, results, tmp_path).read_text()
+    sections = report.split("## heavy noise, ")
+    header = "| method | zero-shot shape | zero-shot group | zero-shot subgroup | retrieval R@1 | shifted zero-shot "
+    assert sections[1].startswith("64 pairs") and header in sections[1]
+    assert "| clip | 0.350 ± 0.071 | – | – | 0.350 ± 0.071 | 0.175 ± 0.035 |" in sections[1]
+    assert sections[2].startswith("openmoji-noisy") and "| clip | – | 0.350 ± 0.071 | 0.117 ± 0.024 |" in sections[2]
+    assert "| psd-ema | – | +0.050 [" in sections[2]  # a difference only where both methods measure it
+    assert "fitted over all 4 models evaluated on shifted data" in report
+    assert [record.get("effective_robustness") is not None for record in results] == [True] * 4 + [False] * 4
+    assert (tmp_path / "robustness.png").stat().st_size > 0
+
+
 def test_study_files_are_checked(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("seeds: [0]\nmethods: {psd: {}}\nnoise: {clean: {}}\ncells: [{noise: clean, train_samples: 8}]\n")
@@ -79,6 +150,17 @@ def test_study_files_are_checked(tmp_path):
     bad.write_text("seed: [0]\n")
     with pytest.raises(EvalInputError, match="unknown key 'seed'"):
         load_study(bad)
-    shipped = load_study(Path(__file__).resolve().parents[1] / "studies" / "noise.yaml", quick=True)
+    bad.write_text("seeds: [0]\nmethods: {clip: {}}\nnoise: {clean: {}}\n"
+                   "cells: [{noise: clean, train_samples: 8, data: openmoji}]\n")
+    with pytest.raises(EvalInputError, match="either an integer train_samples .* or a data folder"):
+        load_study(bad)
+    bad.write_text("seeds: [0]\nmethods: {clip: {}}\nnoise: {clean: {}}\n"
+                   "cells: [{noise: clean, data: a/openmoji}, {noise: clean, data: b/openmoji}]\n")
+    with pytest.raises(EvalInputError, match="run clean-openmoji-clip-seed0 is planned twice"):
+        load_study(bad)
+    shipped = load_study(REPO / "studies" / "noise.yaml", quick=True)
     methods = {run.method for run in planned_runs(shipped)}
     assert methods == {"clip", "psd-previous-epoch", "psd-ema"} and len(shipped["seeds"]) >= 3
+    openmoji = planned_runs(load_study(REPO / "studies" / "openmoji.yaml"))
+    assert {run.method for run in openmoji} == methods and {run.seed for run in openmoji} == {0, 1, 2}
+    assert {run.data for run in openmoji} == {"outputs/openmoji-noisy"}
