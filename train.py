@@ -174,23 +174,26 @@ def build_model_and_processor(options):
 
 def build_datasets(options, image_size: int):
     """Training and validation datasets and a description of the data for the model card."""
-    def load(source: str, split: str, **kwargs):
+    def load(flag: str, source: str, split: str, **kwargs):
         if source == "synthetic":
-            kwargs.update(num_samples=options.train_samples if split == "train" else options.val_samples,
+            kwargs.update(num_samples=options.train_samples if flag == "--data" else options.val_samples,
                           image_size=image_size)
-            source = f"synthetic:{split}"
+            source = "synthetic:train" if flag == "--data" else "synthetic:val"
         try:
-            return load_image_text_dataset(source, image_column=options.image_column,
+            return load_image_text_dataset(source, split=split, image_column=options.image_column,
                                            caption_column=options.caption_column, seed=options.seed, **kwargs)
         except DataError as error:
-            raise OptionError(f"{'--data' if split == 'train' else '--val-data'}: {first_line(error)}") from error
+            raise OptionError(f"{flag}: {first_line(error)}") from error
 
     synthetic = options.data == "synthetic"
     noise = {"p_mismatch": options.p_mismatch, "p_partial": options.p_partial, "p_generic": options.p_generic}
-    train = load(options.data, "train", streaming=options.streaming, **(noise if synthetic else {}))
+    train = load("--data", options.data, "train", streaming=options.streaming, **(noise if synthetic else {}))
     # The built-in validation split is clean: it measures alignment, not how well the noise was fitted.
     val_source = options.val_data or ("synthetic" if synthetic else None)
-    val = load(val_source, "val") if val_source else None
+    # A folder saved with several splits (`DatasetDict.save_to_disk`, e.g. --data and --val-data naming the same
+    # folder) validates on its validation split; any other source is read whole, as its train split.
+    several_splits = val_source and (Path(val_source).expanduser() / "dataset_dict.json").is_file()
+    val = load("--val-data", val_source, "validation" if several_splits else "train") if val_source else None
     description = {"training data": "built-in synthetic captioned scenes" if synthetic else options.data,
                    "training records": len(train) if not options.streaming else "streamed",
                    **(noise if synthetic else {}),

@@ -123,9 +123,7 @@ def require_data_folders(runs: list[Run]) -> None:
 
 
 def train_options(study: dict, run: Run, folder: Path) -> dict:
-    # --data FOLDER trains on the folder's train split; --val-data FOLDER would validate on that same split, so it
-    # names the validation split's own folder (a DatasetDict saves each split as a Dataset in a sub-folder).
-    data = {"data": run.data, "val_data": str(Path(run.data) / "validation")} if run.data else \
+    data = {"data": run.data, "val_data": run.data} if run.data else \
         {"train_samples": run.train_samples}
     return {**study["train"], **study["noise"][run.noise], **study["methods"][run.method], **data,
             "seed": run.seed, "output_dir": str(folder / "model"), "run_dir": str(folder / "run"),

@@ -115,7 +115,7 @@ def test_micro_openmoji_study_trains_on_the_folder_and_reports_its_metrics(tmp_p
         assert run["val_loss"] == pytest.approx(0, abs=1e-6)  # the validation split's one pair, not train's four
         assert run["training_flops"] > 0 and "zeroshot_shape" not in run
     trained = yaml.safe_load((out / "runs" / "heavy-openmoji-noisy-psd-ema-seed0" / "train.yaml").read_text())
-    assert trained["data"] == str(data) and trained["val_data"] == str(data / "validation")
+    assert trained["data"] == trained["val_data"] == str(data)
     assert "train_samples" not in trained
 
 

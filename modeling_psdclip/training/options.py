@@ -43,8 +43,9 @@ class TrainingOptions:
     # Data.
     data: str = option("synthetic", "training data: 'synthetic' (built-in captioned scenes), an imagefolder, "
                                     "CSV/TSV/JSONL, parquet/arrow, save_to_disk or webdataset path, or a `datasets` name")
-    val_data: str | None = option(None, "validation data in the same forms (default: a clean synthetic split "
-                                        "when --data is synthetic, else none)")
+    val_data: str | None = option(None, "validation data in the same forms; a save_to_disk folder of several splits "
+                                        "gives its 'validation' split (default: a clean synthetic split when --data "
+                                        "is synthetic, else none)")
     image_column: str | None = option(None, "image column of --data/--val-data (default: found by name)")
     caption_column: str | None = option(None, "caption column of --data/--val-data (default: found by name)")
     streaming: bool = option(False, "stream --data instead of loading it (needs --max-steps)")
