@@ -55,4 +55,4 @@ class ImageTextCollator:
                                 size, self.crop_scale, self.crop_ratio)
             for position, (image, key) in enumerate(zip(images, keys))
         ]
-        return torch.stack([normalize(crop, image_processor.image_mean, image_processor.image_std) for crop in crops])
+        return normalize(crops, image_processor.image_mean, image_processor.image_std)

@@ -32,7 +32,11 @@ def _resize(image: Image.Image, box: tuple[int, int, int, int], size: tuple[int,
     return image.resize((size[1], size[0]), Image.Resampling.BICUBIC, box=box)
 
 
-def normalize(image: Image.Image, mean, std) -> torch.Tensor:
-    """A (3, height, width) float tensor standardised by the per-channel mean and std."""
-    pixels = (np.asarray(image, dtype=np.float32) / 255.0 - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
-    return torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1)))
+def normalize(images: list[Image.Image], mean, std) -> torch.Tensor:
+    """A (batch, 3, height, width) float tensor of same-size images, standardised by the per-channel mean and std.
+
+    One tensor operation over the stacked batch: per image in numpy it cost a sixth of a tiny-preset batch's loading.
+    """
+    pixels = torch.from_numpy(np.stack([np.asarray(image, dtype=np.uint8) for image in images])).permute(0, 3, 1, 2)
+    mean, std = (torch.tensor(values, dtype=torch.float32).view(1, 3, 1, 1) for values in (mean, std))
+    return ((pixels.float() / 255.0 - mean) / std).contiguous()
