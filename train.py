@@ -213,6 +213,12 @@ def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def adamw(parameters, device: torch.device, **settings) -> torch.optim.AdamW:
+    """AdamW, fused into one kernel on the devices torch has one for (transformers' Trainer does the same): on a
+    CPU its step takes 8 ms for the tiny preset against 49 ms for the default multi-tensor version."""
+    return torch.optim.AdamW(parameters, fused=device.type in ("cpu", "cuda"), **settings)
+
+
 def feature_caching_unsupported(accelerator: Accelerator) -> bool:
     # FSDP shards the logit scale outside the forward; DeepSpeed steps the optimizer inside every backward.
     return accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
@@ -453,8 +459,8 @@ def set_up(options, accelerator: Accelerator) -> Session:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     ema = model.config.distill_teacher == "ema" and model.config.distill_alpha_max > 0
     flops_per_sample = training_flops_per_sample(model, feature_caching=options.accum_steps > 1, ema_teacher=ema)
-    optimizer = torch.optim.AdamW(parameter_groups(model, options.weight_decay), lr=options.lr,
-                                  betas=(options.adam_beta1, options.adam_beta2), eps=options.adam_eps)
+    optimizer = adamw(parameter_groups(model, options.weight_decay), accelerator.device, lr=options.lr,
+                      betas=(options.adam_beta1, options.adam_beta2), eps=options.adam_eps)
     steps_per_epoch = None if options.streaming else \
         len(train_loader) // (accelerator.num_processes * options.accum_steps)
     if steps_per_epoch == 0:

@@ -31,7 +31,7 @@ from modeling_psdclip.data import EpochSampler, ImageTextCollator, load_image_te
 from modeling_psdclip.processing import build_processor
 from modeling_psdclip.training.teachers import build_teacher, model_inputs
 from modeling_psdclip.training.trainer import PSDTrainer
-from train import forward_backward
+from train import adamw, forward_backward
 
 TEACHERS = {"clip": {"distill_alpha_max": 0.0}, "psd previous_epoch": {"distill_teacher": "previous_epoch"},
             "psd ema": {"distill_teacher": "ema"}}
@@ -48,7 +48,7 @@ class StepLoop:
 
     def __init__(self, model, batches, accelerator: Accelerator, teacher=None):
         self.model, self.batches, self.accelerator, self.teacher = model, batches, accelerator, teacher
-        self.optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        self.optimizer = adamw(model.parameters(), accelerator.device, lr=1e-4)
 
     def run(self, steps: int) -> float:
         started = time.perf_counter()
@@ -63,9 +63,9 @@ class StepLoop:
 
 
 class BareLoop:
-    def __init__(self, model, batch: dict):
+    def __init__(self, model, batch: dict, device: torch.device):
         self.model, self.batch = model, model_inputs(batch)
-        self.optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        self.optimizer = adamw(model.parameters(), device, lr=1e-4)
 
     def run(self, steps: int) -> float:
         started = time.perf_counter()
@@ -189,7 +189,7 @@ def main(argv=None) -> None:
           f"{options.steps} steps per method")
 
     with tempfile.TemporaryDirectory() as folder:
-        loops = {"bare": BareLoop(new_model(options.preset, distill_alpha_max=0.0), collated[0]),
+        loops = {"bare": BareLoop(new_model(options.preset, distill_alpha_max=0.0), collated[0], accelerator.device),
                  "train.py": StepLoop(new_model(options.preset, distill_alpha_max=0.0), endless(loader), accelerator),
                  "trainer": TrainerLoop(new_model(options.preset, distill_alpha_max=0.0), dataset, collator,
                                         options.batch_size, options.num_workers, folder)}
