@@ -43,7 +43,9 @@ from modeling_psdclip.modeling_psdclip import PSDLossOutput
 from modeling_psdclip.training.checkpoints import (
     CheckpointError, CheckpointManager, is_complete, read_state, restore,
 )
-from modeling_psdclip.data import SKIP_REASONS, DataError, EpochSampler, ImageTextCollator, load_image_text_dataset
+from modeling_psdclip.data import (
+    SKIP_REASONS, DataError, EpochSampler, ImageTextCollator, load_image_text_dataset, saved_with_splits,
+)
 from modeling_psdclip.hub import (
     HubError, ModelFolderError, pickle_weights_note, push_folder_to_hub, save_model_folder, training_card_fields,
 )
@@ -192,8 +194,8 @@ def build_datasets(options, image_size: int):
     val_source = options.val_data or ("synthetic" if synthetic else None)
     # A folder saved with several splits (`DatasetDict.save_to_disk`, e.g. --data and --val-data naming the same
     # folder) validates on its validation split; any other source is read whole, as its train split.
-    several_splits = val_source and (Path(val_source).expanduser() / "dataset_dict.json").is_file()
-    val = load("--val-data", val_source, "validation" if several_splits else "train") if val_source else None
+    val = load("--val-data", val_source, "validation" if saved_with_splits(val_source) else "train") \
+        if val_source else None
     description = {"training data": "built-in synthetic captioned scenes" if synthetic else options.data,
                    "training records": len(train) if not options.streaming else "streamed",
                    **(noise if synthetic else {}),

@@ -24,6 +24,7 @@ import datasets
 import numpy as np
 
 from modeling_psdclip.cli import first_line
+from modeling_psdclip.data import saved_to_disk
 from modeling_psdclip.data.records import BadRecord, decode_image
 
 from .errors import EvalInputError
@@ -154,7 +155,7 @@ def load_eval_data(source: str, *, label_column: str | None = None, num_samples:
     path, split = _path_and_split(source)
     if (path / "classnames.txt").is_file() or (path / "dataset_type.txt").is_file():
         return _clip_benchmark_webdataset(path, split or "test", label_column)
-    if (path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file():
+    if saved_to_disk(path):
         return _saved_to_disk(path, split, label_column)
     return _imagefolder(path, split, label_column)
 

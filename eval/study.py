@@ -35,6 +35,7 @@ from pathlib import Path
 import yaml
 
 from modeling_psdclip.cli import first_line, write_json_atomically
+from modeling_psdclip.data import saved_with_splits
 
 from .data import CLEAN, EvalData, load_eval_data
 from .errors import EvalInputError
@@ -117,7 +118,7 @@ def planned_runs(study: dict) -> list[Run]:
 def require_data_folders(runs: list[Run]) -> None:
     """Fail before any training when a data cell's folder has not been built."""
     for data in dict.fromkeys(run.data for run in runs if run.data):
-        if not (Path(data) / "dataset_dict.json").is_file():
+        if not saved_with_splits(data):
             raise EvalInputError(f"data folder {data} is not built: python -m eval build-openmoji {data} "
                                  "--p-mismatch P (the study file's header gives P)")
 

@@ -14,11 +14,11 @@ from .image_text import ImageTextDataset, ImageTextStream
 from .records import SKIP_REASONS, RecordColumns
 from .sampling import EpochSampler, SampleKey
 from .scenes import COLOURS, COUNTS, SHAPES
-from .sources import load_image_text_dataset
+from .sources import load_image_text_dataset, saved_to_disk, saved_with_splits
 from .synthetic import NOISE_KINDS, SPLITS, build_synthetic_dataset
 
 __all__ = [
     "COLOURS", "COUNTS", "NOISE_KINDS", "SHAPES", "SKIP_REASONS", "SPLITS", "DataError", "EpochSampler",
     "ImageTextCollator", "ImageTextDataset", "ImageTextStream", "RecordColumns", "SampleKey",
-    "build_synthetic_dataset", "load_image_text_dataset",
+    "build_synthetic_dataset", "load_image_text_dataset", "saved_to_disk", "saved_with_splits",
 ]

@@ -103,8 +103,18 @@ def hub_dataset_id(source: str) -> str | None:
     return source
 
 
+def saved_to_disk(path: str | Path) -> bool:
+    """Whether `path` is a folder written by `save_to_disk`, of one `Dataset` or of a `DatasetDict`."""
+    return (Path(path).expanduser() / "dataset_info.json").is_file() or saved_with_splits(path)
+
+
+def saved_with_splits(path: str | Path) -> bool:
+    """Whether `path` is a folder written by `DatasetDict.save_to_disk`: named splits, each a saved `Dataset`."""
+    return (Path(path).expanduser() / "dataset_dict.json").is_file()
+
+
 def _load_folder(path: Path, split: str, streaming: bool, options: dict):
-    if (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists():
+    if saved_to_disk(path):
         return _load_from_disk(path, split)
     # Shards in a folder named after the split (CLIP_benchmark's and img2dataset's layout) belong to that split
     # alone; otherwise every shard in the folder does.
