@@ -31,7 +31,7 @@ from modeling_psdclip.data import EpochSampler, ImageTextCollator, load_image_te
 from modeling_psdclip.processing import build_processor
 from modeling_psdclip.training.teachers import build_teacher, model_inputs
 from modeling_psdclip.training.trainer import PSDTrainer
-from train import adamw, forward_backward
+from modeling_psdclip.training.run import adamw, forward_backward
 
 TEACHERS = {"clip": {"distill_alpha_max": 0.0}, "psd previous_epoch": {"distill_teacher": "previous_epoch"},
             "psd ema": {"distill_teacher": "ema"}}

@@ -11,9 +11,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from modeling_psdclip.cli import OneLineErrorParser, first_line
+from modeling_psdclip.utils import OneLineErrorParser, first_line
 
-from .card import update_model_card
+from modeling_psdclip.card import update_model_card
 from .data import CLEAN, EvalData, load_eval_data
 from .errors import EvalInputError
 from .linear_probe import linear_probe
@@ -192,13 +192,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.task == "build-openmoji":
-            from .openmoji import build_openmoji
+            from modeling_psdclip.data.openmoji import build_openmoji
 
             print(build_openmoji(args.out, image_size=args.image_size, p_mismatch=args.p_mismatch))
             return 0
         if args.task == "study":
-            from .study import run_study
-            from .study_report import write_study_report
+            from studies.runner import run_study
+            from studies.report import write_study_report
 
             study, results = run_study(args.config, quick=args.quick, output=args.output)
             print(f"report: {write_study_report(study, results, args.output or study['output'])}")

@@ -23,7 +23,7 @@ from typing import Sequence
 import datasets
 import numpy as np
 
-from modeling_psdclip.cli import first_line
+from modeling_psdclip.utils import first_line
 from modeling_psdclip.data import saved_to_disk
 from modeling_psdclip.data.records import BadRecord, decode_image
 

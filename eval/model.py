@@ -10,9 +10,9 @@ from typing import Protocol, Sequence
 import torch
 from safetensors import SafetensorError
 
-from modeling_psdclip.cli import first_line
+from modeling_psdclip.utils import first_line
 from modeling_psdclip.embedding import ImageTextEmbedder
-from modeling_psdclip.hub import pickle_weights_note
+from modeling_psdclip.model_folder import pickle_weights_note
 
 from .errors import EvalInputError
 

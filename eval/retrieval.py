@@ -8,7 +8,7 @@ from .data import EvalData
 from .errors import EvalInputError
 from .metrics import load_metric
 from .model import ImageTextEncoder
-from .ranking import true_match_ranks
+from modeling_psdclip.ranking import true_match_ranks
 
 
 def retrieval(model: ImageTextEncoder, data: EvalData, k: tuple[int, ...] = (1, 5, 10)) -> dict:

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from .data import EvalData
 from .metrics import load_metric
 from .model import ImageTextEncoder
-from .ranking import label_ranks
+from modeling_psdclip.ranking import label_ranks
 from .templates import TEMPLATE_SETS, fill_template
 
 

@@ -11,7 +11,7 @@ from PIL import Image
 
 from modeling_psdclip import PSDCLIPConfig, PSDCLIPModel
 from modeling_psdclip.embedding import ImageTextEmbedder
-from modeling_psdclip.hub import save_model_folder
+from modeling_psdclip.model_folder import save_model_folder
 from modeling_psdclip.processing import build_processor
 
 README = Path(__file__).resolve().parents[1] / "README.md"

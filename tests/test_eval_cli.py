@@ -14,10 +14,10 @@ import pytest
 import torch
 from huggingface_hub import ModelCard
 from PIL import Image
-from test_eval_support import COLOURS, colour_image, save_tiny_clip, save_tiny_psdclip, write_imagefolder
+from tests.support import COLOURS, colour_image, save_tiny_clip, save_tiny_psdclip, write_imagefolder
 
 from eval.__main__ import main
-from eval.card import update_model_card
+from modeling_psdclip.card import update_model_card
 
 
 @pytest.fixture(scope="module")
@@ -210,7 +210,7 @@ def test_card_update_keeps_front_matter_and_replaces_same_results(tmp_path):
 
 
 def test_embedding_model_batches_without_changing_results(workspace):
-    from test_eval_support import colour_image
+    from tests.support import colour_image
 
     from eval import EmbeddingModel
 

@@ -7,7 +7,7 @@ import tarfile
 
 import datasets
 import pytest
-from test_eval_support import COLOURS, colour_image, write_imagefolder
+from tests.support import COLOURS, colour_image, write_imagefolder
 
 from eval import EvalInputError, load_eval_data
 

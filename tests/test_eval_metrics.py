@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from eval.metrics import METRICS_DIR, load_metric
-from eval.ranking import label_ranks, true_match_ranks
+from modeling_psdclip.ranking import label_ranks, true_match_ranks
 
 
 def test_metrics_load_by_local_path_offline(monkeypatch):

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from test_eval_support import ConstantEncoder, KeywordEncoder, RandomEncoder
+from tests.support import ConstantEncoder, KeywordEncoder, RandomEncoder
 
 from eval import EvalData, EvalInputError, linear_probe, noisy_pair_detection, retrieval, robustness
 from eval import paired_probabilities, zero_shot_classification, zero_shot_classifier

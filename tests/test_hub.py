@@ -21,7 +21,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForZeroShotImageClassif
 from transformers import CLIPTextModelWithProjection, CLIPVisionModelWithProjection
 
 from modeling_psdclip import PSDCLIPConfig, PSDCLIPModel
-from modeling_psdclip.hub import (
+from modeling_psdclip.model_folder import (
     MODEL_FOLDER_FILES, ModelFolderError, downloaded_model_id, model_title, save_model_folder, training_card_fields,
 )
 from modeling_psdclip.processing import build_processor

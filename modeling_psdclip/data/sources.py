@@ -8,7 +8,7 @@ from pathlib import Path
 import datasets
 import numpy as np
 
-from ..cli import first_line
+from ..utils import first_line
 from .errors import DataError
 from .image_text import ImageTextDataset, ImageTextStream, arrow_rows
 from .records import BadRecord, RecordColumns

@@ -22,7 +22,7 @@ import torch
 from accelerate import Accelerator
 from safetensors.torch import load_file, save_file
 
-from ..cli import first_line
+from ..utils import first_line
 
 
 MARKER = "checkpoint_complete.json"

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import yaml
 
-from ..cli import OneLineErrorParser, fail
+from ..utils import OneLineErrorParser, fail
 from ..configuration_psdclip import DISTILL_SCHEDULES, DISTILL_TEACHERS, PRESETS
-from ..hub import ModelFolderError, check_model_folder_target
+from ..model_folder import ModelFolderError, check_model_folder_target
 
 
 def option(default, help: str, **argparse_kwargs):

@@ -34,16 +34,16 @@ from pathlib import Path
 
 import yaml
 
-from modeling_psdclip.cli import first_line, write_json_atomically
+from modeling_psdclip.utils import first_line, write_json_atomically
 from modeling_psdclip.data import saved_with_splits
 
-from .data import CLEAN, EvalData, load_eval_data
-from .errors import EvalInputError
-from .linear_probe import linear_probe
-from .model import EmbeddingModel
-from .noisy_pairs import noisy_pair_detection
-from .retrieval import retrieval
-from .zeroshot import zero_shot_classification
+from eval.data import CLEAN, EvalData, load_eval_data
+from eval.errors import EvalInputError
+from eval.linear_probe import linear_probe
+from eval.model import EmbeddingModel
+from eval.noisy_pairs import noisy_pair_detection
+from eval.retrieval import retrieval
+from eval.zeroshot import zero_shot_classification
 
 TRAIN_SCRIPT = Path(__file__).resolve().parents[1] / "train.py"
 STUDY_KEYS = {"output", "seeds", "methods", "noise", "cells", "train", "eval", "launcher", "quick"}

@@ -12,7 +12,7 @@ from modeling_psdclip.processing import build_processor
 from modeling_psdclip.training.teachers import EMATeacher, PreviousEpochTeacher, TeacherEmbeddings, build_teacher
 from modeling_psdclip.training.trainer import PSDTrainer
 from tests.helpers import micro_config, random_batch
-from tests.test_train import micro_model_config
+from tests.test_training_runs import micro_model_config
 
 
 def batch_of(config, pairs: list[int], seed: int = 0) -> dict:

@@ -18,9 +18,9 @@ matplotlib.use("Agg")  # files only; no display on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from .robustness import baseline_prediction, fit_baseline  # noqa: E402
-from .statistics import mean_std, paired_difference  # noqa: E402
-from .study import Run  # noqa: E402
+from eval.robustness import baseline_prediction, fit_baseline  # noqa: E402
+from eval.statistics import mean_std, paired_difference  # noqa: E402
+from .runner import Run  # noqa: E402
 
 # (key in a run's results, column title, definition); every one of them is better higher except the validation loss.
 METRICS = (

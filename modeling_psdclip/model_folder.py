@@ -9,7 +9,7 @@ from pathlib import Path
 from huggingface_hub import EvalResult, ModelCard, ModelCardData, constants, upload_folder
 from tokenizers import Tokenizer
 
-from .cli import first_line
+from .utils import first_line
 from .configuration_psdclip import PRESETS
 from .data.sources import hub_dataset_id
 from .modeling_psdclip import PSDCLIPModel

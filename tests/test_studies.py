@@ -12,14 +12,14 @@ import torch
 import yaml
 
 from eval.__main__ import main
-from eval.openmoji import build_openmoji
-from eval.study import load_study, planned_runs
-from eval.study_report import write_study_report
+from modeling_psdclip.data.openmoji import build_openmoji
+from studies.runner import load_study, planned_runs
+from studies.report import write_study_report
 from eval.errors import EvalInputError
 from modeling_psdclip import PSDCLIPModel
 from modeling_psdclip.processing import build_processor
-from tests.test_eval_openmoji import EMOJI_TEST, write_svgs
-from tests.test_train import micro_model_config
+from tests.test_data_openmoji import EMOJI_TEST, write_svgs
+from tests.test_training_runs import micro_model_config
 
 REPO = Path(__file__).resolve().parents[1]
 METHODS = {"clip": {"distill_alpha_max": 0.0}, "psd-ema": {"distill_teacher": "ema"}}

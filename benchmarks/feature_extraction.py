@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 from transformers import CLIPImageProcessor
 
-from .model import EmbeddingModel
+from eval.model import EmbeddingModel
 
 
 def random_images(count: int, size: int, seed: int = 0) -> list[Image.Image]:

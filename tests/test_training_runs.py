@@ -417,7 +417,7 @@ def test_help_lists_every_option_with_its_default(env):
 
 
 def test_feature_caching_gives_the_full_batch_loss_and_gradients():
-    from train import forward_backward  # noqa: PLC0415 (train.py is a script, imported only here)
+    from modeling_psdclip.training.run import forward_backward  # noqa: PLC0415 (train.py is a script, imported only here)
 
     config = micro_model_config()
     config.distill_alpha_max = 0.7
@@ -444,7 +444,7 @@ def test_feature_caching_gives_the_full_batch_loss_and_gradients():
 def test_optimizer_step_bounds_the_logit_scale_parameter():
     from types import SimpleNamespace
 
-    from train import TrainState, optimizer_step  # noqa: PLC0415 (train.py is a script, imported only here)
+    from modeling_psdclip.training.run import TrainState, optimizer_step  # noqa: PLC0415 (train.py is a script, imported only here)
 
     model = PSDCLIPModel(micro_model_config())
     bound = math.log(model.config.logit_scale_max)

@@ -5,7 +5,7 @@ import pytest
 
 from eval import EvalInputError, load_eval_data
 from eval.__main__ import main
-from eval.openmoji import build_openmoji, read_emoji_test
+from modeling_psdclip.data.openmoji import build_openmoji, read_emoji_test
 
 pytest.importorskip("resvg_py")
 

@@ -26,8 +26,8 @@ from PIL import Image
 from sklearn.model_selection import train_test_split
 from tqdm.auto import tqdm
 
-from .data import CLEAN
-from .errors import EvalInputError
+from eval.data import CLEAN
+from eval.errors import EvalInputError
 
 SKIN_TONES = {"1F3FB", "1F3FC", "1F3FD", "1F3FE", "1F3FF"}
 VARIATION_SELECTOR = "FE0F"

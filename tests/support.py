@@ -101,7 +101,7 @@ def save_tiny_clip(folder: Path, seed=0) -> Path:
 def save_tiny_psdclip(folder: Path, seed=0) -> Path:
     """The same, as a PSD-CLIP model folder: weights, processor, card and the remote code files."""
     from modeling_psdclip import PSDCLIPConfig, PSDCLIPModel
-    from modeling_psdclip.hub import save_model_folder
+    from modeling_psdclip.model_folder import save_model_folder
 
     torch.manual_seed(seed)
     processor = tiny_processor()

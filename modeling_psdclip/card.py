@@ -7,7 +7,7 @@ from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCard
 
-from .report import markdown_table
+from eval.report import markdown_table
 
 RESULTS_START = "<!-- psdclip-eval-results:start -->"
 RESULTS_END = "<!-- psdclip-eval-results:end -->"

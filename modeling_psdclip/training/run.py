@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 from transformers import AutoProcessor, get_cosine_schedule_with_warmup
 from transformers.models.clip.modeling_clip import image_text_contrastive_loss
 
-from eval.ranking import true_match_ranks
+from modeling_psdclip.ranking import true_match_ranks
 from modeling_psdclip import PSDCLIPConfig, PSDCLIPModel
 from modeling_psdclip.modeling_psdclip import PSDLossOutput
 from modeling_psdclip.training.checkpoints import (
@@ -46,11 +46,11 @@ from modeling_psdclip.training.checkpoints import (
 from modeling_psdclip.data import (
     SKIP_REASONS, DataError, EpochSampler, ImageTextCollator, load_image_text_dataset, saved_with_splits,
 )
-from modeling_psdclip.hub import (
+from modeling_psdclip.model_folder import (
     HubError, ModelFolderError, pickle_weights_note, push_folder_to_hub, save_model_folder, training_card_fields,
 )
 from modeling_psdclip.processing import build_processor
-from modeling_psdclip.cli import fail, first_line, write_json_atomically
+from modeling_psdclip.utils import fail, first_line, write_json_atomically
 from modeling_psdclip.training.options import OptionError, TrainingOptions, flag, parse_options
 from modeling_psdclip.training.teachers import (
     PreviousEpochTeacher, Teacher, TeacherEmbeddings, build_teacher, model_inputs, teacher_kwargs,
