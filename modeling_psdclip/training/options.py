@@ -35,8 +35,9 @@ class TrainingOptions:
     distill_schedule: str | None = option(None, "alpha schedule (default: model's)", choices=DISTILL_SCHEDULES)
     distill_temperature: float | None = option(None, "teacher softmax temperature (default: model's)")
     distill_teacher: str | None = option(None, "teacher of the soft targets: the previous epoch's stored embeddings "
-                                               "(no extra compute) or a momentum copy, ema (one more forward; "
-                                               "works with --streaming) (default: model's)",
+                                               "(no extra compute), a momentum copy, ema (one more forward; "
+                                               "works with --streaming), or uniform: label smoothing with the same "
+                                               "alpha schedule and rows, the control arm (default: model's)",
                                          choices=DISTILL_TEACHERS)
     distill_ema_decay: float | None = option(None, "decay of the ema teacher's weight average, in [0, 1) "
                                                    "(default: model's)")
