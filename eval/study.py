@@ -24,6 +24,7 @@ of any of these for `--quick`; `train` and `eval` are merged key by key).
 from __future__ import annotations
 
 import json
+import math
 import os
 import shlex
 import subprocess
@@ -53,7 +54,7 @@ SHIFTED_SPLITS = ("sketch", "unseen_texture", "unseen_shade")
 DATA_LABELS = ("group", "subgroup")  # the class columns of a build-openmoji folder
 DIAGNOSTICS = ("train/teacher_share", "train/teacher_entropy", "train/paired_probability", "train/teacher_agreement",
                "train/loss_soft", "train/logit_multiplier")
-EVAL_VERSION = 1  # part of each run's eval.json: bump it when evaluation changes, and finished runs are re-evaluated
+EVAL_VERSION = 2  # part of each run's eval.json: bump it when evaluation changes, and finished runs are re-evaluated
 
 
 @dataclass(frozen=True)
@@ -123,9 +124,15 @@ def require_data_folders(runs: list[Run]) -> None:
                                  "--p-mismatch P (the study file's header gives P)")
 
 
+def synthetic_noise(study: dict, run: Run) -> dict:
+    """A synthetic cell's caption-noise options, all three explicit, so that evaluation rebuilds exactly the pairs
+    the run trained on whatever train.py's defaults are."""
+    return {"p_mismatch": 0.0, "p_partial": 0.0, "p_generic": 0.0, **study["noise"][run.noise]}
+
+
 def train_options(study: dict, run: Run, folder: Path) -> dict:
     data = {"data": run.data, "val_data": run.data} if run.data else \
-        {"train_samples": run.train_samples}
+        {"train_samples": run.train_samples, **synthetic_noise(study, run)}
     return {**study["train"], **study["noise"][run.noise], **study["methods"][run.method], **data,
             "seed": run.seed, "output_dir": str(folder / "model"), "run_dir": str(folder / "run"),
             "report_to": "none", "progress_bar": False}
@@ -171,9 +178,12 @@ def evaluate_on_synthetic(model: EmbeddingModel, study: dict, run: Run, settings
     shifted = {split: zero_shot_classification(model, data(split))["top1_accuracy"] for split in SHIFTED_SPLITS}
     results["shifted"] = shifted
     results["shifted_accuracy"] = sum(shifted.values()) / len(shifted)
-    noise = {key: value for key, value in study["noise"][run.noise].items() if key.startswith("p_") and value}
-    noisy_train = data("train", num_samples=settings["noisy_pairs"], seed=run.seed, **noise)
-    results["noisy_pair_auroc"] = noisy_pair_auroc(model, noisy_train, run.seed)
+    # Exactly the pairs the run trained on (train.py's generator arguments: which scene a mismatched caption
+    # describes depends on the number of pairs), a seeded sample of `noisy_pairs` of them.
+    noise = {key: value for key, value in synthetic_noise(study, run).items() if key.startswith("p_")}
+    trained_pairs = data("train", num_samples=run.train_samples, seed=run.seed, **noise)
+    results["noisy_pair_auroc"] = noisy_pair_auroc(model, trained_pairs.sample(settings["noisy_pairs"], run.seed),
+                                                   run.seed)
     return results
 
 
@@ -205,14 +215,26 @@ def noisy_pair_auroc(model: EmbeddingModel, data: EvalData, seed: int) -> float 
 
 
 def training_record(folder: Path) -> dict:
-    """The validation loss curve and last diagnostics train.py logged, and the training's compute and time."""
+    """The validation loss curve, the teacher diagnostics over training (curves, and means over the steps that
+    distilled), and the training's compute and time, from what train.py logged."""
     log = [json.loads(line) for line in (folder / "run" / "metrics.jsonl").read_text().splitlines()]
     curve = [[line["step"], line["val/loss"]] for line in log if "val/loss" in line]
-    last_train = [line for line in log if "train/loss" in line][-1]
+    train_lines = [line for line in log if "train/loss" in line]
+    # A diagnostic is NaN (JSON NaN) while no row has a teacher: those steps are not part of the distilling run.
+    distilling = [line for line in train_lines if line.get("train/distill_alpha", 0) > 0
+                  and math.isfinite(line.get("train/teacher_share", math.nan)) and line["train/teacher_share"] > 0]
     trained = json.loads((folder / "model" / "metrics.json").read_text())
     return {"val_loss_curve": curve, "val_loss": curve[-1][1] if curve else None,
-            "diagnostics": {name.removeprefix("train/"): last_train.get(name) for name in DIAGNOSTICS},
+            "diagnostics": {name.removeprefix("train/"): mean_of([line.get(name) for line in distilling])
+                            for name in DIAGNOSTICS},
+            "diagnostic_curves": {name.removeprefix("train/"): [[line["step"], line.get(name)] for line in train_lines]
+                                  for name in DIAGNOSTICS},
             "training_flops": trained.get("training_flops"), "train_wall_time_s": trained.get("wall_time_s")}
+
+
+def mean_of(values: list) -> float | None:
+    finite = [value for value in values if value is not None and math.isfinite(value)]
+    return sum(finite) / len(finite) if finite else None
 
 
 def run_study(config: str | Path, quick: bool = False, output: str | Path | None = None,
