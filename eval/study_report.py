@@ -32,6 +32,10 @@ METRICS = (
      "zero-shot accuracy over the emoji sub-groups on the data folder's test split"),
     ("retrieval_r1", "retrieval R@1", "image-text retrieval Recall@1, mean of both directions, on the clean "
      "synthetic validation split (synthetic cells) or the data folder's test split (data cells)"),
+    ("i2t_r1", "image→text R@1", "image->text Recall@1 on the same split as retrieval R@1"),
+    ("t2i_r1", "text→image R@1", "text->image Recall@1 (one query per distinct text) on the same split"),
+    ("i2t_r5", "image→text R@5", "image->text Recall@5"),
+    ("t2i_r5", "text→image R@5", "text->image Recall@5"),
     ("linear_probe_shape", "linear probe shape",
      "shape accuracy of logistic regression on image features, fitted on clean validation, on clean test"),
     ("shifted_accuracy", "shifted zero-shot",
@@ -130,6 +134,11 @@ def write_study_report(study: dict, results: list[dict], output: str | Path, tit
              "many seeds the method is higher in; – marks a metric the cell's runs do not measure. Teacher "
              "diagnostics are means over the steps that distilled (alpha > 0 and some row with a teacher).\n",
              "".join(f"- {title}: {definition}\n" for _, title, definition in metrics)]
+    starting = study.get("starting_model_results")
+    if starting:
+        lines.append("Every run fine-tunes one starting model (the study's `pretrain` options); before fine-tuning it "
+                     "scores " + ", ".join(f"{title} {starting[key]:.3f}" for key, title, _ in metrics
+                                           if isinstance(starting.get(key), float)) + ".\n")
     if baseline is not None:
         lines.append(f"Effective robustness: shifted accuracy above the line logit(shifted) = {baseline[0]:.3f} "
                      f"logit(in-distribution) + {baseline[1]:.3f}, fitted over all {len(robust)} models evaluated "

@@ -2,6 +2,7 @@
 evaluates, reports, resumes."""
 
 import json
+import math
 import os
 import shutil
 import sys
@@ -82,6 +83,41 @@ def test_micro_study_trains_evaluates_reports_and_resumes(micro_study, capsys):
     assert "training heavy-64-psd-ema-seed0" in printed and "training heavy-64-clip-seed0" not in printed
     assert (out / "runs" / "heavy-64-clip-seed0" / "eval.json").stat().st_mtime_ns == kept
     assert (ema_run / "eval.json").is_file()
+
+
+def test_micro_noisy_correspondence_study_fine_tunes_one_starting_model(tmp_path, micro_folder):
+    """The shipped noisy-correspondence study at micro size: a starting model trained once, every run fine-tuned
+    from it, label smoothing and PSD compared with CLIP, recalls each way and AUROC on the fine-tuning pairs."""
+    study = yaml.safe_load((REPO / "studies" / "noisy_correspondence.yaml").read_text())
+    micro = {"batch_size": 16, "max_steps": 4, "eval_every": 2, "val_samples": 32, "warmup_steps": 1, "log_every": 2}
+    study.update({
+        "output": str(tmp_path / "out"), "seeds": [0], "cells": [{"noise": "60%", "train_samples": 48}],
+        "methods": {name: study["methods"][name] for name in ("clip", "smoothing", "psd-previous-epoch")},
+        "pretrain": {**study["pretrain"], **micro, "init_from": str(micro_folder), "train_samples": 64,
+                     "checkpoint_every": 0},
+        "train": {**study["train"], **micro},
+        "eval": {**study["eval"], "num_samples": 32, "noisy_pairs": 24, "batch_size": 64},
+    })
+    study.pop("quick")
+    config = tmp_path / "nc.yaml"
+    config.write_text(yaml.safe_dump(study, sort_keys=False))
+    assert main(["study", "--config", str(config)]) == 0
+    out = tmp_path / "out"
+    starting = out / "pretrained" / "model"
+    assert (starting / "metrics.json").is_file() and (out / "pretrained" / "eval.json").is_file()
+    runs = json.loads((out / "results.json").read_text())["runs"]
+    assert [run["run"]["method"] for run in runs] == ["clip", "smoothing", "psd-previous-epoch"]
+    for run in runs:
+        trained = yaml.safe_load((out / "runs" / f"60%-48-{run['run']['method']}-seed0" / "train.yaml").read_text())
+        assert trained["init_from"] == str(starting) and trained["p_mismatch"] == 0.6
+        assert all(0 <= run[key] <= 1 for key in ("i2t_r1", "t2i_r1", "i2t_r5", "t2i_r5", "noisy_pair_auroc"))
+        assert "linear_probe_shape" not in run and "shifted_accuracy" not in run
+    # The uniform teacher's target over a batch of 16 has entropy ln 16 and gives each pair 1/16.
+    smoothing = runs[1]["diagnostics"]
+    assert smoothing["teacher_entropy"] == pytest.approx(math.log(16), abs=1e-4)
+    assert smoothing["paired_probability"] == pytest.approx(1 / 16, abs=1e-5)
+    report = (out / "report.md").read_text()
+    assert "Minus clip" in report and "Minus smoothing" in report and "before fine-tuning it scores" in report
 
 
 def test_micro_openmoji_study_trains_on_the_folder_and_reports_its_metrics(tmp_path, micro_folder, capsys):
