@@ -7,7 +7,8 @@
 
 `--help` lists every option. The run writes resumable checkpoints, `metrics.jsonl` and TensorBoard files to
 `--run-dir`, and at the end a Hub-ready model folder (weights, remote code, processor, model card, metrics.json)
-to `--output-dir`.
+to `--output-dir`; `--export-format clip` (the default with `--push-to-hub`) writes it as transformers' CLIPModel,
+which loads without remote code.
 
 One optimizer step: the global batch (`--batch-size`) is split over the processes and, on each process, into
 `--accum-steps` micro-batches. With one micro-batch the model's forward computes the loss. With several, the
@@ -44,6 +45,7 @@ from modeling_psdclip.training.checkpoints import (
 from modeling_psdclip.data import (
     SKIP_REASONS, DataError, EpochSampler, ImageTextCollator, load_image_text_dataset, saved_with_splits,
 )
+from modeling_psdclip.export import save_clip_folder
 from modeling_psdclip.hub import (
     HubError, ModelFolderError, pickle_weights_note, push_folder_to_hub, save_model_folder, training_card_fields,
 )
@@ -112,6 +114,9 @@ class JsonlLog:
 class TimeEstimate:
     """Says once, early in a run, how long its training will take: the progress bar's ETA, but printed where
     it stays on screen and in a captured log. Timed from the end of the first steps, which warm up and compile.
+
+    Kept rather than the bar's own rate (`format_dict`), for exactness: tqdm's smoothed rate still weighs the first
+    steps (a 3 s first step then 30 ms steps: 5x the real total at step 12), and a bar that is not shown keeps none.
     """
 
     def __init__(self, steps_left: int, enabled: bool, warmup_steps: int = 2, timed_steps: int = 10):
@@ -671,8 +676,9 @@ def save_final_model(accelerator, model, processor, options, data_description: d
         config = accelerator.unwrap_model(model).config
         export = PSDCLIPModel(config)
         export.load_state_dict(state_dict)
-        folder = save_model_folder(export, processor, options.output_dir, repo_id=options.push_to_hub,
-                                   **training_card_fields(options, data_description, metrics))
+        save = save_clip_folder if options.export_format == "clip" else save_model_folder
+        folder = save(export, processor, options.output_dir, repo_id=options.push_to_hub,
+                      **training_card_fields(options, data_description, metrics))
         write_json_atomically(folder / "metrics.json", metrics)
         print(f"saved the model to {folder}; metrics: {json.dumps(metrics)}")
         if options.push_to_hub:

@@ -16,6 +16,7 @@ import yaml
 
 from ..cli import OneLineErrorParser, fail
 from ..configuration_psdclip import DISTILL_SCHEDULES, DISTILL_TEACHERS, PRESETS
+from ..export import EXPORT_FORMATS
 from ..hub import ModelFolderError, check_model_folder_target
 
 
@@ -87,6 +88,10 @@ class TrainingOptions:
     report_to: str = option("tensorboard", "Accelerate trackers, comma-separated ('none' for the JSONL log only)")
     peak_tflops: float = option(0.0, "the device's peak TFLOP/s; when set, MFU is logged next to TFLOP/s")
     push_to_hub: str | None = option(None, "after saving, upload the model folder to this Hub repository id")
+    export_format: str | None = option(None, "format of the model folder: clip (transformers' CLIPModel, loads "
+                                             "without remote code; the distillation settings are in its card) or "
+                                             "psdclip (PSDCLIPConfig and its remote code) (default: clip with "
+                                             "--push-to-hub, else psdclip)", choices=EXPORT_FORMATS)
     progress_bar: bool = option(True, "show a progress bar")
 
 
@@ -229,6 +234,8 @@ def parse_options(argv: list[str] | None = None, prog: str = "train.py") -> Trai
         options = TrainingOptions(**vars(parser.parse_args(argv)))
         if options.run_dir is None:
             options.run_dir = str(Path("runs") / Path(options.output_dir).name)
+        if options.export_format is None:
+            options.export_format = "clip" if options.push_to_hub else "psdclip"
         check_ranges(options)
         check_output_dir(options)
     except OptionError as error:
