@@ -21,7 +21,7 @@ from .model import EmbeddingModel, input_size, require_model_folder
 from .noisy_pairs import DEFAULT_POOL_SIZE, noisy_pair_detection, write_suspects_csv
 from .plots import noisy_pair_precision_curve, robustness_scatter
 from .report import scalar_metrics, write_report
-from .retrieval import retrieval
+from .retrieval import PROTOCOLS, retrieval
 from .robustness import robustness
 from .templates import read_lines, resolve_templates
 from .zeroshot import zero_shot_classification
@@ -76,7 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
     probe = tasks.add_parser("linear-probe", parents=[common], help="logistic regression on image features")
     probe.add_argument("--test-data", required=True, metavar="SOURCE")
     probe.add_argument("--val-data", metavar="SOURCE", help="default: a stratified 20%% of --data")
-    tasks.add_parser("retrieval", parents=[common], help="image-text retrieval Recall@1/5/10")
+    retrieve = tasks.add_parser("retrieval", parents=[common], help="image-text retrieval Recall@1/5/10")
+    retrieve.add_argument("--protocol", choices=PROTOCOLS, default=PROTOCOLS[0],
+                          help="distinct_texts: identical caption texts are one item (default); clip_benchmark: "
+                               "every caption its own item, as CLIP_benchmark counts")
     robust = tasks.add_parser("robustness", parents=[common, templates], help="accuracy under distribution shift")
     robust.add_argument("--shifted", action="append", required=True, metavar="SOURCE",
                         help="shifted data set; repeat for several")
@@ -152,7 +155,8 @@ def run_linear_probe(args):
 
 
 def run_retrieval(args):
-    return run_per_model(args, "image-text-retrieval", "Retrieval", retrieval)
+    return run_per_model(args, "image-text-retrieval", "Retrieval",
+                         lambda model, data: retrieval(model, data, protocol=args.protocol))
 
 
 def run_noisy_pairs(args):

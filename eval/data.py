@@ -59,6 +59,16 @@ class EvalData:
         if "class_names" in fields and len(self.class_names) < 2:
             raise EvalInputError(f"{task} needs at least two classes; data {self.name!r} has {len(self.class_names)}")
 
+    def sample(self, count: int, seed: int = 0) -> "EvalData":
+        """A seeded random `count` of the examples (all of them, in order, when there are no more)."""
+        if count >= len(self):
+            return self
+        rows = np.sort(np.random.default_rng(seed).choice(len(self), count, replace=False))
+        pick = lambda values: None if values is None else [values[int(row)] for row in rows]  # noqa: E731
+        return EvalData(name=self.name, images=pick(self.images),
+                        labels=None if self.labels is None else self.labels[rows], class_names=self.class_names,
+                        captions=pick(self.captions), noise=pick(self.noise), templates=self.templates)
+
     @classmethod
     def from_dataset(cls, dataset: datasets.Dataset, name: str, *, label_column: str | None = None,
                      class_names: list[str] | None = None, templates: list[str] | None = None) -> "EvalData":

@@ -6,11 +6,12 @@ import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
 
+from modeling_psdclip.ranking import label_ranks
+
 from .data import EvalData
 from .errors import EvalInputError
 from .metrics import load_metric
 from .model import ImageTextEncoder
-from modeling_psdclip.ranking import label_ranks
 
 # The CLIP paper sweeps the inverse regularisation over 1e-6..1e6 on a log scale; one value per decade keeps
 # 13 fits affordable on a CPU. Pass `c_values` for a finer sweep.

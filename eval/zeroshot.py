@@ -5,10 +5,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from modeling_psdclip.ranking import label_ranks
+
 from .data import EvalData
 from .metrics import load_metric
 from .model import ImageTextEncoder
-from modeling_psdclip.ranking import label_ranks
 from .templates import TEMPLATE_SETS, fill_template
 
 

@@ -15,7 +15,7 @@ from transformers import CLIPConfig  # noqa: E402
 
 
 DISTILL_SCHEDULES = ("linear", "constant")
-DISTILL_TEACHERS = ("previous_epoch", "ema")
+DISTILL_TEACHERS = ("previous_epoch", "ema", "uniform")
 
 
 def towers(text_width: int, text_heads: int, vision_width: int, vision_heads: int, layers: int,
@@ -65,8 +65,9 @@ class PSDCLIPConfig(CLIPConfig):
     distill_teacher (`str`, defaults to `"ema"`):
         Where the teacher comes from during training: `"previous_epoch"` (the embeddings the model produced for
         each pair in the previous epoch, stored as it trains: no extra compute) or `"ema"` (a momentum copy of the
-        model's weights run on the same batch: one extra forward). Only training reads it; inference never builds
-        a teacher.
+        model's weights run on the same batch: one extra forward), or `"uniform"` (no teacher: a uniform target, so
+        the soft part is label smoothing with the same alpha schedule and drawn rows; the control that PSD's gains
+        are measured against). Only training reads it; inference never builds a teacher.
     distill_ema_decay (`float`, defaults to 0.99):
         Decay of the `"ema"` teacher's moving average, updated once per optimizer step, in [0, 1).
     distill_seed (`int`, defaults to 0):

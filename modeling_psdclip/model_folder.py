@@ -21,6 +21,10 @@ LICENSE = "apache-2.0"  # the project's licence (pyproject.toml)
 # train.py options that only locate files on the training machine: private there, and meaningless on the Hub.
 MACHINE_OPTIONS = ("config", "output_dir", "run_dir", "resume")
 VALIDATION_PREFIX = "val/"
+PACKAGE_TAG = "psdclip"  # the card's tag, and the name of its metadata block of training details
+OBJECTIVE = ("progressive self-distillation: CLIP's contrastive loss, with the one-hot targets of a random share of "
+             "rows (distill_fraction) mixed with an earlier self's alignment distribution (distill_teacher) by a "
+             "weight alpha that reaches distill_alpha_max (distill_schedule)")
 
 
 # Every file a model folder of this package holds: what `save_model_folder` writes (sharded weights included, and
@@ -74,8 +78,9 @@ def check_model_folder_target(folder) -> None:
         entries = list(folder.iterdir())
         foreign = [entry.name for entry in entries
                    if not (entry.is_file() and MODEL_FOLDER_FILES.fullmatch(entry.name))]
-        if entries and (foreign or not _is_psdclip_config(folder / "config.json")):
-            why = f"it holds {sorted(foreign)[0]!r}" if foreign else "its config.json is not a PSD-CLIP config"
+        if entries and (foreign or not _written_by_this_package(folder)):
+            why = f"it holds {sorted(foreign)[0]!r}" if foreign else \
+                "its config.json is neither a PSD-CLIP config nor a CLIP one with a PSD-CLIP card"
             raise ModelFolderError(f"{folder} exists and is not a PSD-CLIP model folder ({why}); it is never "
                                    "replaced: choose another folder or move it away")
     existing = next(parent for parent in folder.absolute().parents if parent.exists())
@@ -98,19 +103,33 @@ def pickle_weights_note(folder) -> str | None:
             "unpickler (weights_only=True), which loads tensors and refuses anything else")
 
 
-def _is_psdclip_config(path: Path) -> bool:
+def _written_by_this_package(folder: Path) -> bool:
+    """A PSD-CLIP folder, or a clip export: a CLIP config (which names no package) beside a card tagged psdclip."""
     try:
-        return json.loads(path.read_text()).get("model_type") == "psdclip"
+        model_type = json.loads((folder / "config.json").read_text()).get("model_type")
+        if model_type == "clip" and (folder / "README.md").is_file():
+            return PACKAGE_TAG in (ModelCard.load(folder / "README.md").data.tags or [])
+        return model_type == "psdclip"
     except (OSError, ValueError, AttributeError):
         return False
+
+
+def training_metadata(config, data: dict | None = None) -> dict:
+    """The card metadata's `psdclip` block: the objective, its settings and the training data, which a clip
+    export's config.json does not hold."""
+    settings = ("distill_teacher", "distill_alpha_max", "distill_schedule", "distill_fraction", "distill_temperature",
+                *(("distill_ema_decay",) if config.distill_teacher == "ema" else ()), "logit_scale_max")
+    return {"objective": OBJECTIVE, **{name: getattr(config, name) for name in settings},
+            **({"data": data} if data else {})}
 
 
 def render_model_card(config, model_path: str, *, data: dict | None = None, training: dict | None = None,
                       metrics: dict | None = None, model_name: str | None = None, license: str = LICENSE,
                       datasets: list[str] | None = None, base_model: str | None = None,
-                      validation_data: str | None = None) -> ModelCard:
+                      validation_data: str | None = None, model_format: str = "psdclip") -> ModelCard:
     """The card of a model with `config`: metadata for the Hub (model-index from the `val/...` metrics measured on
-    `validation_data`), the template's tables, and usage naming `model_path`."""
+    `validation_data`, the training details in a `psdclip` block), the template's tables, and usage naming
+    `model_path` for a folder in `model_format` ("psdclip": remote code; "clip": transformers' CLIPModel)."""
     model_name = model_name or model_title(config, base_model)
     results = validation_results(metrics or {}, validation_data) if validation_data else []
     card_data = ModelCardData(
@@ -118,16 +137,18 @@ def render_model_card(config, model_path: str, *, data: dict | None = None, trai
         license=license,
         library_name="transformers",
         pipeline_tag="zero-shot-image-classification",
-        tags=["psdclip", "clip", "self-distillation", "zero-shot-image-classification"],
+        tags=[PACKAGE_TAG, "clip", "self-distillation", "zero-shot-image-classification"],
         datasets=datasets or None,
         base_model=base_model,
         eval_results=results or None,
+        **{PACKAGE_TAG: training_metadata(config, data)},
     )
     return ModelCard.from_template(
         card_data,
         template_path=str(CARD_TEMPLATE),
         model_name=model_name,
         model_path=model_path,
+        model_format=model_format,
         config=config,
         data=data,
         training=training,
@@ -180,7 +201,9 @@ def _stock_tokenizer_files(folder: Path) -> None:
     A fast tokenizer keeps the padding and truncation of its last call in its backend, and saves them: every
     later call that pads without truncating then warns that `max_length` is ignored, and the `tokenizers` library
     pads everything. The processor sets both per call. transformers 5 saves its fast tokenizer class under its own
-    name, `TokenizersBackend`; `PreTrainedTokenizerFast` names the same class in every version.
+    name, `TokenizersBackend`; `PreTrainedTokenizerFast` names the same class in every version. It also saves how a
+    tokenizer it loaded was loaded (`is_local`, `local_files_only`: from a folder, offline), which says nothing
+    about the saved folder, least of all on the Hub.
     """
     backend_path, config_path = folder / "tokenizer.json", folder / "tokenizer_config.json"
     if not backend_path.is_file():
@@ -189,14 +212,17 @@ def _stock_tokenizer_files(folder: Path) -> None:
     backend.no_padding()
     backend.no_truncation()
     backend.save(str(backend_path))
-    config = json.loads(config_path.read_text(encoding="utf-8"))
+    saved = json.loads(config_path.read_text(encoding="utf-8"))
+    config = {key: value for key, value in saved.items() if key not in ("is_local", "local_files_only")}
     if config.get("tokenizer_class") == "TokenizersBackend":
         config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    if config != saved:
         config_path.write_text(json.dumps(config, indent=2, sort_keys=True, ensure_ascii=False) + "\n",
                                encoding="utf-8")
 
 
-def save_model_folder(model: PSDCLIPModel, processor, folder, repo_id: str | None = None, **card_fields) -> Path:
+def save_model_folder(model: PSDCLIPModel, processor, folder, repo_id: str | None = None,
+                      card: ModelCard | None = None, **card_fields) -> Path:
     """Write model, processor and card to `folder`, replacing it only once the new folder is complete.
 
     An existing `folder` is replaced only when it is empty or a model folder this package wrote; anything else
@@ -204,7 +230,8 @@ def save_model_folder(model: PSDCLIPModel, processor, folder, repo_id: str | Non
     is meant for the Hub, else the folder's name (not its path on this machine). `card_fields` go to
     `render_model_card`: `data`, `training`, `metrics` (dicts shown as tables), `model_name`, `license`,
     `datasets`, `base_model`, `validation_data` (the data `val/...` metrics were measured on; with it they become
-    the card's model-index).
+    the card's model-index). A `card` given is written as it is instead; `model` may then be any transformers model
+    (a clip export's `CLIPModel`).
     """
     folder = Path(folder)
     check_model_folder_target(folder)
@@ -214,7 +241,7 @@ def save_model_folder(model: PSDCLIPModel, processor, folder, repo_id: str | Non
         model.save_pretrained(staging)
         processor.save_pretrained(staging)
         _stock_tokenizer_files(staging)
-        render_model_card(model.config, repo_id or folder.name, **card_fields).save(staging / "README.md")
+        (card or render_model_card(model.config, repo_id or folder.name, **card_fields)).save(staging / "README.md")
         # mkdtemp makes the folder private to its owner, and files written through temporary files (the weights)
         # are too; a model folder is for every user who may load it.
         for path in [staging, *staging.rglob("*")]:

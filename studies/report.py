@@ -19,7 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from eval.robustness import baseline_prediction, fit_baseline  # noqa: E402
-from eval.statistics import mean_std, paired_difference  # noqa: E402
+from eval.statistics import mean_std, paired_difference, paired_permutation_p  # noqa: E402
 from .runner import Run  # noqa: E402
 
 # (key in a run's results, column title, definition); every one of them is better higher except the validation loss.
@@ -32,6 +32,10 @@ METRICS = (
      "zero-shot accuracy over the emoji sub-groups on the data folder's test split"),
     ("retrieval_r1", "retrieval R@1", "image-text retrieval Recall@1, mean of both directions, on the clean "
      "synthetic validation split (synthetic cells) or the data folder's test split (data cells)"),
+    ("i2t_r1", "image→text R@1", "image->text Recall@1 on the same split as retrieval R@1"),
+    ("t2i_r1", "text→image R@1", "text->image Recall@1 (one query per distinct text) on the same split"),
+    ("i2t_r5", "image→text R@5", "image->text Recall@5"),
+    ("t2i_r5", "text→image R@5", "text->image Recall@5"),
     ("linear_probe_shape", "linear probe shape",
      "shape accuracy of logistic regression on image features, fitted on clean validation, on clean test"),
     ("shifted_accuracy", "shifted zero-shot",
@@ -44,6 +48,12 @@ METRICS = (
 )
 FIGURE_METRICS = ("zeroshot_shape", "zeroshot_group", "retrieval_r1", "linear_probe_shape", "noisy_pair_auroc")
 DIAGNOSTICS = ("teacher_share", "teacher_entropy", "paired_probability", "teacher_agreement", "logit_multiplier")
+# Methods every other method is compared with, when the study has them: CLIP, and label smoothing (the uniform
+# teacher), the simplest thing that could explain a gain of PSD's.
+CONTROLS = ("clip", "smoothing")
+# Accuracies that are bimodal over seeds (a seed learns the attribute or does not): the report counts the seeds at
+# or above this level beside the mean.
+LEARNED_AT = {"zeroshot_shape": 0.5, "zeroshot_colour": 0.5, "zeroshot_count": 0.5}
 
 
 def add_effective_robustness(results: list[dict]) -> tuple[float, float] | None:
@@ -71,12 +81,13 @@ def by_cell_and_method(results: list[dict]) -> dict:
     return grouped
 
 
-def summary_cell(values: list) -> str:
-    values = [v for v in values if v is not None]
+def summary_cell(values: list, learned_at: float | None = None) -> str:
+    values = [v for v in values if v is not None and np.isfinite(v)]
     if not values:
         return "–"
     mean, std = mean_std(values)
-    return f"{mean:.3f} ± {std:.3f}"
+    learned = f" ({sum(v >= learned_at for v in values)}/{len(values)} ≥ {learned_at})" if learned_at else ""
+    return f"{mean:.3f} ± {std:.3f}{learned}"
 
 
 def difference_cell(treatment: dict, control: dict, key: str) -> str:
@@ -84,11 +95,14 @@ def difference_cell(treatment: dict, control: dict, key: str) -> str:
              and treatment[seed].get(key) is not None and control[seed].get(key) is not None]
     if not seeds:
         return "–"
-    mean, low, high = paired_difference([treatment[s][key] for s in seeds], [control[s][key] for s in seeds])
+    treated, controlled = [treatment[s][key] for s in seeds], [control[s][key] for s in seeds]
+    mean, low, high = paired_difference(treated, controlled)
     if math.isnan(low):
         return f"{mean:+.3f}"
     marker = " *" if low > 0 or high < 0 else ""  # the interval excludes 0
-    return f"{mean:+.3f} [{low:+.3f}, {high:+.3f}]{marker}"
+    higher = sum(t > c for t, c in zip(treated, controlled))
+    return (f"{mean:+.3f} [{low:+.3f}, {high:+.3f}]{marker} p={paired_permutation_p(treated, controlled):.2f} "
+            f"{higher}/{len(seeds)}↑")
 
 
 def table(header: list[str], rows: list[list[str]]) -> str:
@@ -106,17 +120,25 @@ def write_study_report(study: dict, results: list[dict], output: str | Path, tit
     metrics = [metric for metric in METRICS if any(metric[0] in record for record in results)]
     cells, methods = cells_and_methods(results)
     grouped = by_cell_and_method(results)
-    psd_methods = [method for method in methods if method != "clip"]
+    controls = [method for method in CONTROLS if method in methods]
     seeds = sorted({record["run"]["seed"] for record in results})
 
     lines = [f"# {title}\n",
              f"{len(results)} runs: methods {', '.join(methods)}; seeds {', '.join(map(str, seeds))}; every run "
              f"trains the same optimizer steps ({study['train'].get('max_steps', 'see the study file')}), batch "
              f"{study['train'].get('batch_size', 128)}, preset {study['train'].get('preset', 'tiny')}. Metrics are "
-             "mean ± sample std over seeds; differences are PSD minus CLIP paired by seed (same data, same "
-             "initialisation), with a 95% Student-t interval; * marks an interval that excludes 0; – marks a "
-             "metric the cell's runs do not measure.\n",
+             "mean ± sample std over seeds (with, for bimodal accuracies, how many seeds reach the level given); "
+             f"differences are each method minus {' and minus '.join(controls)}, paired by seed (same data, same "
+             "initialisation), with a 95% Student-t interval (* marks one that excludes 0), the two-sided p-value "
+             "of the paired sign-flip permutation test (exact; with 5 seeds it cannot go below 0.0625) and how "
+             "many seeds the method is higher in; – marks a metric the cell's runs do not measure. Teacher "
+             "diagnostics are means over the steps that distilled (alpha > 0 and some row with a teacher).\n",
              "".join(f"- {title}: {definition}\n" for _, title, definition in metrics)]
+    starting = study.get("starting_model_results")
+    if starting:
+        lines.append("Every run fine-tunes one starting model (the study's `pretrain` options); before fine-tuning it "
+                     "scores " + ", ".join(f"{title} {starting[key]:.3f}" for key, title, _ in metrics
+                                           if isinstance(starting.get(key), float)) + ".\n")
     if baseline is not None:
         lines.append(f"Effective robustness: shifted accuracy above the line logit(shifted) = {baseline[0]:.3f} "
                      f"logit(in-distribution) + {baseline[1]:.3f}, fitted over all {len(robust)} models evaluated "
@@ -134,22 +156,23 @@ def write_study_report(study: dict, results: list[dict], output: str | Path, tit
     for cell in cells:
         lines.append(f"## {cell}\n")
         header = ["method"] + [title for _, title, _ in metrics]
-        rows = [[method] + [summary_cell([r.get(key) for r in grouped[cell, method].values()])
+        rows = [[method] + [summary_cell([r.get(key) for r in grouped[cell, method].values()], LEARNED_AT.get(key))
                             for key, _, _ in metrics] for method in methods]
         lines.append(table(header, rows))
-        lines.append("\nPSD minus CLIP:\n")
-        rows = [[method] + [difference_cell(grouped[cell, method], grouped[cell, "clip"], key)
-                            for key, _, _ in metrics] for method in psd_methods]
-        lines.append(table(header, rows))
-        lines.append("\nAt the last logged step (mean over seeds):\n")
-        rows = [[method] + [summary_cell([r["diagnostics"].get(name) for r in grouped[cell, method].values()
-                                          if r["diagnostics"].get(name) is not None and
-                                          np.isfinite(r["diagnostics"].get(name))]) for name in DIAGNOSTICS]
-                for method in methods]
+        for control in controls:
+            lines.append(f"\nMinus {control}:\n")
+            rows = [[method] + [difference_cell(grouped[cell, method], grouped[cell, control], key)
+                                for key, _, _ in metrics] for method in methods if method != control]
+            lines.append(table(header, rows))
+        lines.append("\nTeacher diagnostics, mean over the distilling steps (mean ± std over seeds):\n")
+        rows = [[method] + [summary_cell([r["diagnostics"].get(name) for r in grouped[cell, method].values()])
+                            for name in DIAGNOSTICS] for method in methods]
         lines.append(table(["method"] + list(DIAGNOSTICS), rows) + "\n")
 
     figures = [metric_figure(grouped, cells, methods, metrics, output / "metrics.png"),
                val_loss_figure(grouped, cells, methods, output / "val_loss.png")]
+    if any(record.get("diagnostic_curves") for record in results):
+        figures.append(diagnostics_figure(grouped, cells, methods, output / "diagnostics.png"))
     if robust:
         figures.append(robustness_figure(robust, baseline, output / "robustness.png"))
     lines.append("## Figures\n")
@@ -186,16 +209,37 @@ def val_loss_figure(grouped: dict, cells: list[str], methods: list[str], path: P
     """Validation loss against step per cell, mean over seeds, one line per method."""
     figure, axes = plt.subplots(1, len(cells), figsize=(4 * len(cells), 3.6), squeeze=False)
     for axis, cell in zip(axes[0], cells):
-        for method in methods:
-            curves = [r["val_loss_curve"] for r in grouped[cell, method].values() if r["val_loss_curve"]]
-            if curves:
-                length = min(map(len, curves))
-                steps = [step for step, _ in curves[0][:length]]
-                axis.plot(steps, np.mean([[loss for _, loss in c[:length]] for c in curves], axis=0), marker=".",
-                          label=method)
+        plot_mean_curves(axis, grouped, cell, methods, lambda record: record["val_loss_curve"])
         axis.set_title(cell, fontsize=9)
-        axis.set_xlabel("step")
     axes[0][0].set_ylabel("clean validation loss")
+    return save_figure(figure, axes, path)
+
+
+def diagnostics_figure(grouped: dict, cells: list[str], methods: list[str], path: Path) -> Path:
+    """The teacher's paired probability and entropy against step (mean over seeds), a row per cell."""
+    names = ("paired_probability", "teacher_entropy")
+    figure, axes = plt.subplots(len(cells), len(names), figsize=(4.4 * len(names), 3.4 * len(cells)), squeeze=False)
+    for row, cell in enumerate(cells):
+        for axis, name in zip(axes[row], names):
+            plot_mean_curves(axis, grouped, cell, [m for m in methods if m not in CONTROLS],
+                             lambda record: record.get("diagnostic_curves", {}).get(name))
+            axis.set_title(f"{cell}: teacher {name.replace('_', ' ')}", fontsize=9)
+    return save_figure(figure, axes, path)
+
+
+def plot_mean_curves(axis, grouped: dict, cell: str, methods: list[str], curve_of) -> None:
+    """One line per method: the mean over seeds of each run's [[step, value], ...] curve (None values skipped)."""
+    for method in methods:
+        curves = [curve_of(record) for record in grouped[cell, method].values() if curve_of(record)]
+        if curves:
+            length = min(map(len, curves))
+            values = np.array([[np.nan if v is None else v for _, v in curve[:length]] for curve in curves], float)
+            axis.plot([step for step, _ in curves[0][:length]], np.nanmean(values, axis=0) if np.isfinite(values).any()
+                      else values[0], marker=".", label=method)
+    axis.set_xlabel("step")
+
+
+def save_figure(figure, axes, path: Path) -> Path:
     axes[0][0].legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=110)

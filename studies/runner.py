@@ -16,14 +16,22 @@ never redone: a killed study continues where it stopped.
   training), and noisy-pair detection on its `train` split, whose `noise` column marks the mismatched captions.
 
 The study's YAML file holds `output`, `seeds`, `methods` ({name: train options}), `noise` ({name: train options}),
-`cells`, `train` (options of every run), `eval` (`num_samples`, `noisy_pairs`: synthetic sizes; `batch_size`),
-optionally `launcher` (a command that runs train.py, e.g. "accelerate launch --multi_gpu") and `quick` (overrides
-of any of these for `--quick`; `train` and `eval` are merged key by key).
+`cells`, `train` (options of every run), `eval` (`num_samples`, `noisy_pairs`: synthetic sizes; `batch_size`;
+`linear_probe`, `shifted`: whether synthetic cells run those tasks, default true),
+optionally `launcher` (a command that runs train.py, e.g. "accelerate launch --multi_gpu"), `pretrain` and `quick`
+(overrides of any of these for `--quick`; `train`, `eval` and `pretrain` are merged key by key).
+
+`pretrain` (train options) makes the fine-tuning protocol of noisy-correspondence learning: a starting model is
+trained once with those options (cached in the study's output as `pretrained/`, resumable like any run), and every
+run fine-tunes it (`init_from`). With it, a synthetic cell's noise level is the share of the fine-tuning pairs
+whose caption is another pair's (`p_mismatch`), and evaluation adds Recall@1 and @5 in each direction on the
+clean validation split.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import shlex
 import subprocess
@@ -46,14 +54,14 @@ from eval.retrieval import retrieval
 from eval.zeroshot import zero_shot_classification
 
 TRAIN_SCRIPT = Path(__file__).resolve().parents[1] / "train.py"
-STUDY_KEYS = {"output", "seeds", "methods", "noise", "cells", "train", "eval", "launcher", "quick"}
-MERGED_KEYS = ("train", "eval")
+STUDY_KEYS = {"output", "seeds", "methods", "noise", "cells", "train", "eval", "launcher", "pretrain", "quick"}
+MERGED_KEYS = ("train", "eval", "pretrain")
 ATTRIBUTES = ("shape", "colour", "count")
 SHIFTED_SPLITS = ("sketch", "unseen_texture", "unseen_shade")
 DATA_LABELS = ("group", "subgroup")  # the class columns of a build-openmoji folder
 DIAGNOSTICS = ("train/teacher_share", "train/teacher_entropy", "train/paired_probability", "train/teacher_agreement",
                "train/loss_soft", "train/logit_multiplier")
-EVAL_VERSION = 1  # part of each run's eval.json: bump it when evaluation changes, and finished runs are re-evaluated
+EVAL_VERSION = 3  # part of each run's eval.json: bump it when evaluation changes, and finished runs are re-evaluated
 
 
 @dataclass(frozen=True)
@@ -123,19 +131,31 @@ def require_data_folders(runs: list[Run]) -> None:
                                  "--p-mismatch P (the study file's header gives P)")
 
 
+def synthetic_noise(study: dict, run: Run) -> dict:
+    """A synthetic cell's caption-noise options, all three explicit, so that evaluation rebuilds exactly the pairs
+    the run trained on whatever train.py's defaults are."""
+    return {"p_mismatch": 0.0, "p_partial": 0.0, "p_generic": 0.0, **study["noise"][run.noise]}
+
+
 def train_options(study: dict, run: Run, folder: Path) -> dict:
     data = {"data": run.data, "val_data": run.data} if run.data else \
-        {"train_samples": run.train_samples}
-    return {**study["train"], **study["noise"][run.noise], **study["methods"][run.method], **data,
+        {"train_samples": run.train_samples, **synthetic_noise(study, run)}
+    starting = {"init_from": str(Path(study["output"]) / "pretrained" / "model")} if study.get("pretrain") else {}
+    return {**study["train"], **starting, **study["noise"][run.noise], **study["methods"][run.method], **data,
             "seed": run.seed, "output_dir": str(folder / "model"), "run_dir": str(folder / "run"),
             "report_to": "none", "progress_bar": False}
 
 
 def train(study: dict, run: Run, folder: Path) -> None:
     """Train one run with train.py, continuing its own checkpoints when an earlier study was killed mid-run."""
+    run_training(study, train_options(study, run, folder), folder, run.name)
+
+
+def run_training(study: dict, options: dict, folder: Path, name: str) -> None:
+    """train.py with `options` in a subprocess (its own code path, checkpoints and resume), logging to the folder."""
     folder.mkdir(parents=True, exist_ok=True)
     config = folder / "train.yaml"
-    config.write_text(yaml.safe_dump(train_options(study, run, folder), sort_keys=False))
+    config.write_text(yaml.safe_dump(options, sort_keys=False))
     launcher = shlex.split(study.get("launcher") or shlex.quote(sys.executable))
     log = folder / "train.log"
     with log.open("w") as output:
@@ -143,16 +163,41 @@ def train(study: dict, run: Run, folder: Path) -> None:
                               stdout=output, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     if done.returncode != 0:
         last = (log.read_text().strip().splitlines() or ["no output"])[-1]
-        raise EvalInputError(f"run {run.name} failed (exit {done.returncode}; log {log}): {last}")
+        raise EvalInputError(f"run {name} failed (exit {done.returncode}; log {log}): {last}")
+
+
+def pretrained_model(study: dict, root: Path, progress=print) -> Path | None:
+    """The study's starting model, trained once with its `pretrain` options (None when the study has none)."""
+    if not study.get("pretrain"):
+        return None
+    folder = root / "pretrained"
+    if not (folder / "model" / "metrics.json").is_file():
+        progress("training the starting model (pretrain)")
+        options = {**study["pretrain"], "output_dir": str(folder / "model"), "run_dir": str(folder / "run"),
+                   "report_to": "none", "progress_bar": False}
+        run_training(study, options, folder, "pretrain")
+    return folder / "model"
 
 
 def evaluate(study: dict, run: Run, folder: Path) -> dict:
     """Every metric of one trained run, and what its training logged."""
-    settings = {"num_samples": 1000, "noisy_pairs": 2000, "batch_size": 256, **study["eval"]}
-    model = EmbeddingModel.from_pretrained(folder / "model", name=run.name, batch_size=settings["batch_size"],
-                                           progress=False)
-    measured = evaluate_on_folder(model, run) if run.data else evaluate_on_synthetic(model, study, run, settings)
-    return {**measured, **training_record(folder)}
+    return {**measure(study, run, folder / "model", run.name), **training_record(folder)}
+
+
+def evaluate_starting_model(study: dict, run: Run, folder: Path) -> dict:
+    """The starting model's measures (on `run`'s cell and seed), once per study, cached beside it."""
+    evaluated = folder.parent / "eval.json"
+    if not evaluated.is_file() or json.loads(evaluated.read_text()).get("version") != EVAL_VERSION:
+        write_json_atomically(evaluated, {"version": EVAL_VERSION, **measure(study, run, folder, "starting model")})
+    return {key: value for key, value in json.loads(evaluated.read_text()).items() if key != "version"}
+
+
+def measure(study: dict, run: Run, model_folder: Path, name: str) -> dict:
+    """The evaluation tasks of `run`'s cell on the model in `model_folder`."""
+    settings = {"num_samples": 1000, "noisy_pairs": 2000, "batch_size": 256, "linear_probe": True, "shifted": True,
+                **study["eval"]}
+    model = EmbeddingModel.from_pretrained(model_folder, name=name, batch_size=settings["batch_size"], progress=False)
+    return evaluate_on_folder(model, run) if run.data else evaluate_on_synthetic(model, study, run, settings)
 
 
 def evaluate_on_synthetic(model: EmbeddingModel, study: dict, run: Run, settings: dict) -> dict:
@@ -166,21 +211,26 @@ def evaluate_on_synthetic(model: EmbeddingModel, study: dict, run: Run, settings
     test = {attribute: data("test", attribute) for attribute in ATTRIBUTES}
     results = zero_shot_accuracies(model, test)
     val = data("val")
-    results["retrieval_r1"] = retrieval_r1(model, val)
-    results["linear_probe_shape"] = linear_probe(model, val, test["shape"], seed=run.seed)["top1_accuracy"]
-    shifted = {split: zero_shot_classification(model, data(split))["top1_accuracy"] for split in SHIFTED_SPLITS}
-    results["shifted"] = shifted
-    results["shifted_accuracy"] = sum(shifted.values()) / len(shifted)
-    noise = {key: value for key, value in study["noise"][run.noise].items() if key.startswith("p_") and value}
-    noisy_train = data("train", num_samples=settings["noisy_pairs"], seed=run.seed, **noise)
-    results["noisy_pair_auroc"] = noisy_pair_auroc(model, noisy_train, run.seed)
+    results.update(retrieval_recalls(model, val))
+    if settings["linear_probe"]:
+        results["linear_probe_shape"] = linear_probe(model, val, test["shape"], seed=run.seed)["top1_accuracy"]
+    if settings["shifted"]:
+        shifted = {split: zero_shot_classification(model, data(split))["top1_accuracy"] for split in SHIFTED_SPLITS}
+        results["shifted"] = shifted
+        results["shifted_accuracy"] = sum(shifted.values()) / len(shifted)
+    # Exactly the pairs the run trained on (train.py's generator arguments: which scene a mismatched caption
+    # describes depends on the number of pairs), a seeded sample of `noisy_pairs` of them.
+    noise = {key: value for key, value in synthetic_noise(study, run).items() if key.startswith("p_")}
+    trained_pairs = data("train", num_samples=run.train_samples, seed=run.seed, **noise)
+    results["noisy_pair_auroc"] = noisy_pair_auroc(model, trained_pairs.sample(settings["noisy_pairs"], run.seed),
+                                                   run.seed)
     return results
 
 
 def evaluate_on_folder(model: EmbeddingModel, run: Run) -> dict:
     test = {label: load_eval_data(f"{run.data}:test", label_column=label) for label in DATA_LABELS}
     results = zero_shot_accuracies(model, test)
-    results["retrieval_r1"] = retrieval_r1(model, test[DATA_LABELS[0]])
+    results.update(retrieval_recalls(model, test[DATA_LABELS[0]]))
     results["noisy_pair_auroc"] = noisy_pair_auroc(model, load_eval_data(f"{run.data}:train"), run.seed)
     return results
 
@@ -192,9 +242,12 @@ def zero_shot_accuracies(model: EmbeddingModel, labelled: dict[str, EvalData]) -
             for label, data in labelled.items()}
 
 
-def retrieval_r1(model: EmbeddingModel, data: EvalData) -> float:
-    found = retrieval(model, data, k=(1,))
-    return (found["image_to_text_recall@1"] + found["text_to_image_recall@1"]) / 2
+def retrieval_recalls(model: EmbeddingModel, data: EvalData) -> dict:
+    """Recall@1 and @5 each way (identical caption texts as one item) and `retrieval_r1`, the mean of the R@1s."""
+    found = retrieval(model, data, k=(1, 5))
+    recalls = {f"{short}_r{k}": found[f"{direction}_recall@{k}"] for k in (1, 5)
+               for short, direction in (("i2t", "image_to_text"), ("t2i", "text_to_image"))}
+    return {"retrieval_r1": (recalls["i2t_r1"] + recalls["t2i_r1"]) / 2, **recalls}
 
 
 def noisy_pair_auroc(model: EmbeddingModel, data: EvalData, seed: int) -> float | None:
@@ -205,14 +258,26 @@ def noisy_pair_auroc(model: EmbeddingModel, data: EvalData, seed: int) -> float 
 
 
 def training_record(folder: Path) -> dict:
-    """The validation loss curve and last diagnostics train.py logged, and the training's compute and time."""
+    """The validation loss curve, the teacher diagnostics over training (curves, and means over the steps that
+    distilled), and the training's compute and time, from what train.py logged."""
     log = [json.loads(line) for line in (folder / "run" / "metrics.jsonl").read_text().splitlines()]
     curve = [[line["step"], line["val/loss"]] for line in log if "val/loss" in line]
-    last_train = [line for line in log if "train/loss" in line][-1]
+    train_lines = [line for line in log if "train/loss" in line]
+    # A diagnostic is NaN (JSON NaN) while no row has a teacher: those steps are not part of the distilling run.
+    distilling = [line for line in train_lines if line.get("train/distill_alpha", 0) > 0
+                  and math.isfinite(line.get("train/teacher_share", math.nan)) and line["train/teacher_share"] > 0]
     trained = json.loads((folder / "model" / "metrics.json").read_text())
     return {"val_loss_curve": curve, "val_loss": curve[-1][1] if curve else None,
-            "diagnostics": {name.removeprefix("train/"): last_train.get(name) for name in DIAGNOSTICS},
+            "diagnostics": {name.removeprefix("train/"): mean_of([line.get(name) for line in distilling])
+                            for name in DIAGNOSTICS},
+            "diagnostic_curves": {name.removeprefix("train/"): [[line["step"], line.get(name)] for line in train_lines]
+                                  for name in DIAGNOSTICS},
             "training_flops": trained.get("training_flops"), "train_wall_time_s": trained.get("wall_time_s")}
+
+
+def mean_of(values: list) -> float | None:
+    finite = [value for value in values if value is not None and math.isfinite(value)]
+    return sum(finite) / len(finite) if finite else None
 
 
 def run_study(config: str | Path, quick: bool = False, output: str | Path | None = None,
@@ -224,6 +289,10 @@ def run_study(config: str | Path, quick: bool = False, output: str | Path | None
         raise EvalInputError(f"the study trains with {TRAIN_SCRIPT}, which is not there (run it from a checkout)")
     runs = planned_runs(study)
     require_data_folders(runs)
+    study["output"] = str(root)  # where the runs find the starting model
+    starting = pretrained_model(study, root, progress)
+    if starting is not None:
+        study["starting_model_results"] = evaluate_starting_model(study, runs[0], starting)
     results = []
     for number, run in enumerate(runs, 1):
         folder = root / "runs" / run.name

@@ -30,7 +30,8 @@ class KeywordEncoder:
         return self._one_hot(list(images))
 
     def encode_texts(self, texts):
-        return self._one_hot([next(w for w in re.findall(r"[\w-]+", text) if w in self.index) for text in texts])
+        words = [re.findall(r"[\w-]+", text.lower()) for text in texts]
+        return self._one_hot([next(w for w in text_words if w in self.index) for text_words in words])
 
 
 class RandomEncoder:

@@ -5,7 +5,10 @@ import pytest
 import torch
 
 from eval.metrics import METRICS_DIR, load_metric
-from modeling_psdclip.ranking import label_ranks, true_match_ranks
+from modeling_psdclip.ranking import (
+    distinct_text_contrastive_loss, distinct_texts, first_copies, label_ranks, retrieval_ranks, true_match_ranks,
+)
+from transformers.models.clip.modeling_clip import image_text_contrastive_loss
 
 
 def test_metrics_load_by_local_path_offline(monkeypatch):
@@ -31,14 +34,51 @@ def test_several_true_matches_hit_when_any_is_in_the_top_k():
     # Two images; captions 0, 1 belong to image 0 and captions 2, 3 to image 1.
     images = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     captions = torch.tensor([[0.0, 1.0], [1.0, 0.0], [0.6, 0.8], [1.0, 0.0]])
-    caption_image = [0, 0, 1, 1]
+    caption_image = torch.tensor([0, 0, 1, 1])
+    carries = caption_image[None, :] == torch.arange(2)[:, None]  # images x captions
     # image 0 scores captions (0, 1, .6, 1): its best true caption 1 ties with wrong caption 3 -> rank 1.
     # image 1 scores captions (1, 0, .8, 0): its best true caption 2 is beaten by wrong caption 0 -> rank 1.
-    assert true_match_ranks(images, captions, [0, 1], caption_image).tolist() == [1, 1]
+    assert true_match_ranks(images, captions, carries).tolist() == [1, 1]
     # Ties among true matches do not count: both true captions of image 0 score the same.
-    assert true_match_ranks(images[:1], captions[[1, 3, 0]], [0], [0, 0, 1]).tolist() == [0]
+    assert true_match_ranks(images[:1], captions[[1, 3, 0]], [[True, True, False]]).tolist() == [0]
     # Chunking does not change the result.
-    assert true_match_ranks(captions, images, caption_image, [0, 1], chunk_size=1).tolist() == [1, 0, 0, 1]
+    assert true_match_ranks(captions, images, carries.T, chunk_size=1).tolist() == [1, 0, 0, 1]
+
+
+def test_identical_texts_are_one_item():
+    first, item_of = distinct_texts(["a cat", "a dog", "a cat", "a bird", "a dog"])
+    assert item_of[[0, 2]].tolist() == [item_of[0]] * 2 and item_of[1] == item_of[4] and len(first) == 3
+    assert all(item_of[first[item]] == item for item in range(3)) and sorted(first.tolist()) == [0, 1, 3]
+    assert first_copies(torch.tensor([2, 0, 2, 1, 0])).tolist() == [1, 3, 0]
+
+
+def test_retrieval_ranks_let_any_image_carrying_a_text_match_it():
+    # Images 0 and 1 both carry text 0; image 2 carries text 1. Text 0 scores image 1 above image 0: still a hit.
+    images = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0]])
+    texts = torch.tensor([[0.8, 0.2], [0.0, 1.0]])
+    carries = torch.tensor([[True, False], [True, False], [False, True]])
+    image_ranks, text_ranks = retrieval_ranks(images, texts, carries)
+    assert image_ranks.tolist() == [0, 0, 0] and text_ranks.tolist() == [0, 0]
+
+
+def test_distinct_text_loss_is_clips_when_texts_are_distinct():
+    logits = torch.randn(6, 6, generator=torch.Generator().manual_seed(0)) * 3
+    assert torch.allclose(distinct_text_contrastive_loss(logits, torch.tensor([3, 0, 5, 1, 4, 2])),
+                          image_text_contrastive_loss(logits))
+
+
+def test_distinct_text_loss_matches_its_definition_with_repeated_texts():
+    logits = torch.randn(5, 5, generator=torch.Generator().manual_seed(1)) * 2
+    text_item = torch.tensor([0, 1, 0, 2, 1])
+    first = [0, 1, 3]  # one column per distinct text
+    image_to_text = -sum(torch.log_softmax(logits[i, first], 0)[text_item[i]] for i in range(5)) / 5
+    text_to_image = -sum(torch.log(torch.softmax(logits[:, first[t]], 0)[text_item == t].sum()) for t in range(3)) / 3
+    expected = (image_to_text + text_to_image) / 2
+    assert torch.allclose(distinct_text_contrastive_loss(logits, text_item), expected)
+    # A model perfect up to identical texts (each image scores its text's copies high) has a loss near 0, where
+    # CLIP's per-copy loss stays above ln 2 for every repeated text.
+    perfect = 50.0 * (text_item[:, None] == text_item[None, :]).float()
+    assert distinct_text_contrastive_loss(perfect, text_item) < 1e-3 < image_text_contrastive_loss(perfect) - 0.3
 
 
 def test_mean_per_class_recall_averages_over_present_classes():

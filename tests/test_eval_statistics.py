@@ -22,3 +22,13 @@ def test_paired_difference_and_its_t_interval():
     assert high - low < 10
     mean, low, high = paired_difference([0.5], [0.25])
     assert mean == 0.25 and math.isnan(low) and math.isnan(high)
+
+
+def test_paired_permutation_test_is_exact_and_symmetric():
+    from eval.statistics import paired_permutation_p
+
+    # Five pairs all higher: the observed mean is the most extreme of 2^5 sign flips, twice (two-sided): 2/32.
+    assert paired_permutation_p([1, 2, 3, 4, 5], [0, 1, 2, 3, 4]) == pytest.approx(2 / 32)
+    assert paired_permutation_p([0, 1, 2, 3, 4], [1, 2, 3, 4, 5]) == pytest.approx(2 / 32)
+    assert paired_permutation_p([1, 0, 1, 0], [0, 1, 0, 1]) == 1.0
+    assert paired_permutation_p([0.3, 0.3], [0.3, 0.3]) == 1.0

@@ -58,6 +58,26 @@ def test_retrieval_with_several_captions_per_image():
     assert random["image_to_text_recall@1"] < 0.3
 
 
+def test_retrieval_counts_identical_texts_as_one_item():
+    # Six images, three texts, each on two images: a model perfect up to identical texts (it cannot separate two
+    # images that no caption separates) scores R@1 = 1; counting every copy as its own item scores it 0.
+    keywords = ["circle", "square", "star"]
+    images = [keyword for keyword in keywords for _ in range(2)]
+    data = EvalData(name="repeated", images=images,
+                    captions=[[f"A  {keyword.upper()}" if index % 2 else f"a {keyword}"]
+                              for index, keyword in enumerate(images)])  # the same text after normalisation
+    merged = retrieval(KeywordEncoder(keywords), data, k=(1,))
+    assert merged["image_to_text_recall@1"] == merged["text_to_image_recall@1"] == 1.0
+    assert merged["num_distinct_texts"] == 3 and merged["num_captions"] == 6
+    per_copy = retrieval(KeywordEncoder(keywords), data, k=(1,), protocol="clip_benchmark")
+    assert per_copy["image_to_text_recall@1"] == per_copy["text_to_image_recall@1"] == 0.0
+    # Equal scores everywhere stay at (or, with ties counted against the model, below) chance.
+    constant = retrieval(ConstantEncoder(), data, k=(1,))
+    assert constant["image_to_text_recall@1"] <= 1 / 3 and constant["text_to_image_recall@1"] <= 2 / 6
+    with pytest.raises(EvalInputError, match="protocol"):
+        retrieval(KeywordEncoder(keywords), data, protocol="unique")
+
+
 def test_linear_probe_aligned_is_perfect_random_is_chance():
     train, test = classification_data(per_class=20), classification_data(per_class=10)
     aligned = linear_probe(KeywordEncoder(CLASSES), train, test, c_values=[0.1, 10.0])

@@ -347,10 +347,11 @@ def test_existing_folder_is_replaced_only_when_this_package_wrote_it(tmp_path):
     other_model = tmp_path / "other"
     shutil.copytree(folder, other_model)
     (other_model / "config.json").write_text(json.dumps({"model_type": "clip"}))
+    (other_model / "README.md").write_text("# someone's CLIP model\n")  # a clip export's card would be tagged psdclip
     a_file = tmp_path / "file"
     a_file.write_text("mine")
     for target, message in [(user_data, "holds 'pairs.csv'"), (notes, "holds 'notes.txt'"),
-                            (other_model, "not a PSD-CLIP config"), (a_file, "is a file"),
+                            (other_model, "neither a PSD-CLIP config nor a CLIP one with a PSD-CLIP card"), (a_file, "is a file"),
                             (a_file / "model", "Not a directory")]:
         before = sorted(path.name for path in tmp_path.rglob("*"))
         with pytest.raises(ModelFolderError, match=message):

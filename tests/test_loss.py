@@ -15,6 +15,7 @@ from transformers.models.clip.modeling_clip import image_text_contrastive_loss
 
 from modeling_psdclip import PSDCLIPModel, PSDContrastiveLoss
 from modeling_psdclip.modeling_psdclip import direction_loss
+from modeling_psdclip.training.teachers import UniformTeacher
 from tests.helpers import micro_config, random_batch
 
 
@@ -105,6 +106,32 @@ def test_gradient_is_softmax_minus_the_teacher_targets():
         soft_expected = weights[:, None] * (torch.softmax(logits, -1) - torch.softmax(teacher_logits / tau, -1)) / 5
     torch.testing.assert_close(logits.grad, soft_expected)
     assert logits.grad[weights > 0].abs().max() > 1e-2
+
+
+def test_uniform_teacher_is_label_smoothing_with_its_gradient():
+    """The control arm: with every row drawn, the uniform teacher's loss is CLIP's loss with label smoothing alpha
+    (torch's own), and its gradient wrt the logits is softmax(z) - ((1 - a) onehot + a / N)."""
+    torch.manual_seed(3)
+    n, alpha = 6, 0.4
+    images, texts = unit(torch.randn(n, 8)), unit(torch.randn(n, 8))
+    scale = torch.tensor(7.0, dtype=torch.float64)
+    zeros = UniformTeacher(dim=8).embeddings({"input_ids": torch.zeros(n, 3, dtype=torch.long)})
+    images_ = images.clone().requires_grad_()
+    loss = constant_loss(alpha)(images_, texts, scale, zeros.image.double(), zeros.text.double()).loss
+    loss.backward()
+    reference_images = images.clone().requires_grad_()
+    logits = scale * reference_images @ texts.t()
+    labels = torch.arange(n)
+    smoothed = 0.5 * (F.cross_entropy(logits, labels, label_smoothing=alpha) +
+                      F.cross_entropy(logits.t(), labels, label_smoothing=alpha))
+    smoothed.backward()
+    # The loss is computed in fp32 (its softmax always is), the reference in fp64.
+    torch.testing.assert_close(loss.double(), smoothed, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(images_.grad, reference_images.grad, rtol=1e-4, atol=1e-6)
+    with torch.no_grad():  # d loss / d Z = (softmax(Z) - Y) / (2N) per direction, Y = (1 - a) I + a / N
+        target = (1 - alpha) * torch.eye(n, dtype=torch.float64) + alpha / n
+        by_hand = ((torch.softmax(logits, 1) - target) + (torch.softmax(logits.t(), 1) - target).t()) / (2 * n)
+    torch.testing.assert_close(images_.grad, scale * by_hand @ texts, rtol=1e-4, atol=1e-6)
 
 
 def embedding_gradients(loss_fn, images, texts, scale, *teacher, part="loss"):

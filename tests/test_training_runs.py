@@ -91,6 +91,8 @@ def test_shortened_default_run_saves_a_loadable_model_and_learns(tmp_path, env):
     # The total is estimated once, after the warm-up steps and a few timed ones.
     assert len(re.findall(r"estimated training time: [0-9.]+ min for 30 steps", done.stderr)) == 1
 
+    # A folder meant for the Hub is saved as transformers' CLIPModel (--export-format's default with --push-to-hub).
+    assert json.loads((tmp_path / "model" / "config.json").read_text())["architectures"] == ["CLIPModel"]
     model = PSDCLIPModel.from_pretrained(tmp_path / "model")
     assert model.config.vision_config.image_size == 48
     card = (tmp_path / "model" / "README.md").read_text()

@@ -9,7 +9,9 @@ from transformers import TrainingArguments
 from modeling_psdclip import PSDCLIPModel
 from modeling_psdclip.data import ImageTextCollator, load_image_text_dataset
 from modeling_psdclip.processing import build_processor
-from modeling_psdclip.training.teachers import EMATeacher, PreviousEpochTeacher, TeacherEmbeddings, build_teacher
+from modeling_psdclip.training.teachers import (
+    EMATeacher, PreviousEpochTeacher, TeacherEmbeddings, UniformTeacher, build_teacher,
+)
 from modeling_psdclip.training.trainer import PSDTrainer
 from tests.helpers import micro_config, random_batch
 from tests.test_training_runs import micro_model_config
@@ -119,6 +121,8 @@ def test_teacher_choice_and_its_one_line_refusals(tmp_path):
         build_teacher(model.config, model, accelerator, tmp_path, num_pairs=None)
     model.config.distill_teacher = "ema"
     assert isinstance(build_teacher(model.config, model, accelerator, tmp_path, num_pairs=None), EMATeacher)
+    model.config.distill_teacher = "uniform"
+    assert isinstance(build_teacher(model.config, model, accelerator, tmp_path, num_pairs=None), UniformTeacher)
     with pytest.raises(ValueError, match="distill_teacher"):
         micro_config(distill_teacher="same_step")
 
@@ -131,7 +135,7 @@ def test_micro_batch_teachers_concatenate():
     assert TeacherEmbeddings.concatenate([a, None]) is None
 
 
-@pytest.mark.parametrize("teacher", ["previous_epoch", "ema"])
+@pytest.mark.parametrize("teacher", ["previous_epoch", "ema", "uniform"])
 def test_trainer_trains_with_a_teacher(tmp_path, monkeypatch, teacher):
     # The user's path: the package's dataset and collator, whose records Trainer must pass on whole.
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))

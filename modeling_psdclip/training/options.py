@@ -16,6 +16,7 @@ import yaml
 
 from ..utils import OneLineErrorParser, fail
 from ..configuration_psdclip import DISTILL_SCHEDULES, DISTILL_TEACHERS, PRESETS
+from ..export import EXPORT_FORMATS
 from ..model_folder import ModelFolderError, check_model_folder_target
 
 
@@ -35,8 +36,9 @@ class TrainingOptions:
     distill_schedule: str | None = option(None, "alpha schedule (default: model's)", choices=DISTILL_SCHEDULES)
     distill_temperature: float | None = option(None, "teacher softmax temperature (default: model's)")
     distill_teacher: str | None = option(None, "teacher of the soft targets: the previous epoch's stored embeddings "
-                                               "(no extra compute) or a momentum copy, ema (one more forward; "
-                                               "works with --streaming) (default: model's)",
+                                               "(no extra compute), a momentum copy, ema (one more forward; "
+                                               "works with --streaming), or uniform: label smoothing with the same "
+                                               "alpha schedule and rows, the control arm (default: model's)",
                                          choices=DISTILL_TEACHERS)
     distill_ema_decay: float | None = option(None, "decay of the ema teacher's weight average, in [0, 1) "
                                                    "(default: model's)")
@@ -86,6 +88,10 @@ class TrainingOptions:
     report_to: str = option("tensorboard", "Accelerate trackers, comma-separated ('none' for the JSONL log only)")
     peak_tflops: float = option(0.0, "the device's peak TFLOP/s; when set, MFU is logged next to TFLOP/s")
     push_to_hub: str | None = option(None, "after saving, upload the model folder to this Hub repository id")
+    export_format: str | None = option(None, "format of the model folder: clip (transformers' CLIPModel, loads "
+                                             "without remote code; the distillation settings are in its card) or "
+                                             "psdclip (PSDCLIPConfig and its remote code) (default: clip with "
+                                             "--push-to-hub, else psdclip)", choices=EXPORT_FORMATS)
     progress_bar: bool = option(True, "show a progress bar")
 
 
@@ -228,6 +234,8 @@ def parse_options(argv: list[str] | None = None, prog: str = "train.py") -> Trai
         options = TrainingOptions(**vars(parser.parse_args(argv)))
         if options.run_dir is None:
             options.run_dir = str(Path("runs") / Path(options.output_dir).name)
+        if options.export_format is None:
+            options.export_format = "clip" if options.push_to_hub else "psdclip"
         check_ranges(options)
         check_output_dir(options)
     except OptionError as error:

@@ -8,6 +8,8 @@ data than the student at this step: the student's own logits give a soft term wi
   pair, stored in a bank as it trained. No extra forward pass.
 - `EMATeacher` (ALBEF's momentum distillation, MoCo, DINO): a moving average of the weights, run without gradient on
   the same batch. One extra forward pass; works with streamed data and single-epoch runs.
+- `UniformTeacher`: no teacher at all, a uniform target in its place: label smoothing with PSD's alpha schedule and
+  drawn rows. The control arm: PSD is credited only with what it does beyond it.
 
 Both are driven the same way by a training loop (train.py, `PSDTrainer`):
 
@@ -209,7 +211,35 @@ class EMATeacher:
             raise ValueError(f"the checkpoint's ema teacher lacks {sorted(parameters & set(missing))[0]}")
 
 
-Teacher = PreviousEpochTeacher | EMATeacher
+class UniformTeacher:
+    """Label smoothing in a teacher's place: zero embeddings give equal teacher logits, so `softmax(T / tau)` is
+    uniform over the global batch and a drawn row's target is `(1 - a) onehot + a / N`, with the alpha schedule and
+    row draw of PSD. No extra compute and no state."""
+
+    def __init__(self, dim: int):
+        self.dim = dim
+
+    def start_epoch(self, epoch: int) -> None:
+        pass
+
+    def embeddings(self, batch: dict) -> TeacherEmbeddings:
+        zeros = batch["input_ids"].new_zeros((len(batch["input_ids"]), self.dim), dtype=torch.float32)
+        return TeacherEmbeddings(zeros, zeros)
+
+    def record(self, batch: dict, image_embeds: torch.Tensor, text_embeds: torch.Tensor) -> None:
+        pass
+
+    def after_optimizer_step(self, model) -> None:
+        pass
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        pass
+
+
+Teacher = PreviousEpochTeacher | EMATeacher | UniformTeacher
 
 
 def build_teacher(config: PSDCLIPConfig, model, accelerator: Accelerator, bank_folder: str | Path,
@@ -223,11 +253,13 @@ def build_teacher(config: PSDCLIPConfig, model, accelerator: Accelerator, bank_f
         return None
     if config.distill_teacher == "ema":
         return EMATeacher(model, config.distill_ema_decay, accelerator)
+    if config.distill_teacher == "uniform":
+        return UniformTeacher(config.projection_dim)
     if num_pairs is None:
         raise ValueError("the previous_epoch teacher stores embeddings by pair index, which streamed data does "
                          "not have: use the ema teacher")
     return PreviousEpochTeacher(bank_folder, num_pairs, config.projection_dim, accelerator, resume=resume)
 
 
-__all__ = ["EMATeacher", "PreviousEpochTeacher", "Teacher", "TeacherEmbeddings", "build_teacher", "model_inputs",
-           "teacher_kwargs"]
+__all__ = ["EMATeacher", "PreviousEpochTeacher", "Teacher", "TeacherEmbeddings", "UniformTeacher", "build_teacher",
+           "model_inputs", "teacher_kwargs"]

@@ -1,7 +1,7 @@
 """Recall@k from ranks: the share of queries whose best true match is among the top k.
 
 Inputs are ranks, not score matrices, so that retrieval over tens of thousands of items does not push a
-dense matrix through the metric's Arrow cache; `eval.ranking.true_match_ranks` computes them.
+dense matrix through the metric's Arrow cache; `modeling_psdclip.ranking.true_match_ranks` computes them.
 """
 
 import datasets
