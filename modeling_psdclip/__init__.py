@@ -1,14 +1,46 @@
-"""PSD-CLIP: CLIP trained with progressive self-distillation, as a transformers model."""
+"""PSD-CLIP: CLIP trained with progressive self-distillation, as a transformers model.
 
-from transformers import AutoConfig, AutoModel, AutoModelForZeroShotImageClassification
+The package's names load on first use, so that importing it (as every command does before parsing its options)
+does not load torch and transformers. The first use of any of them registers model_type "psdclip" with
+transformers' Auto classes (AutoConfig, AutoModel, AutoModelForZeroShotImageClassification), so that
+`AutoModel.from_pretrained(folder)` resolves a PSD-CLIP folder without `trust_remote_code`; so does
+`register_auto_classes()`.
+"""
 
-from .configuration_psdclip import PRESETS, PSDCLIPConfig
-from .modeling_psdclip import PSDCLIPModel, PSDCLIPOutput, PSDContrastiveLoss
+import importlib
+
+_EXPORTS = {
+    "PRESETS": "configuration_psdclip", "PSDCLIPConfig": "configuration_psdclip", "PSDCLIPModel": "modeling_psdclip",
+    "PSDCLIPOutput": "modeling_psdclip", "PSDContrastiveLoss": "modeling_psdclip",
+}
+__all__ = sorted(_EXPORTS) + ["register_auto_classes"]
+_registered = False
 
 
-# With the package imported, the Auto classes resolve "psdclip" without trust_remote_code.
-AutoConfig.register("psdclip", PSDCLIPConfig)
-AutoModel.register(PSDCLIPConfig, PSDCLIPModel)
-AutoModelForZeroShotImageClassification.register(PSDCLIPConfig, PSDCLIPModel)
+def register_auto_classes() -> None:
+    """Register model_type "psdclip" with transformers' Auto classes; later calls do nothing."""
+    global _registered
+    if _registered:
+        return
+    from transformers import AutoConfig, AutoModel, AutoModelForZeroShotImageClassification
 
-__all__ = ["PRESETS", "PSDCLIPConfig", "PSDCLIPModel", "PSDCLIPOutput", "PSDContrastiveLoss"]
+    from .configuration_psdclip import PSDCLIPConfig
+    from .modeling_psdclip import PSDCLIPModel
+
+    AutoConfig.register("psdclip", PSDCLIPConfig)
+    AutoModel.register(PSDCLIPConfig, PSDCLIPModel)
+    AutoModelForZeroShotImageClassification.register(PSDCLIPConfig, PSDCLIPModel)
+    _registered = True
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    register_auto_classes()
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

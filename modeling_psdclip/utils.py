@@ -1,4 +1,5 @@
-"""What every command of the project (train.py, python -m eval) shares: a user mistake is one line and exit 2."""
+"""General helpers of every command of the project (train.py, python -m eval, python -m studies): a user mistake is
+one line and exit 2; a JSON file is replaced atomically; results are shown as Markdown tables."""
 
 import argparse
 import json
@@ -33,4 +34,19 @@ def write_json_atomically(path: Path, data: dict) -> None:
     os.replace(staging, path)
 
 
-__all__ = ["OneLineErrorParser", "fail", "first_line", "write_json_atomically"]
+def format_value(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return "–" if value is None else str(value)
+
+
+def markdown_table(rows: list[dict], columns: list[str] | None = None) -> str:
+    """A Markdown table of flat rows (dicts of scalars: floats to 4 decimals, None as "–"); the columns are
+    `columns`, or the rows' keys in first-seen order."""
+    columns = columns or list(dict.fromkeys(key for row in rows for key in row))
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(format_value(row.get(column)) for column in columns) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+__all__ = ["OneLineErrorParser", "fail", "first_line", "format_value", "markdown_table", "write_json_atomically"]

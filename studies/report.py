@@ -20,6 +20,7 @@ import numpy as np  # noqa: E402
 
 from eval.robustness import baseline_prediction, fit_baseline  # noqa: E402
 from eval.statistics import mean_std, paired_difference  # noqa: E402
+from modeling_psdclip.utils import markdown_table  # noqa: E402
 from .runner import Run  # noqa: E402
 
 # (key in a run's results, column title, definition); every one of them is better higher except the validation loss.
@@ -92,8 +93,7 @@ def difference_cell(treatment: dict, control: dict, key: str) -> str:
 
 
 def table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows]) + "\n"
+    return markdown_table([dict(zip(header, row)) for row in rows], header)
 
 
 def write_study_report(study: dict, results: list[dict], output: str | Path, title: str = "PSD-CLIP versus CLIP"

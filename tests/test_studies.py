@@ -18,8 +18,7 @@ from studies.report import write_study_report
 from eval.errors import EvalInputError
 from modeling_psdclip import PSDCLIPModel
 from modeling_psdclip.processing import build_processor
-from tests.test_data_openmoji import EMOJI_TEST, write_svgs
-from tests.test_training_runs import micro_model_config
+from tests.support import EMOJI_TEST, micro_config, save_micro_folder, write_svgs
 
 REPO = Path(__file__).resolve().parents[1]
 METHODS = {"clip": {"distill_alpha_max": 0.0}, "psd-ema": {"distill_teacher": "ema"}}
@@ -31,11 +30,7 @@ def micro_folder(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
-    folder = tmp_path / "micro"
-    torch.manual_seed(0)
-    PSDCLIPModel(micro_model_config()).save_pretrained(folder)
-    build_processor(image_size=16, context_length=16).save_pretrained(folder)
-    return folder
+    return save_micro_folder(tmp_path / "micro")
 
 
 @pytest.fixture

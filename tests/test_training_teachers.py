@@ -11,8 +11,7 @@ from modeling_psdclip.data import ImageTextCollator, load_image_text_dataset
 from modeling_psdclip.processing import build_processor
 from modeling_psdclip.training.teachers import EMATeacher, PreviousEpochTeacher, TeacherEmbeddings, build_teacher
 from modeling_psdclip.training.trainer import PSDTrainer
-from tests.helpers import micro_config, random_batch
-from tests.test_training_runs import micro_model_config
+from tests.support import micro_config, random_batch
 
 
 def batch_of(config, pairs: list[int], seed: int = 0) -> dict:
@@ -136,7 +135,7 @@ def test_trainer_trains_with_a_teacher(tmp_path, monkeypatch, teacher):
     # The user's path: the package's dataset and collator, whose records Trainer must pass on whole.
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     torch.manual_seed(0)
-    config = micro_model_config()
+    config = micro_config(vocab_size=None)
     config.distill_alpha_max, config.distill_teacher, config.distill_ema_decay = 0.8, teacher, 0.5
     model = PSDCLIPModel(config)
     data = load_image_text_dataset("synthetic:train", num_samples=24, image_size=16, p_mismatch=0.3)

@@ -7,7 +7,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from modeling_psdclip import PSDCLIPModel
 from modeling_psdclip.training.trainer import PSDProgressCallback
-from tests.helpers import micro_config, random_batch
+from tests.support import micro_config, random_batch
 
 
 class RecordAlpha(TrainerCallback):

@@ -9,12 +9,13 @@ data than the student at this step: the student's own logits give a soft term wi
 - `EMATeacher` (ALBEF's momentum distillation, MoCo, DINO): a moving average of the weights, run without gradient on
   the same batch. One extra forward pass; works with streamed data and single-epoch runs.
 
-Both are driven the same way by a training loop (train.py, `PSDTrainer`):
+Both have the same interface, which `TrainingStep` (training/step.py), the one caller, drives:
 
     teacher.start_epoch(epoch)                      # every process, before each epoch
     targets = teacher.embeddings(batch)             # TeacherEmbeddings or None; model(**batch, **targets.as_kwargs())
     teacher.record(batch, image_embeds, text_embeds)   # after a finite step's forward (every process)
     teacher.after_optimizer_step(model)             # once per optimizer step, not per micro-batch
+    teacher.needs_checkpoint_at_epoch_end, teacher.first_taught_epoch   # what the loop must know of it
 """
 
 import copy
@@ -29,14 +30,8 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedType
 
 from ..configuration_psdclip import PSDCLIPConfig
+from ..data.collate import model_inputs
 from ..modeling_psdclip import PSDCLIPModel
-
-MODEL_INPUTS = ("input_ids", "attention_mask", "pixel_values")
-
-
-def model_inputs(batch: dict) -> dict:
-    """The entries of a collated batch that the model's forward takes."""
-    return {key: batch[key] for key in MODEL_INPUTS if key in batch}
 
 
 @dataclass
@@ -88,6 +83,10 @@ class PreviousEpochTeacher:
     """
 
     FILES = ("image", "text", "epoch")
+    first_taught_epoch = 1  # the first epoch has no previous one
+    # The next epoch overwrites the bank an earlier checkpoint's epoch reads: a resume must never go back across an
+    # epoch's end, so each one is checkpointed.
+    needs_checkpoint_at_epoch_end = True
 
     def __init__(self, folder: str | Path, num_pairs: int, dim: int, accelerator: Accelerator, resume: bool):
         self.folder = Path(folder)
@@ -171,6 +170,9 @@ class EMATeacher:
     parameters are the same everywhere after each DDP step.
     """
 
+    first_taught_epoch = 0
+    needs_checkpoint_at_epoch_end = False
+
     def __init__(self, model: PSDCLIPModel, decay: float, accelerator: Accelerator | None = None):
         accelerator = accelerator or Accelerator()  # a plain loop: one process, no mixed precision
         if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
@@ -229,5 +231,4 @@ def build_teacher(config: PSDCLIPConfig, model, accelerator: Accelerator, bank_f
     return PreviousEpochTeacher(bank_folder, num_pairs, config.projection_dim, accelerator, resume=resume)
 
 
-__all__ = ["EMATeacher", "PreviousEpochTeacher", "Teacher", "TeacherEmbeddings", "build_teacher", "model_inputs",
-           "teacher_kwargs"]
+__all__ = ["EMATeacher", "PreviousEpochTeacher", "Teacher", "TeacherEmbeddings", "build_teacher", "teacher_kwargs"]
