@@ -24,7 +24,7 @@ import datasets
 import numpy as np
 
 from modeling_psdclip.utils import first_line
-from modeling_psdclip.data import saved_to_disk
+from modeling_psdclip.data import CLEAN, saved_to_disk  # noqa: F401 (CLEAN: eval's name for the label too)
 from modeling_psdclip.data.records import BadRecord, decode_image
 
 from .errors import EvalInputError
@@ -32,7 +32,6 @@ from .templates import read_lines
 
 IMAGE_COLUMNS = ("image", "webp", "jpg", "jpeg", "png")
 LABEL_COLUMNS = ("label", "cls")
-CLEAN = "clean"
 
 
 @dataclass

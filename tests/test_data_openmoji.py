@@ -3,8 +3,9 @@
 import datasets
 import pytest
 
-from eval import EvalInputError, load_eval_data
+from eval import load_eval_data
 from eval.__main__ import main
+from modeling_psdclip.data import DataError
 from modeling_psdclip.data.openmoji import build_openmoji, read_emoji_test
 from tests.support import EMOJI_TEST, write_svgs
 
@@ -33,7 +34,7 @@ def test_build_from_a_handful_of_svgs(tmp_path):
     data = load_eval_data(f"{out}:train", label_column="group")
     assert data.class_names == ["Animals & Nature", "People & Body", "Smileys & Emotion"]
     assert set(everything["noise"]) == {"clean"}
-    with pytest.raises(EvalInputError, match="not empty"):
+    with pytest.raises(DataError, match="not empty"):
         build_openmoji(out, svg_dir=tmp_path, emoji_test=EMOJI_TEST)
 
 
@@ -55,11 +56,11 @@ def test_build_with_mismatched_train_captions(tmp_path, capsys):
         assert train["captions"][i][0] == train["caption"][i]  # both columns describe the same (wrong) emoji
     assert sorted(train["caption"][i] for i in mismatched) == sorted(truth["caption"][i] for i in mismatched)
     for wrong in (1.0, -0.1):
-        with pytest.raises(EvalInputError, match=r"p_mismatch must lie in \[0, 1\)"):
+        with pytest.raises(DataError, match=r"p_mismatch must lie in \[0, 1\)"):
             build_openmoji(tmp_path / "bad", p_mismatch=wrong, **options)
     capsys.readouterr()
     assert main(["build-openmoji", str(tmp_path / "bad"), "--p-mismatch", "1"]) == 2
-    assert capsys.readouterr().err == "python -m eval: error: p_mismatch must lie in [0, 1), got 1.0\n"
+    assert capsys.readouterr().err == "python -m eval build-openmoji: error: p_mismatch must lie in [0, 1), got 1.0\n"
 
 
 def test_build_from_the_installed_openmoji_artwork(tmp_path):

@@ -5,6 +5,7 @@ The options are read and checked before anything heavy is imported, so `--help` 
 once; torch, transformers and Accelerate load only for a run that will start.
 """
 
+import contextlib
 import sys
 from pathlib import Path
 
@@ -27,4 +28,21 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     return run_training(options, prog)
 
 
-__all__ = ["main"]
+def main_in_process(argv: list[str], log: str | Path, prog: str = "python -m modeling_psdclip.training") -> int:
+    """`main(argv)` for a caller that trains many runs in one process (a study), which saves each run the imports:
+    the run's output goes to the file `log`, a bad option is a status rather than an exit, and Accelerate's
+    process-wide state is reset afterwards, so that the next run may choose other settings (mixed precision)."""
+    with open(log, "w") as output, contextlib.redirect_stdout(output), contextlib.redirect_stderr(output):
+        try:
+            return main(argv, prog=prog)
+        except SystemExit as exit:  # argparse's way out, for a bad option
+            return exit.code if isinstance(exit.code, int) else 1
+        finally:
+            if "accelerate" in sys.modules:
+                from accelerate.state import AcceleratorState, GradientState
+
+                AcceleratorState._reset_state(reset_partial_state=True)
+                GradientState._reset_state()
+
+
+__all__ = ["main", "main_in_process"]
