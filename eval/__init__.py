@@ -5,7 +5,7 @@ Names load on first use, so that `python -m eval` (which imports this package fi
 importing torch, datasets and scikit-learn.
 """
 
-import importlib
+from modeling_psdclip.utils import lazy_names
 
 _EXPORTS = {
     "EvalData": "data", "load_eval_data": "data", "EvalInputError": "errors", "linear_probe": "linear_probe",
@@ -14,15 +14,4 @@ _EXPORTS = {
     "robustness": "robustness", "zero_shot_classification": "zeroshot", "zero_shot_classifier": "zeroshot",
 }
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_names(__name__, _EXPORTS)

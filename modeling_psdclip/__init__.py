@@ -7,7 +7,7 @@ transformers' Auto classes (AutoConfig, AutoModel, AutoModelForZeroShotImageClas
 `register_auto_classes()`.
 """
 
-import importlib
+from .utils import lazy_names
 
 _EXPORTS = {
     "PRESETS": "configuration_psdclip", "PSDCLIPConfig": "configuration_psdclip", "PSDCLIPModel": "modeling_psdclip",
@@ -33,14 +33,4 @@ def register_auto_classes() -> None:
     _registered = True
 
 
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    register_auto_classes()
-    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_names(__name__, _EXPORTS, on_first_use=register_auto_classes)

@@ -2,9 +2,11 @@
 one line and exit 2; a JSON file is replaced atomically; results are shown as Markdown tables."""
 
 import argparse
+import importlib
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -25,6 +27,36 @@ class OneLineErrorParser(argparse.ArgumentParser):
 
     def error(self, message):
         fail(self.prog, message)
+
+
+def status_of(prog: str, action: Callable[[], object], *mistakes: type[Exception]) -> int:
+    """Run a command's `action`: exit status 0, or 2 with `prog: error: message` on stderr for one of `mistakes`
+    (exceptions whose message is one line for the user)."""
+    try:
+        action()
+    except mistakes as error:
+        print(f"{prog}: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def lazy_names(package: str, exports: dict[str, str], on_first_use: Callable[[], None] | None = None):
+    """`__getattr__` and `__dir__` (PEP 562) for a package whose names load from their submodules on first use
+    (`exports`: name -> submodule), so that importing the package, as a command does before parsing its options,
+    loads nothing heavy. `on_first_use` runs before any of them loads."""
+    def __getattr__(name: str):
+        if name not in exports:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        if on_first_use is not None:
+            on_first_use()
+        value = getattr(importlib.import_module(f".{exports[name]}", package), name)
+        setattr(sys.modules[package], name, value)
+        return value
+
+    def __dir__() -> list[str]:
+        return sorted(set(vars(sys.modules[package])) | set(exports))
+
+    return __getattr__, __dir__
 
 
 def write_json_atomically(path: Path, data: dict) -> None:
@@ -49,4 +81,5 @@ def markdown_table(rows: list[dict], columns: list[str] | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["OneLineErrorParser", "fail", "first_line", "format_value", "markdown_table", "write_json_atomically"]
+__all__ = ["OneLineErrorParser", "fail", "first_line", "format_value", "lazy_names", "markdown_table", "status_of",
+           "write_json_atomically"]

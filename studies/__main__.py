@@ -7,7 +7,7 @@ The options are parsed before training and evaluation are imported, so `--help` 
 import sys
 from pathlib import Path
 
-from modeling_psdclip.utils import OneLineErrorParser
+from modeling_psdclip.utils import OneLineErrorParser, status_of
 
 PROG = "python -m studies"
 
@@ -36,13 +36,11 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
     from .report import write_study_report
     from .runner import run_study
 
-    try:
+    def run() -> None:
         study, results = run_study(args.config, quick=args.quick, output=args.output)
         print(f"report: {write_study_report(study, results, args.output or study['output'])}")
-    except EvalInputError as error:
-        print(f"{prog}: error: {error}", file=sys.stderr)
-        return 2
-    return 0
+
+    return status_of(prog, run, EvalInputError)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ from PIL import Image
 from sklearn.model_selection import train_test_split
 from tqdm.auto import tqdm
 
-from ..utils import OneLineErrorParser
+from ..utils import OneLineErrorParser, status_of
 from .errors import DataError
 from .synthetic import CLEAN
 
@@ -197,12 +197,8 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
     parser.add_argument("--p-mismatch", type=float, default=0.0,
                         help="share of train rows given another train row's captions (noise label 'mismatch')")
     args = parser.parse_args(argv)
-    try:
-        print(build_openmoji(args.out, image_size=args.image_size, p_mismatch=args.p_mismatch))
-    except DataError as error:
-        print(f"{prog}: error: {error}", file=sys.stderr)
-        return 2
-    return 0
+    return status_of(prog, lambda: print(build_openmoji(args.out, image_size=args.image_size,
+                                                        p_mismatch=args.p_mismatch)), DataError)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@
 Names load on first use, so that importing the package (as the command does before parsing its options) is cheap.
 """
 
-import importlib
+from ..utils import lazy_names
 
 _EXPORTS = {
     "main": "cli", "TrainingOptions": "options", "parse_options": "options", "TrainingStep": "step",
@@ -19,15 +19,4 @@ _EXPORTS = {
     "CheckpointManager": "checkpoints",
 }
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_names(__name__, _EXPORTS)
