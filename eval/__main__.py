@@ -40,8 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--model", action="append", required=True, metavar="FOLDER",
                         help="saved PSD-CLIP or transformers CLIPModel folder; repeat to compare models")
     common.add_argument("--data", required=True, metavar="SOURCE",
-                        help="synthetic:SPLIT, or a folder (imagefolder, save_to_disk, CLIP_benchmark webdataset), "
-                             "optionally FOLDER:SPLIT")
+                        help="synthetic:SPLIT, a folder (imagefolder, save_to_disk, CLIP_benchmark or other "
+                             "webdataset, parquet), a table or a datasets name; SOURCE:SPLIT names a split "
+                             "(default: test, or the only one)")
     common.add_argument("--label-column", help="column holding the class (synthetic default: label_shape)")
     common.add_argument("--classnames", metavar="FILE", help="class names, one a line, replacing the data's")
     common.add_argument("--num-samples", type=int, default=1000, help="synthetic data: examples per split")

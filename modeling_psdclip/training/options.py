@@ -64,7 +64,8 @@ class TrainingOptions:
                                                    "(default: model's)")
     # Data.
     data: str = option("synthetic", "training data: 'synthetic' (built-in captioned scenes), an imagefolder, "
-                                    "CSV/TSV/JSONL, parquet/arrow, save_to_disk or webdataset path, or a `datasets` name")
+                                    "CSV/TSV/JSONL, parquet/arrow, save_to_disk or webdataset path, or a `datasets` name; "
+                                    "SOURCE:SPLIT names a split (default: train, or the only one)")
     val_data: str | None = option(None, "validation data in the same forms; a save_to_disk folder of several splits "
                                         "gives its 'validation' split (default: a clean synthetic split when --data "
                                         "is synthetic, else none)")
