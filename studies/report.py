@@ -11,17 +11,14 @@ import math
 from collections import defaultdict
 from pathlib import Path
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")  # files only; no display on servers and CI
+from eval.plots import plt, save_figure  # pyplot on the files-only backend that eval.plots selects
+from eval.robustness import baseline_prediction, fit_baseline
+from eval.statistics import mean_std, paired_difference
+from modeling_psdclip.utils import markdown_table
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from eval.robustness import baseline_prediction, fit_baseline  # noqa: E402
-from eval.statistics import mean_std, paired_difference  # noqa: E402
-from modeling_psdclip.utils import markdown_table  # noqa: E402
-from .runner import Run  # noqa: E402
+from .runner import DIAGNOSTICS as LOGGED_DIAGNOSTICS, Run
 
 # (key in a run's results, column title, definition); every one of them is better higher except the validation loss.
 METRICS = (
@@ -44,7 +41,8 @@ METRICS = (
     ("val_loss", "val loss", "CLIP loss on the clean validation split at the end (lower is better)"),
 )
 FIGURE_METRICS = ("zeroshot_shape", "zeroshot_group", "retrieval_r1", "linear_probe_shape", "noisy_pair_auroc")
-DIAGNOSTICS = ("teacher_share", "teacher_entropy", "paired_probability", "teacher_agreement", "logit_multiplier")
+# The teacher diagnostics the runner keeps of each run's last logged step, but the soft loss (a loss, not a teacher's).
+DIAGNOSTICS = tuple(name.removeprefix("train/") for name in LOGGED_DIAGNOSTICS if name != "train/loss_soft")
 
 
 def add_effective_robustness(results: list[dict]) -> tuple[float, float] | None:
@@ -176,10 +174,7 @@ def metric_figure(grouped: dict, cells: list[str], methods: list[str], metrics: 
         axis.set_xlim(-0.5, len(cells) - 0.5)  # a single cell would otherwise stretch its methods' offsets apart
         axis.set_title(name)
     axes[0][0].legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path, dpi=110)
 
 
 def val_loss_figure(grouped: dict, cells: list[str], methods: list[str], path: Path) -> Path:
@@ -197,10 +192,7 @@ def val_loss_figure(grouped: dict, cells: list[str], methods: list[str], path: P
         axis.set_xlabel("step")
     axes[0][0].set_ylabel("clean validation loss")
     axes[0][0].legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path, dpi=110)
 
 
 def robustness_figure(results: list[dict], baseline, path: Path) -> Path:
@@ -217,10 +209,7 @@ def robustness_figure(results: list[dict], baseline, path: Path) -> Path:
     axis.set_xlabel("zero-shot shape accuracy, clean test")
     axis.set_ylabel("mean over shifted splits")
     axis.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path, dpi=110)
 
 
 __all__ = ["METRICS", "add_effective_robustness", "write_study_report"]
