@@ -1,6 +1,7 @@
 """The training step in-process: feature caching, what follows an optimizer step, what the loop asks of a teacher."""
 
 import math
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -8,6 +9,8 @@ import torch
 from accelerate import Accelerator
 
 from modeling_psdclip import PSDCLIPModel
+from modeling_psdclip.data import ImageTextCollator, load_image_text_dataset
+from modeling_psdclip.processing import build_processor
 from modeling_psdclip.training.run import TrainState, optimizer_step
 from modeling_psdclip.training.step import TrainingStep
 from modeling_psdclip.training.teachers import EMATeacher
@@ -50,3 +53,30 @@ def test_optimizer_step_bounds_the_logit_scale_parameter():
     model(**random_batch(model.config, 4), return_loss=True).loss.backward()
     optimizer_step(session, loss_is_finite=True)
     assert model.logit_scale.item() == pytest.approx(bound)
+
+
+def test_readme_plain_loop_trains_with_the_step(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = readme.split("<!-- tests/test_training_step.py runs the block below -->", 1)[1]
+    code = block.split("```python\n", 1)[1].split("```", 1)[0]
+    data = load_image_text_dataset("synthetic:train", num_samples=8, image_size=48)
+    loader = torch.utils.data.DataLoader(data, batch_size=4, collate_fn=ImageTextCollator(
+        build_processor(image_size=48, context_length=24)))
+    namespace = {"torch": torch, "loader": loader, "total_steps": 2}
+    exec(compile(code, "README.md", "exec"), namespace)
+    step, parts = namespace["step"], namespace["parts"]
+    assert isinstance(step.teacher, EMATeacher) and math.isfinite(parts["loss"])
+    assert namespace["model"].logit_scale.item() <= math.log(namespace["model"].config.logit_scale_max)
+
+
+def test_a_loop_asks_the_step_what_its_teacher_needs(tmp_path):
+    accelerator = Accelerator(cpu=True)
+    clip = TrainingStep.build(PSDCLIPModel(micro_config(distill_alpha_max=0.0)), accelerator)
+    ema = TrainingStep.build(PSDCLIPModel(micro_config(distill_teacher="ema")), accelerator)
+    bank = TrainingStep.build(PSDCLIPModel(micro_config(distill_teacher="previous_epoch")), accelerator,
+                              bank_folder=tmp_path, num_pairs=8)
+    assert [step.needs_checkpoint_at_epoch_end for step in (clip, ema, bank)] == [False, False, True]
+    assert [step.first_taught_epoch for step in (clip, ema, bank)] == [None, 0, 1]
+    with pytest.raises(ValueError, match="needs a folder"):
+        TrainingStep.build(PSDCLIPModel(micro_config(distill_teacher="previous_epoch")), accelerator, num_pairs=8)
