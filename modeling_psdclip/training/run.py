@@ -38,7 +38,6 @@ from .step import TrainingStep, feature_caching_unsupported, validate
 logger = get_logger("train")
 
 
-
 class TrainState:
     """Where training is, saved in every checkpoint as JSON (`CheckpointManager.save`)."""
 
@@ -112,7 +111,7 @@ class TimeEstimate:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Model, data, optimizer
+# Model and data
 
 
 def build_model_and_processor(options):
@@ -180,7 +179,6 @@ def build_datasets(options, image_size: int):
                    "validation data": "clean synthetic split" if val_source == "synthetic" else val_source or "none",
                    "validation records": len(val) if val is not None else 0}
     return train, val, description
-
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -331,8 +329,8 @@ def set_up(options, accelerator: Accelerator) -> Session:
     except ValueError as error:
         raise OptionError(f"--distill-teacher: {error}") from error
     if step.first_taught_epoch and total_steps <= steps_per_epoch:
-        logger.warning(f"the {model.config.distill_teacher} teacher distils from the second epoch on; this run has one "
-                       "epoch, so it trains as CLIP (use --distill-teacher ema)", main_process_only=True)
+        logger.warning(f"the {step.psd.config.distill_teacher} teacher distils from the second epoch on; this run has "
+                       "one epoch, so it trains as CLIP (use --distill-teacher ema)", main_process_only=True)
 
     state = TrainState()
     if resume_candidates:
