@@ -62,6 +62,11 @@ class PSDTrainer(Trainer):
         self.psd_step = None  # a TrainingStep, built by `train`
         self.add_callback(StepCallback(self))
 
+    @property
+    def teacher(self):
+        """The teacher of the current training (None before `train`, or for plain CLIP)."""
+        return self.psd_step.teacher if self.psd_step is not None else None
+
     def train(self, resume_from_checkpoint=None, *args, **kwargs):
         # Built here, where it is known whether a resumed run's bank is to be kept; a resumed EMA teacher's
         # weights are loaded with the optimizer's.
