@@ -4,8 +4,8 @@ A study is a matrix of training runs: methods (train.py option sets, e.g. CLIP a
 (a caption-noise level and a number of training pairs, or a data folder) x seeds, all with the same optimizer
 steps, so fewer pairs means more epochs over them (the memorisation end of the data-size axis). Each run is
 trained by the training package's own command (`modeling_psdclip.training`: train.py's code path, checkpoints and
-resume) in this process, then evaluated with eval's tasks, and the validation loss curve and diagnostics train.py logged are collected. A finished run is
-never redone: a killed study continues where it stopped.
+resume) in this process, then evaluated with eval's tasks, and the validation loss curve and diagnostics train.py
+logged are collected. A finished run is never redone: a killed study continues where it stopped.
 
 - A synthetic cell ({noise, train_samples}) trains on the built-in scenes with the noise level's options and is
   evaluated on the built-in splits: zero-shot shape, colour and count on clean test, retrieval on clean val, a

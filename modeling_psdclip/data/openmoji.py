@@ -12,7 +12,7 @@ Split per emoji (stratified by group: 70% train, 10% validation, 20% test), so r
 is measured on emoji never seen in training. The folder is a `DatasetDict.save_to_disk`, which both
 `python -m eval ... --data FOLDER:test` and training read.
 
-    python -m modeling_psdclip.data.openmoji OUT [--image-size 64] [--p-mismatch P]   # or: python -m eval build-openmoji
+    python -m modeling_psdclip.data.openmoji OUT [--image-size 64] [--p-mismatch P]   # or python -m eval build-openmoji
 """
 
 from __future__ import annotations
