@@ -31,7 +31,7 @@ from modeling_psdclip.data import EpochSampler, ImageTextCollator, load_image_te
 from modeling_psdclip.data.render import render_scene
 from modeling_psdclip.data.scenes import SceneStyle, describe, sample_scene
 from modeling_psdclip.processing import build_processor
-from modeling_psdclip.training.run import training_flops_per_sample
+from modeling_psdclip.training.optim import training_flops_per_sample
 
 IMAGE_SIZE = 224
 SHARD_SIZE = 256

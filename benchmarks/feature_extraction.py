@@ -1,4 +1,4 @@
-"""Speed of feature extraction: `python -m eval.benchmark [--num-images 10000] [--image-size 64]`.
+"""Speed of feature extraction: `python -m benchmarks.feature_extraction [--num-images 10000] [--image-size 64]`.
 
 Times `EmbeddingModel.encode_images` (preprocessing + forward, batched under inference mode) on a randomly
 initialised PSD-CLIP model of the given preset, over images made beforehand so that making them is not timed.
@@ -42,7 +42,8 @@ def benchmark(num_images: int = 10_000, image_size: int = 64, preset: str = "tin
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m eval.benchmark", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.feature_extraction",
+                                     description=__doc__.split("\n\n")[0])
     parser.add_argument("--num-images", type=int, default=10_000)
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--preset", default="tiny")

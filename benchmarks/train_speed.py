@@ -2,7 +2,7 @@
 
 Compared, on the same model and data (tiny preset, batch 128 by default):
   bare        a bare loop on fixed tensors: forward with the loss, backward, AdamW (the compute limit)
-  train.py    train.py's own step (`forward_backward`, clipping, AdamW) reading batches from a DataLoader
+  train.py    train.py's own step (`TrainingStep`, clipping, AdamW) reading batches from a DataLoader
   trainer     transformers' Trainer (`PSDTrainer`, the package's collator) on the same data
 and, on pre-collated batches (so only the step is timed), CLIP against PSD with each teacher (the previous-epoch
 teacher timed in its second epoch, reading a filled bank). The methods take turns, `--steps` steps each per round;
@@ -27,11 +27,11 @@ from accelerate import Accelerator
 from transformers import TrainerCallback, TrainingArguments
 
 from modeling_psdclip import PSDCLIPConfig, PSDCLIPModel
-from modeling_psdclip.data import EpochSampler, ImageTextCollator, load_image_text_dataset
+from modeling_psdclip.data import EpochSampler, ImageTextCollator, load_image_text_dataset, model_inputs
 from modeling_psdclip.processing import build_processor
-from modeling_psdclip.training.teachers import build_teacher, model_inputs
+from modeling_psdclip.training.optim import adamw
+from modeling_psdclip.training.step import TrainingStep
 from modeling_psdclip.training.trainer import PSDTrainer
-from modeling_psdclip.training.run import adamw, forward_backward
 
 TEACHERS = {"clip": {"distill_alpha_max": 0.0}, "psd previous_epoch": {"distill_teacher": "previous_epoch"},
             "psd ema": {"distill_teacher": "ema"}}
@@ -44,21 +44,21 @@ def new_model(preset: str, **settings) -> PSDCLIPModel:
 
 
 class StepLoop:
-    """train.py's step on a model, from an endless iterator of batches (a DataLoader or pre-collated tensors)."""
+    """train.py's step (a `TrainingStep`) from an endless iterator of batches (a DataLoader or pre-collated
+    tensors)."""
 
-    def __init__(self, model, batches, accelerator: Accelerator, teacher=None):
-        self.model, self.batches, self.accelerator, self.teacher = model, batches, accelerator, teacher
-        self.optimizer = adamw(model.parameters(), accelerator.device, lr=1e-4)
+    def __init__(self, step: TrainingStep, batches):
+        self.step, self.batches = step, batches
+        self.optimizer = adamw(step.model.parameters(), step.accelerator.device, lr=1e-4)
 
     def run(self, steps: int) -> float:
         started = time.perf_counter()
         for _ in range(steps):
-            forward_backward(self.accelerator, self.model, [next(self.batches)], self.teacher)
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+            self.step.forward_backward([next(self.batches)])
+            torch.nn.utils.clip_grad_norm_(self.step.model.parameters(), 1.0)
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
-            if self.teacher is not None:
-                self.teacher.after_optimizer_step(self.model)
+            self.step.after_optimizer_step()
         return (time.perf_counter() - started) / steps
 
 
@@ -190,7 +190,8 @@ def main(argv=None) -> None:
 
     with tempfile.TemporaryDirectory() as folder:
         loops = {"bare": BareLoop(new_model(options.preset, distill_alpha_max=0.0), collated[0], accelerator.device),
-                 "train.py": StepLoop(new_model(options.preset, distill_alpha_max=0.0), endless(loader), accelerator),
+                 "train.py": StepLoop(TrainingStep(new_model(options.preset, distill_alpha_max=0.0),
+                                                   accelerator=accelerator), endless(loader)),
                  "trainer": TrainerLoop(new_model(options.preset, distill_alpha_max=0.0), dataset, collator,
                                         options.batch_size, options.num_workers, folder)}
         print_table("CLIP steps (train.py and Trainer read and collate their batches)",
@@ -198,13 +199,13 @@ def main(argv=None) -> None:
 
         teachers = {}
         for name, settings in TEACHERS.items():
-            model = new_model(options.preset, **settings)
-            teacher = build_teacher(model.config, model, accelerator, f"{folder}/{name}", num_pairs=len(dataset))
-            loop = StepLoop(model, endless(collated), accelerator, teacher)
-            if teacher is not None:  # the bank's first epoch, so that the timed steps read a filled bank
-                teacher.start_epoch(0)
+            step = TrainingStep.build(new_model(options.preset, **settings), accelerator,
+                                      bank_folder=f"{folder}/{name}", num_pairs=len(dataset))
+            loop = StepLoop(step, endless(collated))
+            if step.first_taught_epoch:  # the bank's first epoch, so that the timed steps read a filled bank
+                step.start_epoch(0)
                 loop.run(len(collated))
-                teacher.start_epoch(1)
+                step.start_epoch(step.first_taught_epoch)
             teachers[name] = loop
         print_table("Teachers (pre-collated batches)", timed_rounds(teachers, options.rounds, options.steps),
                     options.batch_size, "clip")

@@ -1,8 +1,12 @@
 """Command line: `python -m eval TASK --model FOLDER [--model FOLDER ...] --data SOURCE [options]`.
 
-Tasks: zeroshot, linear-probe, retrieval, robustness, noisy-pairs; `build-openmoji OUT` to build the
-OpenMoji benchmark; `study --config FILE` to train and compare a matrix of models (see eval/study.py). Writes `<output>/<task>.json`, `<task>.md`, figures, and (unless --no-card) the results
-into each model folder's README.md. Mistakes in the command exit with status 2 and a one-line error.
+Tasks: zeroshot, linear-probe, retrieval, robustness, noisy-pairs. Writes `<output>/<task>.json`, `<task>.md`,
+figures, and (unless --no-card) the results into each model folder's README.md. Mistakes in the command exit with
+status 2 and a one-line error. Aliases kept for one release: `build-openmoji OUT` is
+`python -m modeling_psdclip.data.openmoji OUT`, and `study --config FILE` is `python -m studies --config FILE`.
+
+The options are parsed before the tasks (torch, transformers, datasets, scikit-learn) are imported, so `--help`
+and a mistyped option answer at once.
 """
 
 from __future__ import annotations
@@ -13,21 +17,10 @@ from pathlib import Path
 
 from modeling_psdclip.utils import OneLineErrorParser, first_line
 
-from modeling_psdclip.card import update_model_card
-from .data import CLEAN, EvalData, load_eval_data
 from .errors import EvalInputError
-from .linear_probe import linear_probe
-from .model import EmbeddingModel, input_size, require_model_folder
-from .noisy_pairs import DEFAULT_POOL_SIZE, noisy_pair_detection, write_suspects_csv
-from .plots import noisy_pair_precision_curve, robustness_scatter
-from .report import scalar_metrics, write_report
-from .retrieval import PROTOCOLS, retrieval
-from .robustness import robustness
-from .templates import read_lines, resolve_templates
-from .zeroshot import zero_shot_classification
-
 
 PROG = "python -m eval"
+ALIASES = {"build-openmoji": "python -m modeling_psdclip.data.openmoji", "study": "python -m studies"}
 
 
 def positive_int(text: str) -> int:
@@ -47,8 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--model", action="append", required=True, metavar="FOLDER",
                         help="saved PSD-CLIP or transformers CLIPModel folder; repeat to compare models")
     common.add_argument("--data", required=True, metavar="SOURCE",
-                        help="synthetic:SPLIT, or a folder (imagefolder, save_to_disk, CLIP_benchmark webdataset), "
-                             "optionally FOLDER:SPLIT")
+                        help="synthetic:SPLIT, a folder (imagefolder, save_to_disk, CLIP_benchmark or other "
+                             "webdataset, parquet), a table or a datasets name; SOURCE:SPLIT names a split "
+                             "(default: test, or the only one)")
     common.add_argument("--label-column", help="column holding the class (synthetic default: label_shape)")
     common.add_argument("--classnames", metavar="FILE", help="class names, one a line, replacing the data's")
     common.add_argument("--num-samples", type=int, default=1000, help="synthetic data: examples per split")
@@ -77,136 +71,41 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--test-data", required=True, metavar="SOURCE")
     probe.add_argument("--val-data", metavar="SOURCE", help="default: a stratified 20%% of --data")
     retrieve = tasks.add_parser("retrieval", parents=[common], help="image-text retrieval Recall@1/5/10")
-    retrieve.add_argument("--protocol", choices=PROTOCOLS, default=PROTOCOLS[0],
+    # Checked by the task (eval.retrieval.PROTOCOLS), so that parsing the options imports no task.
+    retrieve.add_argument("--protocol", default="distinct_texts",
                           help="distinct_texts: identical caption texts are one item (default); clip_benchmark: "
                                "every caption its own item, as CLIP_benchmark counts")
     robust = tasks.add_parser("robustness", parents=[common, templates], help="accuracy under distribution shift")
     robust.add_argument("--shifted", action="append", required=True, metavar="SOURCE",
                         help="shifted data set; repeat for several")
     noisy = tasks.add_parser("noisy-pairs", parents=[common], help="rank suspected mismatched pairs")
-    noisy.add_argument("--pool-size", type=int, default=DEFAULT_POOL_SIZE,
-                       help="pairs each paired probability is computed among; 0 = all")
-    build = tasks.add_parser("build-openmoji", help="build the OpenMoji image-text benchmark into a folder")
-    build.add_argument("out", type=Path)
-    build.add_argument("--image-size", type=int, default=64)
-    build.add_argument("--p-mismatch", type=float, default=0.0,
-                       help="share of train rows given another train row's captions (noise label 'mismatch')")
-    study = tasks.add_parser("study", help="train and evaluate a matrix of runs (methods x noise x data x seeds)")
-    study.add_argument("--config", required=True, metavar="FILE", help="the study's YAML file, e.g. studies/noise.yaml")
-    study.add_argument("--quick", action="store_true", help="the study file's smaller `quick` size")
-    study.add_argument("--output", type=Path, help="folder of runs and report (default: the study file's)")
+    noisy.add_argument("--pool-size", type=int, default=None,
+                       help="pairs each paired probability is computed among; 0 = all (default: "
+                            "eval.noisy_pairs.DEFAULT_POOL_SIZE, 256)")
+    # Aliases of other commands: main() hands their arguments on before this parser reads them.
+    for alias, command in ALIASES.items():
+        tasks.add_parser(alias, help=f"alias of `{command}` (kept for one release)", add_help=False)
     return parser
 
 
-def load_data(args, source: str) -> EvalData:
-    noise = {"p_mismatch": args.p_mismatch, "p_partial": args.p_partial, "p_generic": args.p_generic}
-    data = load_eval_data(source, label_column=args.label_column, num_samples=args.num_samples, seed=args.seed,
-                          image_size=args.image_size, **{key: value for key, value in noise.items() if value})
-    if args.classnames:
-        names = read_lines(args.classnames, "class name")
-        if data.class_names is not None and len(names) != len(data.class_names):
-            raise EvalInputError(f"{args.classnames} has {len(names)} class names; data {data.name!r} has "
-                                 f"{len(data.class_names)} classes")
-        if data.labels is not None and data.labels.max() >= len(names):
-            raise EvalInputError(f"data {data.name!r} has labels beyond the {len(names)} class names of "
-                                 f"{args.classnames}")
-        data.class_names = names
-    return data
-
-
-def load_models(args) -> list[tuple[Path, EmbeddingModel]]:
-    """The --model folders, named by folder name; a repeated name gets its position appended, since results
-    and file names are keyed by it."""
-    names = [Path(folder).resolve().name for folder in args.model]
-    names = [name if names.count(name) == 1 else f"{name}-{i + 1}" for i, name in enumerate(names)]
-    return [(Path(folder), EmbeddingModel.from_pretrained(folder, name=name, batch_size=args.batch_size,
-                                                          device=args.device,
-                                                          trust_remote_code=args.trust_remote_code))
-            for folder, name in zip(args.model, names)]
-
-
-def run_per_model(args, task_type: str, task_name: str, evaluate_one) -> tuple[dict, list[dict], list[tuple]]:
-    """Evaluate every model on --data with `evaluate_one(model, data) -> results`; return results, table rows and
-    the card updates (`update_model_card` arguments) to make once the results are written."""
-    data = load_data(args, args.data)
-    results, rows, cards = {}, [], []
-    for folder, model in load_models(args):
-        results[model.name] = evaluate_one(model, data)
-        metrics = scalar_metrics(results[model.name])
-        rows.append({"model": model.name, "data": data.name, **metrics})
-        if not args.no_card:
-            # Scores are floats; counts, sizes and file paths are not results to list on a card.
-            cards.append((folder, task_type, task_name, data.name,
-                          {key: value for key, value in metrics.items() if isinstance(value, float)}))
-    return results, rows, cards
-
-
-def run_zeroshot(args):
-    templates = resolve_templates(args.templates) if args.templates else None
-    return run_per_model(args, "zero-shot-image-classification", "Zero-shot classification",
-                         lambda model, data: zero_shot_classification(model, data, templates))
-
-
-def run_linear_probe(args):
-    test = load_data(args, args.test_data)
-    val = load_data(args, args.val_data) if args.val_data else None
-    return run_per_model(args, "image-classification", "Linear probe",
-                         lambda model, train: linear_probe(model, train, test, val, seed=args.seed))
-
-
-def run_retrieval(args):
-    return run_per_model(args, "image-text-retrieval", "Retrieval",
-                         lambda model, data: retrieval(model, data, protocol=args.protocol))
-
-
-def run_noisy_pairs(args):
-    def detect(model, data):
-        results, probabilities = noisy_pair_detection(model, data, args.pool_size or None, args.seed)
-        results["suspects_csv"] = str(write_suspects_csv(args.output / f"noisy-pairs-{model.name}.csv", data,
-                                                         probabilities))
-        if data.noise is not None:
-            results["precision_curve"] = str(noisy_pair_precision_curve(
-                probabilities, [label != CLEAN for label in data.noise],
-                args.output / f"noisy-pairs-{model.name}.png"))
-        return results
-
-    return run_per_model(args, "noisy-pair-detection", "Noisy-pair detection", detect)
-
-
-def run_robustness(args):
-    templates = resolve_templates(args.templates) if args.templates else None
-    in_distribution = load_data(args, args.data)
-    shifted = [load_data(args, source) for source in args.shifted]
-    models = load_models(args)
-    results = robustness([model for _, model in models], in_distribution, shifted, templates)
-    results["scatter"] = str(robustness_scatter(results, args.output / "robustness.png"))
-    rows = [{"model": entry["model"], "data": name, "in_distribution_accuracy": entry["in_distribution_accuracy"],
-             **shift} for entry in results["models"] for name, shift in entry["shifted"].items()]
-    cards = [] if args.no_card else [
-        (folder, "zero-shot-image-classification", "Robustness", name, shift)
-        for (folder, _), entry in zip(models, results["models"]) for name, shift in entry["shifted"].items()]
-    return results, rows, cards
-
-
-TASKS = {"zeroshot": run_zeroshot, "linear-probe": run_linear_probe, "retrieval": run_retrieval,
-         "robustness": run_robustness, "noisy-pairs": run_noisy_pairs}
-
-
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["build-openmoji"]:
+        from modeling_psdclip.data.openmoji import main as build_openmoji
+
+        return build_openmoji(argv[1:], prog=f"{PROG} build-openmoji")
+    if argv[:1] == ["study"]:
+        from studies.__main__ import main as study
+
+        return study(argv[1:], prog=f"{PROG} study")
     args = build_parser().parse_args(argv)
+    from modeling_psdclip.card import update_model_card
+
+    from .commands import TASKS
+    from .model import input_size, require_model_folder
+    from .report import write_report
+
     try:
-        if args.task == "build-openmoji":
-            from modeling_psdclip.data.openmoji import build_openmoji
-
-            print(build_openmoji(args.out, image_size=args.image_size, p_mismatch=args.p_mismatch))
-            return 0
-        if args.task == "study":
-            from studies.runner import run_study
-            from studies.report import write_study_report
-
-            study, results = run_study(args.config, quick=args.quick, output=args.output)
-            print(f"report: {write_study_report(study, results, args.output or study['output'])}")
-            return 0
         for folder in args.model:  # before any slow data loading
             require_model_folder(folder)
         if args.image_size is None:  # synthetic scenes drawn at the size the model reads

@@ -1,20 +1,25 @@
 """Evaluation data in one shape, whatever it was stored as.
 
-Sources (`load_eval_data(source)`):
+Sources (`load_eval_data(source)`), read through the data package's resolver (`modeling_psdclip.data.sources`:
+the split syntax `SOURCE:SPLIT` and the image columns training uses too); without a split, "test", or a source's
+only split:
 - `synthetic:SPLIT` — the library's built-in captioned scenes (train, val, test, sketch, unseen_texture, ...).
 - `PATH[:SPLIT]` where PATH holds `classnames.txt` or `dataset_type.txt` — a CLIP_benchmark webdataset export
-  (classification or retrieval): shards `SPLIT/*.tar` (default split "test") with an image (.webp/.jpg/.png)
-  and .cls (class index) or .txt (captions, one a line) per sample, plus optional
-  `zeroshot_classification_templates.txt`.
+  (classification or retrieval): shards `SPLIT/*.tar` with an image (.webp/.jpg/.png) and .cls (class index) or
+  .txt (captions, one a line) per sample, plus optional `zeroshot_classification_templates.txt`.
 - `PATH[:SPLIT]` written by `Dataset.save_to_disk` / `DatasetDict.save_to_disk` (e.g. the OpenMoji benchmark).
 - `PATH[:SPLIT]` any other folder — `datasets`' imagefolder: classes from sub-folder names; or, with a
   `metadata.jsonl`/`metadata.csv` next to the images (datasets then infers no folder classes), captions,
-  noise labels and a class column (e.g. "label", class names as strings) from the metadata.
+  noise labels and a class column (e.g. "label", class names as strings) from the metadata; a folder of parquet
+  files or WebDataset shards.
+- a table (`.csv`, `.tsv`, `.jsonl`, `.parquet`, `.arrow`) of images or image paths (relative to the table's
+  folder), or a `datasets` name, as training reads them.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,15 +29,15 @@ import datasets
 import numpy as np
 
 from modeling_psdclip.utils import first_line
-from modeling_psdclip.data import saved_to_disk
+from modeling_psdclip.data import CLEAN, DataError  # noqa: F401 (CLEAN: eval's name for the label too)
 from modeling_psdclip.data.records import BadRecord, decode_image
+from modeling_psdclip.data.sources import IMAGE_COLUMNS, image_columns, load_raw_dataset, split_source
 
 from .errors import EvalInputError
 from .templates import read_lines
 
-IMAGE_COLUMNS = ("image", "webp", "jpg", "jpeg", "png")
 LABEL_COLUMNS = ("label", "cls")
-CLEAN = "clean"
+DEFAULT_SPLIT = "test"  # what a source of several splits is evaluated on when the source names none
 
 
 @dataclass
@@ -71,12 +76,14 @@ class EvalData:
 
     @classmethod
     def from_dataset(cls, dataset: datasets.Dataset, name: str, *, label_column: str | None = None,
-                     class_names: list[str] | None = None, templates: list[str] | None = None) -> "EvalData":
-        """Adapt a `datasets.Dataset` with an image column and any of: a class label column (a ClassLabel,
-        ints with `class_names`, or strings), `captions` (list of str), `caption` (str), `txt` (captions one a
-        line), `noise` ("clean" or the kind of corruption)."""
+                     class_names: list[str] | None = None, templates: list[str] | None = None,
+                     base_dir: str | None = None) -> "EvalData":
+        """Adapt a `datasets.Dataset` with an image column (found as training finds it: images, encoded bytes, or
+        paths relative to `base_dir`) and any of: a class label column (a ClassLabel, ints with `class_names`,
+        or strings), `captions` (list of str), `caption` (str), `txt` (captions one a line), `noise` ("clean" or
+        the kind of corruption)."""
         columns = dataset.column_names
-        image_column = next((column for column in IMAGE_COLUMNS if column in columns), None)
+        image_column = next(iter(image_columns(columns, dataset.features)), None)
         if image_column is None:
             raise EvalInputError(f"data {name!r} has no image column (looked for {', '.join(IMAGE_COLUMNS)})")
         if len(dataset) == 0:
@@ -84,11 +91,23 @@ class EvalData:
         if label_column is not None and label_column not in columns:
             raise EvalInputError(f"data {name!r} has no column {label_column!r} (it has {', '.join(columns)})")
         label_column = label_column or next((column for column in LABEL_COLUMNS if column in columns), None)
-        dataset = _readable_images(dataset, image_column, name)
+        dataset = _readable_images(_decoded_images(dataset, image_column, base_dir), image_column, name)
         labels, class_names = _labels(dataset, label_column, class_names, name)
         return cls(name=name, images=dataset[image_column], labels=labels, class_names=class_names,
                    captions=_captions(dataset), noise=list(dataset["noise"]) if "noise" in columns else None,
                    templates=templates)
+
+
+def _decoded_images(dataset: datasets.Dataset, column: str, base_dir: str | None) -> datasets.Dataset:
+    """`column` as a `datasets.Image` column that decodes to PIL images, whether it held images, encoded bytes or
+    paths (relative ones from `base_dir`)."""
+    feature = dataset.features.get(column)
+    if isinstance(feature, datasets.Image) and feature.decode:
+        return dataset
+    if base_dir is not None and isinstance(feature, datasets.Value) and feature.dtype in ("string", "large_string"):
+        dataset = dataset.map(lambda path: {column: os.path.join(base_dir, os.path.expanduser(path)) if path else path},
+                              input_columns=[column])
+    return dataset.cast_column(column, datasets.Image())
 
 
 def _readable_images(dataset: datasets.Dataset, column: str, name: str) -> datasets.Dataset:
@@ -137,8 +156,9 @@ def _captions(dataset) -> list[list[str]] | None:
         return [_caption_list(captions) for captions in dataset["captions"]]
     if "caption" in columns:
         return [[caption] for caption in dataset["caption"]]
-    if "txt" in columns:
-        return [text.splitlines() for text in dataset["txt"]]
+    if "txt" in columns:  # text, or the raw bytes of a WebDataset shard's .txt member
+        return [(text.decode("utf-8", "replace") if isinstance(text, bytes) else text).splitlines()
+                for text in dataset["txt"]]
     return None
 
 
@@ -162,24 +182,18 @@ def load_eval_data(source: str, *, label_column: str | None = None, num_samples:
     if source.startswith("synthetic:"):
         return _synthetic(source.partition(":")[2], label_column, num_samples=num_samples, seed=seed,
                           image_size=image_size, **synthetic_options)
-    path, split = _path_and_split(source)
-    if (path / "classnames.txt").is_file() or (path / "dataset_type.txt").is_file():
-        return _clip_benchmark_webdataset(path, split or "test", label_column)
-    if saved_to_disk(path):
-        return _saved_to_disk(path, split, label_column)
-    return _imagefolder(path, split, label_column)
-
-
-def _path_and_split(source: str) -> tuple[Path, str | None]:
-    path = Path(source)
-    if not path.exists() and ":" in source:
-        head, _, split = source.rpartition(":")
-        path = Path(head)
-        if path.is_dir():
-            return path, split
-    if not path.is_dir():
-        raise EvalInputError(f"data source {source!r} is not 'synthetic:SPLIT' nor an existing folder")
-    return path, None
+    path, split = split_source(source)
+    folder = Path(path).expanduser()
+    if (folder / "classnames.txt").is_file() or (folder / "dataset_type.txt").is_file():
+        return _clip_benchmark_webdataset(folder, split or DEFAULT_SPLIT, label_column)
+    try:
+        dataset, base_dir = load_raw_dataset(path, split=split, default_split=DEFAULT_SPLIT)
+    except DataError as error:
+        raise EvalInputError(str(error)) from None
+    if isinstance(dataset, datasets.IterableDataset):
+        raise EvalInputError(f"data {source!r} is a stream; evaluation needs a data set it can index")
+    name = f"{folder.name}:{split}" if split else folder.name
+    return EvalData.from_dataset(dataset, name, label_column=label_column, base_dir=base_dir)
 
 
 def _synthetic(split, label_column, **options) -> EvalData:
@@ -192,14 +206,6 @@ def _synthetic(split, label_column, **options) -> EvalData:
     except (KeyError, ValueError) as error:
         raise EvalInputError(f"synthetic split {split!r}: {first_line(error)}") from error
     return EvalData.from_dataset(dataset, f"synthetic:{split}", label_column=label_column or "label_shape")
-
-
-def _split_of(dataset_dict: datasets.DatasetDict, split: str | None, name: str) -> datasets.Dataset:
-    if split is None:
-        split = "test" if "test" in dataset_dict or len(dataset_dict) != 1 else next(iter(dataset_dict))
-    if split not in dataset_dict:
-        raise EvalInputError(f"data {name} has no split {split!r} (it has {', '.join(dataset_dict)})")
-    return dataset_dict[split]
 
 
 def _clip_benchmark_webdataset(root: Path, split: str, label_column) -> EvalData:
@@ -249,18 +255,3 @@ def _class_index(text: str, name: str) -> int:
         return int(text.strip())
     except ValueError:
         raise EvalInputError(f"data {name!r} has a .cls member that is not a class index: {text[:40]!r}") from None
-
-
-def _saved_to_disk(path: Path, split, label_column) -> EvalData:
-    loaded = datasets.load_from_disk(str(path))
-    dataset = _split_of(loaded, split, str(path)) if isinstance(loaded, datasets.DatasetDict) else loaded
-    return EvalData.from_dataset(dataset, f"{path.name}:{split}" if split else path.name, label_column=label_column)
-
-
-def _imagefolder(path: Path, split, label_column) -> EvalData:
-    try:
-        loaded = datasets.load_dataset("imagefolder", data_dir=str(path))
-    except (ValueError, FileNotFoundError) as error:
-        raise EvalInputError(f"folder {path} is not an image folder: {first_line(error)}") from error
-    dataset = _split_of(loaded, split, str(path))
-    return EvalData.from_dataset(dataset, f"{path.name}:{split}" if split else path.name, label_column=label_column)

@@ -60,8 +60,6 @@ class EmbeddingModel(ImageTextEmbedder):
         PSD-CLIP folders load through this package's classes, stock CLIP folders through transformers' own; the
         Python files a folder carries run only with `trust_remote_code=True`, for folders you trust.
         """
-        import modeling_psdclip  # noqa: F401 (registers model_type "psdclip" with the Auto classes)
-
         folder = require_model_folder(folder)
         note = pickle_weights_note(folder)
         if note:

@@ -1,4 +1,5 @@
-"""Figures that read better than a table: the robustness scatter and the noisy-pair precision curve."""
+"""Figures that read better than a table: the robustness scatter and the noisy-pair precision curve; and how every
+figure of the project is saved (`save_figure`, which the study report uses too)."""
 
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ def robustness_scatter(results: dict, path: str | Path) -> Path:
     axes.set(xlim=(0, 1), ylim=(0, 1), xlabel=f"accuracy on {results['in_distribution']}",
              ylabel="mean accuracy on shifted sets", title="Effective robustness")
     axes.legend(loc="upper left", fontsize=8)
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def noisy_pair_precision_curve(probabilities: np.ndarray, is_noisy, path: str | Path) -> Path:
@@ -46,13 +47,14 @@ def noisy_pair_precision_curve(probabilities: np.ndarray, is_noisy, path: str | 
     axes.axhline(noise_rate, color="C1", linestyle="--", label="random ranking")
     axes.set(xlabel="fraction of pairs flagged", ylabel="precision", ylim=(0, 1.02), title="Noisy-pair detection")
     axes.legend(fontsize=8)
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
-def _save(figure, path) -> Path:
+def save_figure(figure, path: str | Path, dpi: int = 120) -> Path:
+    """Lay out, write and close `figure` (its folder made if need be); the path written."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    figure.savefig(path, dpi=dpi)
     plt.close(figure)
     return path

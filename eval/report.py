@@ -5,19 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-
-def format_value(value) -> str:
-    if isinstance(value, float):
-        return f"{value:.4f}"
-    return "–" if value is None else str(value)
-
-
-def markdown_table(rows: list[dict]) -> str:
-    """A Markdown table of flat rows (dicts of scalars), columns in first-seen order."""
-    columns = list(dict.fromkeys(key for row in rows for key in row))
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(format_value(row.get(column)) for column in columns) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
+from modeling_psdclip.utils import format_value, markdown_table  # noqa: F401 (format_value: eval's name for it)
 
 
 def scalar_metrics(results: dict) -> dict:

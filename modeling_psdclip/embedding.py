@@ -48,6 +48,10 @@ class ImageTextEmbedder:
         """
         from transformers import AutoModel, AutoProcessor
 
+        from . import register_auto_classes
+
+        register_auto_classes()  # a PSD-CLIP folder loads with the installed code, not the folder's
+
         model = AutoModel.from_pretrained(name_or_path, **load_kwargs)
         for method in ("get_image_features", "get_text_features"):
             if not hasattr(model, method):

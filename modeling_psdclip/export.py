@@ -18,10 +18,10 @@ from transformers import AutoProcessor, CLIPConfig, CLIPModel
 
 from .utils import OneLineErrorParser, fail, first_line
 from .configuration_psdclip import PSDCLIPConfig
-from .model_folder import PACKAGE_TAG, render_model_card, save_model_folder, training_metadata
+from .card import PACKAGE_TAG, render_model_card, training_metadata
+from .model_folder import save_model_folder
 from .modeling_psdclip import PSDCLIPModel
 
-EXPORT_FORMATS = ("clip", "psdclip")
 USAGE_HEADING = "\n## Usage\n"
 PROG = "python -m modeling_psdclip.export"
 

@@ -1,4 +1,8 @@
-"""Saving a Hub-ready model folder (weights, remote code, processor, model card) and pushing it."""
+"""A model folder of this package: what one holds, whether one can be written somewhere without destroying anything,
+writing one (weights, remote code, processor, card) so that it is replaced only once complete, and pushing it.
+
+Imported by the option checks of every command, so it loads nothing heavy until a folder is written or pushed.
+"""
 
 import json
 import re
@@ -6,25 +10,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from huggingface_hub import EvalResult, ModelCard, ModelCardData, constants, upload_folder
-from tokenizers import Tokenizer
-
 from .utils import first_line
-from .configuration_psdclip import PRESETS
-from .data.sources import hub_dataset_id
-from .modeling_psdclip import PSDCLIPModel
-
-
-# The repository's model_card.md, linked into the package so that an installed (non-editable) package has it.
-CARD_TEMPLATE = Path(__file__).parent / "model_card.md"
-LICENSE = "apache-2.0"  # the project's licence (pyproject.toml)
-# train.py options that only locate files on the training machine: private there, and meaningless on the Hub.
-MACHINE_OPTIONS = ("config", "output_dir", "run_dir", "resume")
-VALIDATION_PREFIX = "val/"
-PACKAGE_TAG = "psdclip"  # the card's tag, and the name of its metadata block of training details
-OBJECTIVE = ("progressive self-distillation: CLIP's contrastive loss, with the one-hot targets of a random share of "
-             "rows (distill_fraction) mixed with an earlier self's alignment distribution (distill_teacher) by a "
-             "weight alpha that reaches distill_alpha_max (distill_schedule)")
+from .card import PACKAGE_TAG
 
 
 # Every file a model folder of this package holds: what `save_model_folder` writes (sharded weights included, and
@@ -39,30 +26,6 @@ MODEL_FOLDER_FILES = re.compile(
 
 class HubError(RuntimeError):
     """Pushing a folder to the Hub failed; the message is one line for the user."""
-
-
-def model_title(config, base_model: str | None = None) -> str:
-    """What the card calls the model: what it was fine-tuned from, its preset, or its vision tower."""
-    if base_model:
-        return f"PSD-CLIP fine-tuned from {base_model}"
-    for name, preset in PRESETS.items():
-        if config.projection_dim == preset["projection_dim"] and all(
-                getattr(getattr(config, tower), key) == value
-                for tower in ("text_config", "vision_config") for key, value in preset[tower].items()):
-            return f"PSD-CLIP {name}"
-    vision = config.vision_config
-    return (f"PSD-CLIP ViT/{vision.patch_size} at {vision.image_size} px, width {vision.hidden_size}, "
-            f"depth {vision.num_hidden_layers}")
-
-
-def validation_results(metrics: dict, dataset: str) -> list[EvalResult]:
-    """The model-index entries of the final validation metrics (`val/...` keys) on `dataset`."""
-    return [
-        EvalResult(task_type="image-text-retrieval", task_name="Validation", dataset_type=dataset.partition(":")[0],
-                   dataset_name=dataset, dataset_split="validation", metric_type=key.removeprefix(VALIDATION_PREFIX),
-                   metric_name=key.removeprefix(VALIDATION_PREFIX), metric_value=float(value))
-        for key, value in metrics.items() if key.startswith(VALIDATION_PREFIX)
-    ]
 
 
 class ModelFolderError(ValueError):
@@ -114,87 +77,6 @@ def _written_by_this_package(folder: Path) -> bool:
         return False
 
 
-def training_metadata(config, data: dict | None = None) -> dict:
-    """The card metadata's `psdclip` block: the objective, its settings and the training data, which a clip
-    export's config.json does not hold."""
-    settings = ("distill_teacher", "distill_alpha_max", "distill_schedule", "distill_fraction", "distill_temperature",
-                *(("distill_ema_decay",) if config.distill_teacher == "ema" else ()), "logit_scale_max")
-    return {"objective": OBJECTIVE, **{name: getattr(config, name) for name in settings},
-            **({"data": data} if data else {})}
-
-
-def render_model_card(config, model_path: str, *, data: dict | None = None, training: dict | None = None,
-                      metrics: dict | None = None, model_name: str | None = None, license: str = LICENSE,
-                      datasets: list[str] | None = None, base_model: str | None = None,
-                      validation_data: str | None = None, model_format: str = "psdclip") -> ModelCard:
-    """The card of a model with `config`: metadata for the Hub (model-index from the `val/...` metrics measured on
-    `validation_data`, the training details in a `psdclip` block), the template's tables, and usage naming
-    `model_path` for a folder in `model_format` ("psdclip": remote code; "clip": transformers' CLIPModel)."""
-    model_name = model_name or model_title(config, base_model)
-    results = validation_results(metrics or {}, validation_data) if validation_data else []
-    card_data = ModelCardData(
-        model_name=model_name,
-        license=license,
-        library_name="transformers",
-        pipeline_tag="zero-shot-image-classification",
-        tags=[PACKAGE_TAG, "clip", "self-distillation", "zero-shot-image-classification"],
-        datasets=datasets or None,
-        base_model=base_model,
-        eval_results=results or None,
-        **{PACKAGE_TAG: training_metadata(config, data)},
-    )
-    return ModelCard.from_template(
-        card_data,
-        template_path=str(CARD_TEMPLATE),
-        model_name=model_name,
-        model_path=model_path,
-        model_format=model_format,
-        config=config,
-        data=data,
-        training=training,
-        metrics=metrics,
-    )
-
-
-def _public(value):
-    """A path on the training machine shortened to its last part (no user's home or layout); other values as
-    they are."""
-    return Path(value).name if isinstance(value, str) and Path(value).expanduser().exists() else value
-
-
-def downloaded_model_id(folder) -> str | None:
-    """The Hub repository a folder was downloaded from, when it is a snapshot in the Hugging Face cache
-    (`.../models--ORG--NAME/snapshots/REVISION`, the folder `hf download ORG/NAME` prints); else None."""
-    folder = Path(folder).expanduser().resolve()
-    repository = folder.parent.parent.name
-    if folder.parent.name != "snapshots" or not repository.startswith("models--"):
-        return None
-    return repository.removeprefix("models--").replace("--", "/")  # Hub ids cannot contain "--"
-
-
-def training_card_fields(options, data_description: dict, metrics: dict) -> dict:
-    """`save_model_folder`'s card fields for a train.py run with `options`, its data description and metrics.
-
-    The output and run folders are left out and other local paths shortened; a Hub dataset as `--data` becomes
-    the card's `datasets`, an `--init-from` folder downloaded from the Hub its `base_model`, the final validation
-    metrics its model-index.
-    """
-    base_model = downloaded_model_id(options.init_from) if options.init_from else None
-    training = {key: _public(value) for key, value in vars(options).items()
-                if value is not None and key not in MACHINE_OPTIONS}
-    if base_model:
-        training["init_from"] = base_model  # rather than the snapshot's revision, the last part of its path
-    return {
-        "data": {key: _public(value) for key, value in data_description.items()},
-        "training": training,
-        "metrics": {key: value for key, value in metrics.items() if not isinstance(value, dict)},
-        "datasets": [name for name in [hub_dataset_id(options.data)] if name],
-        "base_model": base_model,
-        # Without --val-data only the built-in data is validated (on its own clean split).
-        "validation_data": _public(options.val_data or options.data),
-    }
-
-
 def _stock_tokenizer_files(folder: Path) -> None:
     """Make the saved tokenizer load the same, without warnings, in transformers and in `tokenizers`.
 
@@ -205,6 +87,8 @@ def _stock_tokenizer_files(folder: Path) -> None:
     tokenizer it loaded was loaded (`is_local`, `local_files_only`: from a folder, offline), which says nothing
     about the saved folder, least of all on the Hub.
     """
+    from tokenizers import Tokenizer
+
     backend_path, config_path = folder / "tokenizer.json", folder / "tokenizer_config.json"
     if not backend_path.is_file():
         return
@@ -221,8 +105,8 @@ def _stock_tokenizer_files(folder: Path) -> None:
                                encoding="utf-8")
 
 
-def save_model_folder(model: PSDCLIPModel, processor, folder, repo_id: str | None = None,
-                      card: ModelCard | None = None, **card_fields) -> Path:
+def save_model_folder(model, processor, folder, repo_id: str | None = None, card: ModelCard | None = None,
+                      **card_fields) -> Path:
     """Write model, processor and card to `folder`, replacing it only once the new folder is complete.
 
     An existing `folder` is replaced only when it is empty or a model folder this package wrote; anything else
@@ -233,6 +117,8 @@ def save_model_folder(model: PSDCLIPModel, processor, folder, repo_id: str | Non
     the card's model-index). A `card` given is written as it is instead; `model` may then be any transformers model
     (a clip export's `CLIPModel`).
     """
+    from .card import render_model_card
+
     folder = Path(folder)
     check_model_folder_target(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -262,9 +148,15 @@ def save_model_folder(model: PSDCLIPModel, processor, folder, repo_id: str | Non
 
 def push_folder_to_hub(folder, repo_id: str) -> str:
     """Upload a saved folder; any failure (offline, no token, no access) becomes a one-line HubError."""
+    from huggingface_hub import constants, upload_folder
+
     if constants.HF_HUB_OFFLINE:
         raise HubError(f"could not push {folder} to the Hub repository {repo_id}: HF_HUB_OFFLINE is set")
     try:
         return str(upload_folder(repo_id=repo_id, folder_path=str(folder), repo_type="model"))
     except Exception as error:  # Network, auth and repo errors all mean the same to the caller: not pushed.
         raise HubError(f"could not push {folder} to the Hub repository {repo_id}: {first_line(error)}") from error
+
+
+__all__ = ["MODEL_FOLDER_FILES", "HubError", "ModelFolderError", "check_model_folder_target", "pickle_weights_note",
+           "push_folder_to_hub", "save_model_folder"]

@@ -30,28 +30,9 @@ from .configuration_psdclip import PSDCLIPConfig
 
 @dataclass
 class PSDLossOutput:
-    """The objective of one step and its diagnostics, all 0-d tensors over this process's rows.
+    r"""The objective of one step and its diagnostics, all 0-d tensors over this process's rows.
 
-    `loss == loss_hard + loss_soft`: the one-hot and the teacher parts of the soft-target cross-entropy. The
-    teacher diagnostics are means over the rows that have a teacher (NaN when none has).
-    """
-
-    loss: torch.Tensor
-    loss_hard: torch.Tensor
-    loss_soft: torch.Tensor
-    distill_alpha: torch.Tensor
-    teacher_share: torch.Tensor
-    teacher_entropy: torch.Tensor
-    paired_probability: torch.Tensor
-    teacher_agreement: torch.Tensor
-    logit_multiplier: torch.Tensor
-
-
-@dataclass
-class PSDCLIPOutput(CLIPOutput):
-    r"""
-    CLIP's output plus the parts of the self-distillation loss and its diagnostics (set when `return_loss=True`).
-
+    loss (`torch.Tensor`): `loss_hard + loss_soft`, the soft-target cross-entropy.
     loss_hard (`torch.Tensor`): the part of the loss weighted by the one-hot targets.
     loss_soft (`torch.Tensor`): the part weighted by the teacher's distribution.
     distill_alpha (`torch.Tensor`): the teacher weight `a(t)` used this step.
@@ -59,10 +40,12 @@ class PSDCLIPOutput(CLIPOutput):
     teacher_entropy (`torch.Tensor`): mean entropy of the teacher's rows, both directions.
     paired_probability (`torch.Tensor`): mean teacher probability of each row's own pair, both directions.
     teacher_agreement (`torch.Tensor`): share of rows where student and teacher rank the same item first.
-    logit_multiplier (`torch.Tensor`): the scale s = exp(logit_scale) the logits were multiplied by (no gradient;
-        always set).
+    logit_multiplier (`torch.Tensor`): the scale s = exp(logit_scale) the logits were multiplied by (no gradient).
+
+    The teacher diagnostics are means over the rows that have a teacher (NaN when none has).
     """
 
+    loss: torch.Tensor | None = None
     loss_hard: torch.Tensor | None = None
     loss_soft: torch.Tensor | None = None
     distill_alpha: torch.Tensor | None = None
@@ -71,6 +54,14 @@ class PSDCLIPOutput(CLIPOutput):
     paired_probability: torch.Tensor | None = None
     teacher_agreement: torch.Tensor | None = None
     logit_multiplier: torch.Tensor | None = None
+
+
+@dataclass
+class PSDCLIPOutput(PSDLossOutput, CLIPOutput):
+    r"""
+    CLIP's output plus `PSDLossOutput`'s parts of the self-distillation loss and its diagnostics (set when
+    `return_loss=True`; `logit_multiplier` is always set). The fields are CLIPOutput's, then the loss parts.
+    """
 
 
 def is_distributed() -> bool:

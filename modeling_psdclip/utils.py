@@ -1,9 +1,12 @@
-"""What every command of the project (train.py, python -m eval) shares: a user mistake is one line and exit 2."""
+"""General helpers of every command of the project (train.py, python -m eval, python -m studies): a user mistake is
+one line and exit 2; a JSON file is replaced atomically; results are shown as Markdown tables."""
 
 import argparse
+import importlib
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -26,6 +29,36 @@ class OneLineErrorParser(argparse.ArgumentParser):
         fail(self.prog, message)
 
 
+def status_of(prog: str, action: Callable[[], object], *mistakes: type[Exception]) -> int:
+    """Run a command's `action`: exit status 0, or 2 with `prog: error: message` on stderr for one of `mistakes`
+    (exceptions whose message is one line for the user)."""
+    try:
+        action()
+    except mistakes as error:
+        print(f"{prog}: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def lazy_names(package: str, exports: dict[str, str], on_first_use: Callable[[], None] | None = None):
+    """`__getattr__` and `__dir__` (PEP 562) for a package whose names load from their submodules on first use
+    (`exports`: name -> submodule), so that importing the package, as a command does before parsing its options,
+    loads nothing heavy. `on_first_use` runs before any of them loads."""
+    def __getattr__(name: str):
+        if name not in exports:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        if on_first_use is not None:
+            on_first_use()
+        value = getattr(importlib.import_module(f".{exports[name]}", package), name)
+        setattr(sys.modules[package], name, value)
+        return value
+
+    def __dir__() -> list[str]:
+        return sorted(set(vars(sys.modules[package])) | set(exports))
+
+    return __getattr__, __dir__
+
+
 def write_json_atomically(path: Path, data: dict) -> None:
     """Write `data` as JSON so that a reader never sees half a file: staged beside it, then renamed over it."""
     staging = path.with_name(f".{path.name}.tmp")
@@ -33,4 +66,20 @@ def write_json_atomically(path: Path, data: dict) -> None:
     os.replace(staging, path)
 
 
-__all__ = ["OneLineErrorParser", "fail", "first_line", "write_json_atomically"]
+def format_value(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return "–" if value is None else str(value)
+
+
+def markdown_table(rows: list[dict], columns: list[str] | None = None) -> str:
+    """A Markdown table of flat rows (dicts of scalars: floats to 4 decimals, None as "–"); the columns are
+    `columns`, or the rows' keys in first-seen order."""
+    columns = columns or list(dict.fromkeys(key for row in rows for key in row))
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(format_value(row.get(column)) for column in columns) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+__all__ = ["OneLineErrorParser", "fail", "first_line", "format_value", "lazy_names", "markdown_table", "status_of",
+           "write_json_atomically"]

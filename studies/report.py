@@ -11,16 +11,14 @@ import math
 from collections import defaultdict
 from pathlib import Path
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")  # files only; no display on servers and CI
+from eval.plots import plt, save_figure  # pyplot on the files-only backend that eval.plots selects
+from eval.robustness import baseline_prediction, fit_baseline
+from eval.statistics import mean_std, paired_difference, paired_permutation_p
+from modeling_psdclip.utils import markdown_table
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from eval.robustness import baseline_prediction, fit_baseline  # noqa: E402
-from eval.statistics import mean_std, paired_difference, paired_permutation_p  # noqa: E402
-from .runner import Run  # noqa: E402
+from .runner import DIAGNOSTICS as LOGGED_DIAGNOSTICS, Run
 
 # (key in a run's results, column title, definition); every one of them is better higher except the validation loss.
 METRICS = (
@@ -47,7 +45,8 @@ METRICS = (
     ("val_loss", "val loss", "CLIP loss on the clean validation split at the end (lower is better)"),
 )
 FIGURE_METRICS = ("zeroshot_shape", "zeroshot_group", "retrieval_r1", "linear_probe_shape", "noisy_pair_auroc")
-DIAGNOSTICS = ("teacher_share", "teacher_entropy", "paired_probability", "teacher_agreement", "logit_multiplier")
+# The teacher diagnostics the runner records of each run, but the soft loss (a loss, not a teacher's).
+DIAGNOSTICS = tuple(name.removeprefix("train/") for name in LOGGED_DIAGNOSTICS if name != "train/loss_soft")
 # Methods every other method is compared with, when the study has them: CLIP, and label smoothing (the uniform
 # teacher), the simplest thing that could explain a gain of PSD's.
 CONTROLS = ("clip", "smoothing")
@@ -106,8 +105,7 @@ def difference_cell(treatment: dict, control: dict, key: str) -> str:
 
 
 def table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows]) + "\n"
+    return markdown_table([dict(zip(header, row)) for row in rows], header)
 
 
 def write_study_report(study: dict, results: list[dict], output: str | Path, title: str = "PSD-CLIP versus CLIP"
@@ -199,10 +197,7 @@ def metric_figure(grouped: dict, cells: list[str], methods: list[str], metrics: 
         axis.set_xlim(-0.5, len(cells) - 0.5)  # a single cell would otherwise stretch its methods' offsets apart
         axis.set_title(name)
     axes[0][0].legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path, dpi=110)
 
 
 def val_loss_figure(grouped: dict, cells: list[str], methods: list[str], path: Path) -> Path:
@@ -212,7 +207,7 @@ def val_loss_figure(grouped: dict, cells: list[str], methods: list[str], path: P
         plot_mean_curves(axis, grouped, cell, methods, lambda record: record["val_loss_curve"])
         axis.set_title(cell, fontsize=9)
     axes[0][0].set_ylabel("clean validation loss")
-    return save_figure(figure, axes, path)
+    return save_with_legend(figure, axes, path)
 
 
 def diagnostics_figure(grouped: dict, cells: list[str], methods: list[str], path: Path) -> Path:
@@ -224,7 +219,7 @@ def diagnostics_figure(grouped: dict, cells: list[str], methods: list[str], path
             plot_mean_curves(axis, grouped, cell, [m for m in methods if m not in CONTROLS],
                              lambda record: record.get("diagnostic_curves", {}).get(name))
             axis.set_title(f"{cell}: teacher {name.replace('_', ' ')}", fontsize=9)
-    return save_figure(figure, axes, path)
+    return save_with_legend(figure, axes, path)
 
 
 def plot_mean_curves(axis, grouped: dict, cell: str, methods: list[str], curve_of) -> None:
@@ -239,12 +234,9 @@ def plot_mean_curves(axis, grouped: dict, cell: str, methods: list[str], curve_o
     axis.set_xlabel("step")
 
 
-def save_figure(figure, axes, path: Path) -> Path:
+def save_with_legend(figure, axes, path: Path) -> Path:
     axes[0][0].legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path, dpi=110)
 
 
 def robustness_figure(results: list[dict], baseline, path: Path) -> Path:
@@ -261,10 +253,7 @@ def robustness_figure(results: list[dict], baseline, path: Path) -> Path:
     axis.set_xlabel("zero-shot shape accuracy, clean test")
     axis.set_ylabel("mean over shifted splits")
     axis.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    return save_figure(figure, path, dpi=110)
 
 
 __all__ = ["METRICS", "add_effective_robustness", "write_study_report"]

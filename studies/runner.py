@@ -1,11 +1,11 @@
-"""The PSD-versus-CLIP study: `python -m eval study --config studies/noise.yaml [--quick] [--output DIR]`.
+"""The PSD-versus-CLIP study: `python -m studies --config studies/noise.yaml [--quick] [--output DIR]`.
 
 A study is a matrix of training runs: methods (train.py option sets, e.g. CLIP and PSD with each teacher) x cells
 (a caption-noise level and a number of training pairs, or a data folder) x seeds, all with the same optimizer
 steps, so fewer pairs means more epochs over them (the memorisation end of the data-size axis). Each run is
-trained by train.py itself, in a subprocess (its own code path, checkpoints and resume), then evaluated with this
-package's tasks, and the validation loss curve and diagnostics train.py logged are collected. A finished run is
-never redone: a killed study continues where it stopped.
+trained by the training package's own command (`modeling_psdclip.training`: train.py's code path, checkpoints and
+resume) in this process, then evaluated with eval's tasks, and the validation loss curve and diagnostics train.py
+logged are collected. A finished run is never redone: a killed study continues where it stopped.
 
 - A synthetic cell ({noise, train_samples}) trains on the built-in scenes with the noise level's options and is
   evaluated on the built-in splits: zero-shot shape, colour and count on clean test, retrieval on clean val, a
@@ -17,9 +17,10 @@ never redone: a killed study continues where it stopped.
 
 The study's YAML file holds `output`, `seeds`, `methods` ({name: train options}), `noise` ({name: train options}),
 `cells`, `train` (options of every run), `eval` (`num_samples`, `noisy_pairs`: synthetic sizes; `batch_size`;
-`linear_probe`, `shifted`: whether synthetic cells run those tasks, default true),
-optionally `launcher` (a command that runs train.py, e.g. "accelerate launch --multi_gpu"), `pretrain` and `quick`
-(overrides of any of these for `--quick`; `train`, `eval` and `pretrain` are merged key by key).
+`linear_probe`, `shifted`: whether synthetic cells run those tasks, default true), optionally `launcher` (a command
+that runs the training in a subprocess as `LAUNCHER -m modeling_psdclip.training`, e.g. "accelerate launch
+--multi_gpu"), `pretrain` and `quick` (overrides of any of these for `--quick`; `train`, `eval` and `pretrain` are
+merged key by key).
 
 `pretrain` (train options) makes the fine-tuning protocol of noisy-correspondence learning: a starting model is
 trained once with those options (cached in the study's output as `pretrained/`, resumable like any run), and every
@@ -35,7 +36,6 @@ import math
 import os
 import shlex
 import subprocess
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -44,6 +44,7 @@ import yaml
 
 from modeling_psdclip.utils import first_line, write_json_atomically
 from modeling_psdclip.data import saved_with_splits
+from modeling_psdclip.training.cli import main_in_process
 
 from eval.data import CLEAN, EvalData, load_eval_data
 from eval.errors import EvalInputError
@@ -53,7 +54,6 @@ from eval.noisy_pairs import noisy_pair_detection
 from eval.retrieval import retrieval
 from eval.zeroshot import zero_shot_classification
 
-TRAIN_SCRIPT = Path(__file__).resolve().parents[1] / "train.py"
 STUDY_KEYS = {"output", "seeds", "methods", "noise", "cells", "train", "eval", "launcher", "pretrain", "quick"}
 MERGED_KEYS = ("train", "eval", "pretrain")
 ATTRIBUTES = ("shape", "colour", "count")
@@ -147,23 +147,28 @@ def train_options(study: dict, run: Run, folder: Path) -> dict:
 
 
 def train(study: dict, run: Run, folder: Path) -> None:
-    """Train one run with train.py, continuing its own checkpoints when an earlier study was killed mid-run."""
+    """Train one run, continuing its own checkpoints when an earlier study was killed mid-run."""
     run_training(study, train_options(study, run, folder), folder, run.name)
 
 
 def run_training(study: dict, options: dict, folder: Path, name: str) -> None:
-    """train.py with `options` in a subprocess (its own code path, checkpoints and resume), logging to the folder."""
+    """Train with `options` through the training package (in this process, or under the study's `launcher`),
+    logging to the folder; it resumes from the folder's own checkpoints."""
     folder.mkdir(parents=True, exist_ok=True)
     config = folder / "train.yaml"
     config.write_text(yaml.safe_dump(options, sort_keys=False))
-    launcher = shlex.split(study.get("launcher") or shlex.quote(sys.executable))
+    arguments = ["--config", str(config), "--resume", "latest"]
     log = folder / "train.log"
-    with log.open("w") as output:
-        done = subprocess.run([*launcher, str(TRAIN_SCRIPT), "--config", str(config), "--resume", "latest"],
-                              stdout=output, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    if done.returncode != 0:
+    if study.get("launcher"):
+        with log.open("w") as output:
+            status = subprocess.run([*shlex.split(study["launcher"]), "-m", "modeling_psdclip.training", *arguments],
+                                    stdout=output, stderr=subprocess.STDOUT,
+                                    env={**os.environ, "HF_HUB_OFFLINE": "1"}).returncode
+    else:
+        status = main_in_process(arguments, log)
+    if status != 0:
         last = (log.read_text().strip().splitlines() or ["no output"])[-1]
-        raise EvalInputError(f"run {name} failed (exit {done.returncode}; log {log}): {last}")
+        raise EvalInputError(f"run {name} failed (exit {status}; log {log}): {last}")
 
 
 def pretrained_model(study: dict, root: Path, progress=print) -> Path | None:
@@ -259,7 +264,7 @@ def noisy_pair_auroc(model: EmbeddingModel, data: EvalData, seed: int) -> float 
 
 def training_record(folder: Path) -> dict:
     """The validation loss curve, the teacher diagnostics over training (curves, and means over the steps that
-    distilled), and the training's compute and time, from what train.py logged."""
+    distilled), and the training's compute and time, from what the training logged."""
     log = [json.loads(line) for line in (folder / "run" / "metrics.jsonl").read_text().splitlines()]
     curve = [[line["step"], line["val/loss"]] for line in log if "val/loss" in line]
     train_lines = [line for line in log if "train/loss" in line]
@@ -285,8 +290,6 @@ def run_study(config: str | Path, quick: bool = False, output: str | Path | None
     """Train and evaluate every run not finished yet; returns the study settings and every run's results."""
     study = load_study(config, quick)
     root = Path(output or study["output"])
-    if not TRAIN_SCRIPT.is_file():
-        raise EvalInputError(f"the study trains with {TRAIN_SCRIPT}, which is not there (run it from a checkout)")
     runs = planned_runs(study)
     require_data_folders(runs)
     study["output"] = str(root)  # where the runs find the starting model

@@ -1,4 +1,5 @@
-"""Fakes and tiny on-disk fixtures shared by the eval tests (this module has no tests of its own)."""
+"""What the tests share (this module has no tests of its own): the one micro model size, random batches, fake
+encoders, tiny saved model folders, and small on-disk data (an image folder, OpenMoji SVGs)."""
 
 import json
 import re
@@ -9,6 +10,10 @@ import torch
 from PIL import Image
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
+
+from modeling_psdclip import PSDCLIPConfig, PSDCLIPModel
+from modeling_psdclip.model_folder import save_model_folder
+from modeling_psdclip.processing import build_processor
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220), "yellow": (230, 220, 30)}
 
@@ -82,31 +87,57 @@ def tiny_processor(image_size=16) -> CLIPProcessor:
     return CLIPProcessor(image_processor=image_processor, tokenizer=clip_tokenizer)
 
 
-def tiny_clip_config(config_class=CLIPConfig, vocab_size=120):
+def micro_config(config_class=PSDCLIPConfig, *, vocab_size: int | None = 100,
+                 special_ids: tuple[int, int] | None = None, **overrides):
+    """The tests' one model size: two layers 32 wide, 16 px images in 8 px patches, a 16-token context and 16-d
+    embeddings; big enough to exercise every path, fast on CPU.
+
+    `vocab_size`: 100 (what `random_batch` draws from), a small tokenizer's size, or None for CLIP's own vocabulary,
+    which the shipped tokenizer (`build_processor`) fits. `special_ids`: the start and end (and padding) tokens,
+    by default the last two ids. `config_class`: PSDCLIPConfig, or transformers' CLIPConfig for a stock model;
+    `overrides` go to it (e.g. the distillation settings).
+    """
     tower = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2}
-    return config_class(
-        text_config={**tower, "max_position_embeddings": 16, "vocab_size": vocab_size,
-                     "bos_token_id": 0, "eos_token_id": 1, "pad_token_id": 1},
-        vision_config={**tower, "image_size": 16, "patch_size": 8}, projection_dim=16)
+    text = {**tower, "max_position_embeddings": 16}
+    if vocab_size is not None:
+        bos, eos = special_ids or (vocab_size - 2, vocab_size - 1)
+        text.update(vocab_size=vocab_size, bos_token_id=bos, eos_token_id=eos, pad_token_id=eos)
+    return config_class(text_config=text, vision_config={**tower, "image_size": 16, "patch_size": 8},
+                        projection_dim=16, **overrides)
+
+
+def random_batch(config, batch_size: int, seed: int = 0) -> dict:
+    generator = torch.Generator().manual_seed(seed)
+    text, vision = config.text_config, config.vision_config
+    input_ids = torch.randint(0, text.vocab_size - 2, (batch_size, text.max_position_embeddings), generator=generator)
+    input_ids[:, 0] = text.bos_token_id
+    input_ids[:, -1] = text.eos_token_id
+    pixel_values = torch.randn(batch_size, 3, vision.image_size, vision.image_size, generator=generator)
+    return {"input_ids": input_ids, "pixel_values": pixel_values}
+
+
+def save_micro_folder(folder: Path, seed: int = 0) -> Path:
+    """A random micro PSD-CLIP model with CLIP's vocabulary and the shipped processor, saved as runs start from it."""
+    torch.manual_seed(seed)
+    PSDCLIPModel(micro_config(vocab_size=None)).save_pretrained(folder)
+    build_processor(image_size=16, context_length=16).save_pretrained(folder)
+    return folder
 
 
 def save_tiny_clip(folder: Path, seed=0) -> Path:
-    """A random two-layer stock transformers CLIPModel with its processor, saved like any checkpoint."""
+    """A random micro stock transformers CLIPModel with a small trained tokenizer, saved like any checkpoint."""
     torch.manual_seed(seed)
     processor = tiny_processor()
-    CLIPModel(tiny_clip_config(vocab_size=len(processor.tokenizer))).save_pretrained(folder)
+    CLIPModel(micro_config(CLIPConfig, vocab_size=len(processor.tokenizer), special_ids=(0, 1))).save_pretrained(folder)
     processor.save_pretrained(folder)
     return folder
 
 
 def save_tiny_psdclip(folder: Path, seed=0) -> Path:
     """The same, as a PSD-CLIP model folder: weights, processor, card and the remote code files."""
-    from modeling_psdclip import PSDCLIPConfig, PSDCLIPModel
-    from modeling_psdclip.model_folder import save_model_folder
-
     torch.manual_seed(seed)
     processor = tiny_processor()
-    model = PSDCLIPModel(tiny_clip_config(PSDCLIPConfig, vocab_size=len(processor.tokenizer)))
+    model = PSDCLIPModel(micro_config(vocab_size=len(processor.tokenizer), special_ids=(0, 1)))
     return save_model_folder(model, processor, folder)
 
 
@@ -122,3 +153,30 @@ def write_imagefolder(root: Path, per_class=3, metadata=False) -> Path:
     if metadata:
         (root / "metadata.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
     return root
+
+
+EMOJI_TEST = """# group: Smileys & Emotion
+# subgroup: face-smiling
+1F600 ; fully-qualified # 😀 E1.0 grinning face
+263A FE0F ; fully-qualified # ☺️ E0.6 smiling face
+263A ; unqualified # ☺ E0.6 smiling face
+# group: People & Body
+# subgroup: hand-fingers-open
+1F44B ; fully-qualified # 👋 E0.6 waving hand
+1F44B 1F3FB ; fully-qualified # 👋🏻 E1.0 waving hand: light skin tone
+# group: Animals & Nature
+# subgroup: animal-mammal
+1F436 ; fully-qualified # 🐶 E0.6 dog face
+1F431 ; fully-qualified # 🐱 E0.6 cat face
+1F42D ; fully-qualified # 🐭 E0.6 mouse face
+"""
+SVG = '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 72 72"><circle cx="36" cy="36" r="{r}" fill="{fill}"/></svg>'
+FILES = {"1F600": ("#fcea2b", 30), "263A": ("#f4aa41", 20), "1F44B": ("#a57939", 25), "1F436": ("#6a462f", 33),
+         "1F431": ("#9b9b9a", 15), "1F42D": ("#d0cfce", 10)}  # 263A without the variation selector, as OpenMoji does
+
+
+def write_svgs(folder):
+    """The six emoji of EMOJI_TEST as coloured discs, into `folder` (the `svg_dir` of build_openmoji)."""
+    for hexcode, (fill, radius) in FILES.items():
+        (folder / f"{hexcode}.svg").write_text(SVG.format(fill=fill, r=radius))
+    return folder

@@ -3,38 +3,13 @@
 import datasets
 import pytest
 
-from eval import EvalInputError, load_eval_data
+from eval import load_eval_data
 from eval.__main__ import main
+from modeling_psdclip.data import DataError
 from modeling_psdclip.data.openmoji import build_openmoji, read_emoji_test
+from tests.support import EMOJI_TEST, write_svgs
 
 pytest.importorskip("resvg_py")
-
-EMOJI_TEST = """# group: Smileys & Emotion
-# subgroup: face-smiling
-1F600 ; fully-qualified # 😀 E1.0 grinning face
-263A FE0F ; fully-qualified # ☺️ E0.6 smiling face
-263A ; unqualified # ☺ E0.6 smiling face
-# group: People & Body
-# subgroup: hand-fingers-open
-1F44B ; fully-qualified # 👋 E0.6 waving hand
-1F44B 1F3FB ; fully-qualified # 👋🏻 E1.0 waving hand: light skin tone
-# group: Animals & Nature
-# subgroup: animal-mammal
-1F436 ; fully-qualified # 🐶 E0.6 dog face
-1F431 ; fully-qualified # 🐱 E0.6 cat face
-1F42D ; fully-qualified # 🐭 E0.6 mouse face
-"""
-SVG = '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 72 72"><circle cx="36" cy="36" r="{r}" fill="{fill}"/></svg>'
-FILES = {"1F600": ("#fcea2b", 30), "263A": ("#f4aa41", 20), "1F44B": ("#a57939", 25), "1F436": ("#6a462f", 33),
-         "1F431": ("#9b9b9a", 15), "1F42D": ("#d0cfce", 10)}  # 263A without the variation selector, as OpenMoji does
-
-
-def write_svgs(folder):
-    """The six emoji of EMOJI_TEST as coloured discs, into `folder` (the `svg_dir` of build_openmoji)."""
-    for hexcode, (fill, radius) in FILES.items():
-        (folder / f"{hexcode}.svg").write_text(SVG.format(fill=fill, r=radius))
-    return folder
-
 
 def test_emoji_test_parsing_keeps_fully_qualified_without_skin_tones():
     entries = read_emoji_test(EMOJI_TEST)
@@ -59,7 +34,7 @@ def test_build_from_a_handful_of_svgs(tmp_path):
     data = load_eval_data(f"{out}:train", label_column="group")
     assert data.class_names == ["Animals & Nature", "People & Body", "Smileys & Emotion"]
     assert set(everything["noise"]) == {"clean"}
-    with pytest.raises(EvalInputError, match="not empty"):
+    with pytest.raises(DataError, match="not empty"):
         build_openmoji(out, svg_dir=tmp_path, emoji_test=EMOJI_TEST)
 
 
@@ -81,11 +56,11 @@ def test_build_with_mismatched_train_captions(tmp_path, capsys):
         assert train["captions"][i][0] == train["caption"][i]  # both columns describe the same (wrong) emoji
     assert sorted(train["caption"][i] for i in mismatched) == sorted(truth["caption"][i] for i in mismatched)
     for wrong in (1.0, -0.1):
-        with pytest.raises(EvalInputError, match=r"p_mismatch must lie in \[0, 1\)"):
+        with pytest.raises(DataError, match=r"p_mismatch must lie in \[0, 1\)"):
             build_openmoji(tmp_path / "bad", p_mismatch=wrong, **options)
     capsys.readouterr()
     assert main(["build-openmoji", str(tmp_path / "bad"), "--p-mismatch", "1"]) == 2
-    assert capsys.readouterr().err == "python -m eval: error: p_mismatch must lie in [0, 1), got 1.0\n"
+    assert capsys.readouterr().err == "python -m eval build-openmoji: error: p_mismatch must lie in [0, 1), got 1.0\n"
 
 
 def test_build_from_the_installed_openmoji_artwork(tmp_path):

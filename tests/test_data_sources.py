@@ -15,6 +15,7 @@ from PIL import Image
 
 from modeling_psdclip.data import DataError, ImageTextDataset, ImageTextStream, SampleKey, load_image_text_dataset
 from modeling_psdclip.data.records import BadRecord, decode_caption
+from modeling_psdclip.data.sources import split_source
 
 
 def encoded(colour="red", mode="RGB", fmt="PNG", size=(12, 10)) -> bytes:
@@ -91,6 +92,23 @@ def test_folders_with_splits_keep_them_apart(tmp_path):
             add_member(tar, "s0.txt", f"a {split} picture".encode())
     assert_loads(load_image_text_dataset(str(tmp_path / "shards")), ["a train picture"])
     assert_loads(load_image_text_dataset(str(tmp_path / "shards"), split="test"), ["a test picture"])
+    # The same split syntax as evaluation's: SOURCE:SPLIT.
+    assert_loads(load_image_text_dataset(f"{tmp_path / 'table'}:test"), ["test one"])
+    assert_loads(load_image_text_dataset(f"{tmp_path / 'shards'}:test"), ["a test picture"])
+
+
+def test_split_syntax_and_the_split_read_when_none_is_named(tmp_path):
+    (tmp_path / "a:b").mkdir()  # a name with a colon in it is a name, not a split
+    assert split_source(str(tmp_path / "a:b")) == (str(tmp_path / "a:b"), None)
+    assert split_source(f"{tmp_path}:validation") == (str(tmp_path), "validation")
+    assert split_source("synthetic:val") == ("synthetic", "val")
+    assert split_source("someone/pairs:test") == ("someone/pairs", "test")
+    assert split_source("./missing:test") == ("./missing:test", None)
+    # Unnamed: the reader's default split, or the only split there is.
+    datasets.DatasetDict({"validation": image_table(1, caption=["only"])}).save_to_disk(str(tmp_path / "one"))
+    assert_loads(load_image_text_dataset(str(tmp_path / "one")), ["only"])
+    with pytest.raises(DataError, match="has no split 'train'; it has validation"):
+        load_image_text_dataset(f"{tmp_path / 'one'}:train")
 
 
 def test_save_to_disk_folder_and_named_columns(tmp_path):

@@ -8,7 +8,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from modeling_psdclip import PSDCLIPModel
-from tests.helpers import micro_config, random_batch
+from tests.support import micro_config, random_batch
 
 GLOBAL_BATCH = 8
 CONFIG = {"distill_alpha_max": 0.7, "distill_fraction": 0.5, "distill_seed": 3}

@@ -130,6 +130,17 @@ def test_save_to_disk_folder_with_splits(tmp_path):
         load_eval_data(f"{tmp_path / 'saved'}:val")
 
 
+def test_a_table_of_image_paths_reads_as_training_reads_it(tmp_path):
+    (tmp_path / "images").mkdir()
+    for colour in CLASS_NAMES:
+        colour_image(colour).save(tmp_path / "images" / f"{colour}.png")
+    (tmp_path / "pairs.csv").write_text("filepath,caption,label\n" + "".join(
+        f"images/{colour}.png,a {colour} square,{colour}\n" for colour in CLASS_NAMES))
+    data = load_eval_data(str(tmp_path / "pairs.csv"))
+    assert len(data) == 4 and data.captions[0] == ["a blue square"] and data.class_names == sorted(CLASS_NAMES)
+    assert data.images[0].size == (16, 16)
+
+
 def test_synthetic_source_is_a_thin_adapter():
     pytest.importorskip("modeling_psdclip.data", exc_type=ImportError)
     from modeling_psdclip import data as library_data
@@ -142,7 +153,7 @@ def test_synthetic_source_is_a_thin_adapter():
 
 
 @pytest.mark.parametrize("source, message", [
-    ("/no/such/folder", "not 'synthetic:SPLIT' nor an existing folder"),
+    ("/no/such/folder", "no such file or directory: /no/such/folder"),
     ("synthetic:no_such_split", "synthetic"),
 ])
 def test_bad_sources_raise_one_line_errors(source, message):

@@ -21,11 +21,11 @@ from transformers import AutoConfig, AutoModel, AutoModelForZeroShotImageClassif
 from transformers import CLIPTextModelWithProjection, CLIPVisionModelWithProjection
 
 from modeling_psdclip import PSDCLIPConfig, PSDCLIPModel
-from modeling_psdclip.model_folder import (
-    MODEL_FOLDER_FILES, ModelFolderError, downloaded_model_id, model_title, save_model_folder, training_card_fields,
-)
+from modeling_psdclip.card import model_title
+from modeling_psdclip.model_folder import MODEL_FOLDER_FILES, ModelFolderError, save_model_folder
 from modeling_psdclip.processing import build_processor
 from modeling_psdclip.tokenization import load_clip_tokenizer
+from modeling_psdclip.training.card_fields import downloaded_model_id, training_card_fields
 from modeling_psdclip.training.options import parse_options
 
 README = Path(__file__).resolve().parents[1] / "README.md"

@@ -16,7 +16,7 @@ from transformers.models.clip.modeling_clip import image_text_contrastive_loss
 from modeling_psdclip import PSDCLIPModel, PSDContrastiveLoss
 from modeling_psdclip.modeling_psdclip import direction_loss
 from modeling_psdclip.training.teachers import UniformTeacher
-from tests.helpers import micro_config, random_batch
+from tests.support import micro_config, random_batch
 
 
 def unit(rows) -> torch.Tensor:

@@ -1,26 +1,21 @@
-"""The study end to end on micro configurations (synthetic and OpenMoji cells): trains through train.py,
-evaluates, reports, resumes."""
+"""The study end to end on micro configurations (synthetic and OpenMoji cells): trains in-process through the
+training package, evaluates, reports, resumes; `python -m eval study` still runs it."""
 
 import json
 import math
-import os
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
-from eval.__main__ import main
-from modeling_psdclip.data.openmoji import build_openmoji
-from studies.runner import load_study, planned_runs
-from studies.report import write_study_report
+from eval.__main__ import main as eval_main
 from eval.errors import EvalInputError
-from modeling_psdclip import PSDCLIPModel
-from modeling_psdclip.processing import build_processor
-from tests.test_data_openmoji import EMOJI_TEST, write_svgs
-from tests.test_training_runs import micro_model_config
+from modeling_psdclip.data.openmoji import build_openmoji
+from studies.__main__ import main
+from studies.report import write_study_report
+from studies.runner import load_study, planned_runs
+from tests.support import EMOJI_TEST, save_micro_folder, write_svgs
 
 REPO = Path(__file__).resolve().parents[1]
 METHODS = {"clip": {"distill_alpha_max": 0.0}, "psd-ema": {"distill_teacher": "ema"}}
@@ -28,15 +23,9 @@ METHODS = {"clip": {"distill_alpha_max": 0.0}, "psd-ema": {"distill_teacher": "e
 
 @pytest.fixture
 def micro_folder(tmp_path, monkeypatch):
-    """A micro PSD-CLIP folder every run starts from, and the environment train.py's subprocesses need."""
+    """A micro PSD-CLIP folder every run starts from; the synthetic data is cached in the test's folder."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
-    folder = tmp_path / "micro"
-    torch.manual_seed(0)
-    PSDCLIPModel(micro_model_config()).save_pretrained(folder)
-    build_processor(image_size=16, context_length=16).save_pretrained(folder)
-    return folder
+    return save_micro_folder(tmp_path / "micro")
 
 
 @pytest.fixture
@@ -58,7 +47,7 @@ def micro_study(tmp_path, micro_folder):
 
 def test_micro_study_trains_evaluates_reports_and_resumes(micro_study, capsys):
     config, out = micro_study
-    assert main(["study", "--config", str(config), "--quick"]) == 0
+    assert main(["--config", str(config), "--quick"]) == 0
     report = (out / "report.md").read_text()
     assert "heavy noise, 64 pairs" in report and "Minus clip" in report and "psd-ema" in report
     for figure in ("metrics.png", "val_loss.png", "diagnostics.png", "robustness.png"):
@@ -78,7 +67,7 @@ def test_micro_study_trains_evaluates_reports_and_resumes(micro_study, capsys):
     shutil.rmtree(ema_run)
     kept = (out / "runs" / "heavy-64-clip-seed0" / "eval.json").stat().st_mtime_ns
     capsys.readouterr()
-    assert main(["study", "--config", str(config), "--quick"]) == 0
+    assert eval_main(["study", "--config", str(config), "--quick"]) == 0  # the alias
     printed = capsys.readouterr().out
     assert "training heavy-64-psd-ema-seed0" in printed and "training heavy-64-clip-seed0" not in printed
     assert (out / "runs" / "heavy-64-clip-seed0" / "eval.json").stat().st_mtime_ns == kept
@@ -101,7 +90,7 @@ def test_micro_noisy_correspondence_study_fine_tunes_one_starting_model(tmp_path
     study.pop("quick")
     config = tmp_path / "nc.yaml"
     config.write_text(yaml.safe_dump(study, sort_keys=False))
-    assert main(["study", "--config", str(config)]) == 0
+    assert main(["--config", str(config)]) == 0
     out = tmp_path / "out"
     starting = out / "pretrained" / "model"
     assert (starting / "metrics.json").is_file() and (out / "pretrained" / "eval.json").is_file()
@@ -133,11 +122,11 @@ def test_micro_openmoji_study_trains_on_the_folder_and_reports_its_metrics(tmp_p
                        "warmup_steps": 1, "log_every": 2, "checkpoint_every": 0}}
     config = tmp_path / "openmoji.yaml"
     config.write_text(yaml.safe_dump(study))
-    assert main(["study", "--config", str(config)]) == 2
+    assert main(["--config", str(config)]) == 2
     assert f"python -m eval build-openmoji {tmp_path / 'not-built'} --p-mismatch P" in capsys.readouterr().err
 
     config.write_text(yaml.safe_dump({**study, "cells": [{"noise": "heavy", "data": str(data)}]}))
-    assert main(["study", "--config", str(config)]) == 0
+    assert main(["--config", str(config)]) == 0
     report = (out / "report.md").read_text()
     assert "## heavy noise, openmoji-noisy" in report and "Minus clip" in report
     header = next(line for line in report.splitlines() if line.startswith("| method | zero-shot"))

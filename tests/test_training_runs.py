@@ -1,6 +1,6 @@
-"""train.py end to end on a micro model and tiny synthetic data, plus its pieces in-process."""
+"""train.py end to end, in subprocesses (one process and two, killed and resumed), on a micro model and tiny
+synthetic data or small tables with bad records."""
 
-import errno
 import json
 import math
 import os
@@ -15,30 +15,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from accelerate import Accelerator
 from PIL import Image
 from safetensors.torch import load_file, save_file
 from transformers import CLIPModel
 
 from modeling_psdclip import PSDCLIPConfig, PSDCLIPModel
 from modeling_psdclip.data import SKIP_REASONS
-from modeling_psdclip.training.checkpoints import MARKER, CheckpointError, CheckpointManager
-from modeling_psdclip.processing import build_processor
 from modeling_psdclip.training.options import parse_options
-from modeling_psdclip.training.teachers import EMATeacher
-from tests.helpers import random_batch
+from tests.support import save_micro_folder
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = str(REPO / "train.py")
 TWO_PROCESSES = (sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                  "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no")
-
-
-def micro_model_config() -> PSDCLIPConfig:
-    # CLIP's own vocabulary size so the shipped tokenizer fits; everything else as small as it goes.
-    tower = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2}
-    return PSDCLIPConfig(text_config={**tower, "max_position_embeddings": 16},
-                         vision_config={**tower, "image_size": 16, "patch_size": 8}, projection_dim=16)
 
 
 @pytest.fixture(scope="module")
@@ -51,11 +40,7 @@ def env(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def micro_folder(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("micro")
-    torch.manual_seed(0)
-    PSDCLIPModel(micro_model_config()).save_pretrained(folder)
-    build_processor(image_size=16, context_length=16).save_pretrained(folder)
-    return folder
+    return save_micro_folder(tmp_path_factory.mktemp("micro"))
 
 
 def micro_args(micro_folder, root: Path, *extra) -> list[str]:
@@ -354,36 +339,6 @@ def test_missing_data_and_bad_options_are_one_line_errors_with_status_2(tmp_path
     assert done.returncode == 2 and "--batch-size 16 must split evenly" in done.stderr
 
 
-def test_options_come_from_yaml_and_flags_override_it(tmp_path, capsys):
-    config = tmp_path / "run.yaml"
-    config.write_text("batch-size: 64\nmixed_precision: bf16\ndistill_alpha_max: 0\n")
-    options = parse_options(["--config", str(config), "--batch-size", "32"])
-    assert (options.batch_size, options.mixed_precision, options.distill_alpha_max) == (32, "bf16", 0.0)
-    assert options.run_dir == str(Path("runs") / "psdclip-tiny")
-
-    for argv, option in [(["--batch-size", "0"], "--batch-size"), (["--lr", "x"], "--lr"),
-                         (["--distill-alpha-max", "1.5"], "--distill-alpha-max"),
-                         (["--mixed-precision", "fp8"], "--mixed-precision"),
-                         (["--distill-temperature", "0"], "--distill-temperature"),
-                         (["--weight-decay", "nan"], "--weight-decay"), (["--lr", "nan"], "--lr"),
-                         (["--lr", "inf"], "--lr"), (["--max-grad-norm", "inf"], "--max-grad-norm"),
-                         (["--peak-tflops", "inf"], "--peak-tflops"),
-                         (["--p-mismatch", "0.6", "--p-partial", "0.6"], "--p-partial")]:
-        with pytest.raises(SystemExit) as exited:
-            parse_options(argv)
-        assert exited.value.code == 2
-        error = capsys.readouterr().err.strip()
-        assert len(error.splitlines()) == 1 and option in error
-
-    for text, option in [("batch_sise: 64\n", "batch_sise"), ("batch_size:\n", "--batch-size"),
-                         ("report_to:\n", "--report-to"), ("lr: .inf\n", "--lr")]:
-        config.write_text(text)
-        with pytest.raises(SystemExit) as exited:
-            parse_options(["--config", str(config)])
-        error = capsys.readouterr().err.strip()
-        assert exited.value.code == 2 and len(error.splitlines()) == 1 and option in error
-
-
 def test_output_dir_that_would_destroy_something_is_refused_before_training(tmp_path, env, micro_folder, capsys,
                                                                           monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -409,109 +364,6 @@ def test_output_dir_that_would_destroy_something_is_refused_before_training(tmp_
     assert done.stderr.strip().splitlines()[-1].startswith("train.py: error: --output-dir")
     assert not (tmp_path / "run").exists()
     assert [path.name for path in (tmp_path / "data").iterdir()] == ["pairs.csv"]
-
-
-def test_help_lists_every_option_with_its_default(env):
-    done = subprocess.run([sys.executable, TRAIN, "--help"], env=env, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0
-    for text in ("--accum-steps", "--resume", "--push-to-hub", "--mixed-precision", "(default: 128)"):
-        assert text in done.stdout
-
-
-def test_feature_caching_gives_the_full_batch_loss_and_gradients():
-    from modeling_psdclip.training.run import forward_backward  # noqa: PLC0415 (train.py is a script, imported only here)
-
-    config = micro_model_config()
-    config.distill_alpha_max = 0.7
-    batch = random_batch(config, 8)
-    torch.manual_seed(1)
-    teacher = EMATeacher(PSDCLIPModel(config), decay=0.9, accelerator=Accelerator(cpu=True))  # unlike the student
-    results = []
-    for accum_steps in (1, 4):
-        torch.manual_seed(0)
-        model = PSDCLIPModel(config)
-        model.set_distill_progress(5, 10)
-        micro_batches = [{k: v.chunk(accum_steps)[i] for k, v in batch.items()} for i in range(accum_steps)]
-        losses, _ = forward_backward(Accelerator(cpu=True), model, micro_batches, teacher)
-        results.append((losses, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
-    (full, full_grads), (cached, cached_grads) = results
-    assert full.loss_soft.item() > 0
-    for part in ("loss", "loss_hard", "loss_soft", "teacher_entropy", "paired_probability", "teacher_agreement"):
-        torch.testing.assert_close(getattr(cached, part), getattr(full, part))
-    assert full_grads.keys() == cached_grads.keys()
-    for name, grad in full_grads.items():
-        torch.testing.assert_close(cached_grads[name], grad, atol=1e-6, rtol=1e-4, msg=name)
-
-
-def test_optimizer_step_bounds_the_logit_scale_parameter():
-    from types import SimpleNamespace
-
-    from modeling_psdclip.training.run import TrainState, optimizer_step  # noqa: PLC0415 (train.py is a script, imported only here)
-
-    model = PSDCLIPModel(micro_model_config())
-    bound = math.log(model.config.logit_scale_max)
-    with torch.no_grad():
-        model.logit_scale.fill_(bound + 1)  # past the bound the forward's clamp gives it no gradient
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    session = SimpleNamespace(state=TrainState(), options=SimpleNamespace(max_grad_norm=0), model=model,
-                              accelerator=Accelerator(cpu=True), optimizer=optimizer, teacher=None,
-                              scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0))
-    model(**random_batch(model.config, 4), return_loss=True).loss.backward()
-    optimizer_step(session, loss_is_finite=True)
-    assert model.logit_scale.item() == pytest.approx(bound)
-
-
-class FakeAccelerator:
-    is_main_process = True
-
-    def wait_for_everyone(self):
-        pass
-
-    def save_state(self, folder):
-        Path(folder).mkdir(parents=True)
-        (Path(folder) / "model.safetensors").write_bytes(b"weights")
-
-
-def test_checkpoints_are_complete_or_ignored_and_only_the_last_are_kept(tmp_path):
-    manager = CheckpointManager(tmp_path, keep_last=2)
-    for step in (10, 20, 30):
-        manager.save(FakeAccelerator(), step, {"step": step})
-    assert [p.name for p in manager.complete_checkpoints()] == ["step-00000020", "step-00000030"]
-    # What a kill leaves behind: a staging folder mid-write, or a renamed one whose marker is gone mid-delete.
-    (tmp_path / ".staging-step-00000040").mkdir()
-    (tmp_path / "step-00000050").mkdir()
-    assert manager.complete_checkpoints()[-1] == tmp_path / "step-00000030"
-    assert (tmp_path / "step-00000030" / MARKER).is_file()
-    # Resumed from step 20: the old step 30 is another history and must not be offered again.
-    manager.discard_newer_than(20)
-    assert manager.complete_checkpoints()[-1] == tmp_path / "step-00000020"
-    # The next save clears what the kill left.
-    manager.save(FakeAccelerator(), 60, {"step": 60})
-    assert sorted(path.name for path in tmp_path.iterdir()) == ["step-00000020", "step-00000060"]
-
-
-class DiskFullAccelerator(FakeAccelerator):
-    def save_state(self, folder):
-        Path(folder).mkdir(parents=True)
-        (Path(folder) / "model.safetensors").write_bytes(b"half the weig")
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
-
-def test_a_checkpoint_that_cannot_be_written_is_one_line_and_keeps_the_earlier_ones(tmp_path):
-    manager = CheckpointManager(tmp_path, keep_last=2)
-    for step in (10, 20):
-        manager.save(FakeAccelerator(), step, {"step": step})
-    with pytest.raises(CheckpointError) as error:
-        manager.save(DiskFullAccelerator(), 30, {"step": 30})
-    assert re.fullmatch(f"cannot write the checkpoint of step 30 to {re.escape(str(tmp_path))} \\(\\d+ MiB free "
-                        "there\\): No space left on device; the earlier checkpoints are kept", str(error.value))
-    assert sorted(path.name for path in tmp_path.iterdir()) == ["step-00000010", "step-00000020"]
-    assert all((path / "model.safetensors").read_bytes() == b"weights" for path in tmp_path.iterdir())
-
-
-@pytest.mark.parametrize("config", sorted((REPO / "configs").glob("*.yaml")), ids=lambda path: path.name)
-def test_example_configs_are_valid(config):
-    parse_options(["--config", str(config)])
 
 
 def test_bf16_gradient_checkpointing_and_feature_caching_train(tmp_path, env, micro_folder):

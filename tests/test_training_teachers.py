@@ -1,20 +1,15 @@
-"""The teachers: the previous-epoch bank, the EMA copy, and PSDTrainer driving them."""
+"""The teachers: the previous-epoch bank, the EMA copy, and the choice between them."""
 
 import numpy as np
 import pytest
 import torch
 from accelerate import Accelerator
-from transformers import TrainingArguments
 
 from modeling_psdclip import PSDCLIPModel
-from modeling_psdclip.data import ImageTextCollator, load_image_text_dataset
-from modeling_psdclip.processing import build_processor
 from modeling_psdclip.training.teachers import (
     EMATeacher, PreviousEpochTeacher, TeacherEmbeddings, UniformTeacher, build_teacher,
 )
-from modeling_psdclip.training.trainer import PSDTrainer
-from tests.helpers import micro_config, random_batch
-from tests.test_training_runs import micro_model_config
+from tests.support import micro_config, random_batch
 
 
 def batch_of(config, pairs: list[int], seed: int = 0) -> dict:
@@ -133,34 +128,3 @@ def test_micro_batch_teachers_concatenate():
     joined = TeacherEmbeddings.concatenate([a, b])
     assert joined.image.shape == (3, 3) and joined.mask.tolist() == [True, False, True]
     assert TeacherEmbeddings.concatenate([a, None]) is None
-
-
-@pytest.mark.parametrize("teacher", ["previous_epoch", "ema", "uniform"])
-def test_trainer_trains_with_a_teacher(tmp_path, monkeypatch, teacher):
-    # The user's path: the package's dataset and collator, whose records Trainer must pass on whole.
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    torch.manual_seed(0)
-    config = micro_model_config()
-    config.distill_alpha_max, config.distill_teacher, config.distill_ema_decay = 0.8, teacher, 0.5
-    model = PSDCLIPModel(config)
-    data = load_image_text_dataset("synthetic:train", num_samples=24, image_size=16, p_mismatch=0.3)
-    collator = ImageTextCollator(build_processor(image_size=16, context_length=16), train=True)
-    args = TrainingArguments(output_dir=str(tmp_path / "out"), num_train_epochs=3, per_device_train_batch_size=8,
-                             report_to=[], save_strategy="no", use_cpu=True, disable_tqdm=True, logging_steps=1,
-                             learning_rate=1e-3)
-    soft_losses = []
-    trainer = PSDTrainer(model=model, args=args, train_dataset=data, data_collator=collator)
-    original = trainer.compute_loss
-
-    def compute_loss(model, inputs, return_outputs=False, num_items_in_batch=None):
-        loss, outputs = original(model, inputs, return_outputs=True)
-        soft_losses.append(outputs.loss_soft.item())
-        return loss
-
-    trainer.compute_loss = compute_loss
-    trainer.train()
-    # 3 steps per epoch; the bank teaches from the second epoch, the EMA teacher from the second step (alpha > 0).
-    first_distilled = 3 if teacher == "previous_epoch" else 1
-    assert soft_losses[:first_distilled] == [0.0] * first_distilled
-    assert all(loss > 0 for loss in soft_losses[first_distilled:])
-    assert len(soft_losses) == 9

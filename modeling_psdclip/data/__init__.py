@@ -8,17 +8,17 @@ Typical use in a training loop::
                         collate_fn=ImageTextCollator(processor, seed=0))
 """
 
-from .collate import ImageTextCollator
+from .collate import ImageTextCollator, model_inputs
 from .errors import DataError
 from .image_text import ImageTextDataset, ImageTextStream
 from .records import SKIP_REASONS, RecordColumns
 from .sampling import EpochSampler, SampleKey
 from .scenes import COLOURS, COUNTS, SHAPES
 from .sources import load_image_text_dataset, saved_to_disk, saved_with_splits
-from .synthetic import NOISE_KINDS, SPLITS, build_synthetic_dataset
+from .synthetic import CLEAN, NOISE_KINDS, SPLITS, build_synthetic_dataset
 
 __all__ = [
-    "COLOURS", "COUNTS", "NOISE_KINDS", "SHAPES", "SKIP_REASONS", "SPLITS", "DataError", "EpochSampler",
+    "CLEAN", "COLOURS", "COUNTS", "NOISE_KINDS", "SHAPES", "SKIP_REASONS", "SPLITS", "DataError", "EpochSampler",
     "ImageTextCollator", "ImageTextDataset", "ImageTextStream", "RecordColumns", "SampleKey",
-    "build_synthetic_dataset", "load_image_text_dataset", "saved_to_disk", "saved_with_splits",
+    "build_synthetic_dataset", "load_image_text_dataset", "model_inputs", "saved_to_disk", "saved_with_splits",
 ]

@@ -6,6 +6,13 @@ from .records import SKIP_REASONS
 from .sampling import AUGMENTATION_STREAM, SampleKey, sample_rng
 from .transforms import normalize, random_resized_crop
 
+MODEL_INPUTS = ("input_ids", "attention_mask", "pixel_values")
+
+
+def model_inputs(batch: dict) -> dict:
+    """The entries of a collated batch that the model's forward takes (not `pair_index` or `skipped`)."""
+    return {key: batch[key] for key in MODEL_INPUTS if key in batch}
+
 
 class ImageTextCollator:
     """The DataLoader `collate_fn`; it runs in the workers, so augmentation does too.

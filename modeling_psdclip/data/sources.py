@@ -1,4 +1,6 @@
-"""One entry point for every kind of image-text data a user can point at, all read through `datasets`."""
+"""One resolver for every kind of image-text data a user can point at, all read through `datasets`: training's
+`load_image_text_dataset` and eval's `load_eval_data` both read sources through `load_raw_dataset`, with one split
+syntax (`SOURCE:SPLIT`) and one list of image columns."""
 
 import itertools
 import json
@@ -15,7 +17,7 @@ from .records import BadRecord, RecordColumns
 from .synthetic import build_synthetic_dataset
 from .webdataset_shards import load_webdataset_shards
 
-# Column names tried, in order, when the user names none.
+# Column names tried, in order, when the user names none (besides them, any column of `datasets.Image` type).
 IMAGE_COLUMNS = ("image", "img", "jpg", "jpeg", "png", "webp", "image_path", "filepath", "file_path", "path",
                  "file_name")
 CAPTION_COLUMNS = ("captions", "caption", "text", "txt", "title", "sentences", "json")
@@ -36,7 +38,7 @@ PROBE_RECORDS = 1000  # rows looked at, at most, to tell a dataset with no usabl
 def load_image_text_dataset(
     source: str,
     *,
-    split: str = "train",
+    split: str | None = None,
     image_column: str | None = None,
     caption_column: str | None = None,
     streaming: bool = False,
@@ -45,7 +47,8 @@ def load_image_text_dataset(
     shuffle_buffer: int | None = 1000,
     **options,
 ) -> ImageTextDataset | ImageTextStream:
-    """Image-caption records from `source`, which may be
+    """Image-caption records from `source` (what `load_raw_dataset` reads: `SOURCE:SPLIT` or a `split`, by default
+    "train" or a source's only split), which may be
 
     - `"synthetic"` or `"synthetic:<split>"`: the built-in scenes (`options` go to `build_synthetic_dataset`,
       e.g. `num_samples`, `p_mismatch`; `seed` seeds the scenes too);
@@ -60,7 +63,8 @@ def load_image_text_dataset(
     (map-style, use with `EpochSampler`) or, when streaming, an `ImageTextStream` shuffled with `shuffle_buffer`.
     Raises `DataError` for a missing path, a dataset that cannot be loaded, missing columns, or no usable record.
     """
-    raw, base_dir = _load_raw(source, split, streaming, data_files, seed, options)
+    raw, base_dir = load_raw_dataset(source, split=split, streaming=streaming, data_files=data_files, seed=seed,
+                                     **options)
     if streaming and isinstance(raw, datasets.Dataset):
         raw = raw.to_iterable_dataset(num_shards=min(len(raw), 64) or 1)
     columns = _find_columns(raw, image_column, caption_column, base_dir, source)
@@ -74,18 +78,54 @@ def load_image_text_dataset(
     return ImageTextDataset(raw, columns, seed)
 
 
-def _load_raw(source: str, split: str, streaming: bool, data_files, seed: int, options: dict):
-    """The `datasets` dataset behind `source`, and the folder relative image paths start from."""
-    if source == "synthetic" or source.startswith("synthetic:"):
-        return build_synthetic_dataset(source.partition(":")[2] or split, seed=seed, **options), None
+def split_source(source: str) -> tuple[str, str | None]:
+    """`SOURCE:SPLIT` as (SOURCE, SPLIT), any other source as (source, None): `synthetic:val`, `PATH:SPLIT` when PATH
+    exists and `PATH:SPLIT` does not (a name may hold a colon), a Hub dataset `NAME:SPLIT` (names hold none)."""
+    if source.startswith("synthetic:"):
+        return "synthetic", source.partition(":")[2]
+    head, colon, split = source.rpartition(":")
+    if not colon or not head or not split or Path(source).expanduser().exists():
+        return source, None
+    if Path(head).expanduser().exists() or not _names_a_path(head):
+        return head, split
+    return source, None
+
+
+def choose_split(splits, split: str | None, default: str, source) -> object:
+    """`splits[split]` of a dataset of several splits; with no split named, `default`, or the only split there is.
+    DataError naming the splits there are when the one asked for is not."""
+    if split is None:
+        split = default if default in splits or len(splits) != 1 else next(iter(splits))
+    if split not in splits:
+        raise DataError(f"{source} has no split {split!r}; it has {', '.join(splits)}")
+    return splits[split]
+
+
+def image_columns(names: list[str], features) -> tuple[str, ...]:
+    """The columns that may hold a row's image, in the order tried: `IMAGE_COLUMNS` by name, then any column of
+    `datasets.Image` type."""
+    typed = [name for name in names if isinstance((features or {}).get(name), datasets.Image)]
+    return tuple(dict.fromkeys([name for name in IMAGE_COLUMNS if name in names] + typed))
+
+
+def load_raw_dataset(source: str, *, split: str | None = None, default_split: str = "train", streaming: bool = False,
+                     data_files=None, seed: int = 0, **options):
+    """The `datasets` dataset behind `source` (the forms `load_image_text_dataset` lists) and the folder relative
+    image paths start from. The split: the one `source` names (`SOURCE:SPLIT`), else `split`, else
+    `default_split` (training reads "train", evaluation "test"), or a source's only split. Raises DataError."""
+    source, named = split_source(source)
+    split = named or split
+    if source == "synthetic":
+        return build_synthetic_dataset(split or default_split, seed=seed, **options), None
     path = Path(source).expanduser()
     if path.is_dir():
-        return _load_folder(path, split, streaming, options), str(path)
+        return _load_folder(path, split, default_split, streaming, options), str(path)
     if path.is_file():
-        return _load_file(path, split, streaming, options), str(path.parent)
+        return _load_file(path, split or default_split, streaming, options), str(path.parent)
     if _names_a_path(source):
         raise DataError(f"no such file or directory: {source}")
-    return _load_dataset(source, source, split=split, streaming=streaming, data_files=data_files, **options), None
+    return _load_dataset(source, source, split=split or default_split, streaming=streaming, data_files=data_files,
+                         **options), None
 
 
 def _names_a_path(source: str) -> bool:
@@ -113,19 +153,21 @@ def saved_with_splits(path: str | Path) -> bool:
     return (Path(path).expanduser() / "dataset_dict.json").is_file()
 
 
-def _load_folder(path: Path, split: str, streaming: bool, options: dict):
+def _load_folder(path: Path, split: str | None, default_split: str, streaming: bool, options: dict):
     if saved_to_disk(path):
-        return _load_from_disk(path, split)
+        loaded = datasets.load_from_disk(str(path))
+        return choose_split(loaded, split, default_split, path) if isinstance(loaded, datasets.DatasetDict) \
+            else loaded
     # Shards in a folder named after the split (CLIP_benchmark's and img2dataset's layout) belong to that split
     # alone; otherwise every shard in the folder does.
-    shard_root = path / split if (path / split).is_dir() else path
-    shards = sorted(str(p) for p in shard_root.rglob("*.tar"))
+    shard_root = path / (split or default_split)
+    shards = sorted(str(p) for p in (shard_root if shard_root.is_dir() else path).rglob("*.tar"))
     if shards:
         return load_webdataset_shards(shards, streaming=streaming)
-    if any(path.rglob("*.parquet")):
-        # datasets assigns files to splits by their names and folders (train-*.parquet, data/test/...).
-        return _load_dataset(path, "parquet", data_dir=str(path), split=split, streaming=streaming, **options)
-    return _load_dataset(path, "imagefolder", data_dir=str(path), split=split, streaming=streaming, **options)
+    # datasets assigns files to splits by their names and folders (train-*.parquet, data/test/...).
+    builder = "parquet" if any(path.rglob("*.parquet")) else "imagefolder"
+    loaded = _load_dataset(path, builder, data_dir=str(path), streaming=streaming, **options)
+    return choose_split(loaded, split, default_split, path)
 
 
 def _load_file(path: Path, split: str, streaming: bool, options: dict):
@@ -158,15 +200,6 @@ def _first_line_not_json(path: Path) -> int | None:
     return None
 
 
-def _load_from_disk(path: Path, split: str) -> datasets.Dataset:
-    loaded = datasets.load_from_disk(str(path))
-    if isinstance(loaded, datasets.DatasetDict):
-        if split not in loaded:
-            raise DataError(f"{path} has no split {split!r}; it has {', '.join(loaded)}")
-        return loaded[split]
-    return loaded
-
-
 def _load_dataset(source, path: str, **kwargs):
     # load_dataset fails in many ways on a user's input (unknown name, offline hub, bad files, unknown split);
     # each is reported in one line.
@@ -178,19 +211,17 @@ def _load_dataset(source, path: str, **kwargs):
 
 def _find_columns(raw, image_column, caption_column, base_dir, source) -> RecordColumns:
     names = raw.column_names or list(next(iter(raw), {}))
-    features = raw.features or {}
-    image = _pick_columns(names, image_column, "image", IMAGE_COLUMNS, source,
-                          also=[name for name in names if isinstance(features.get(name), datasets.Image)])
+    image = _pick_columns(names, image_column, "image", image_columns(names, raw.features), source)
     caption = _pick_columns(names, caption_column, "caption", CAPTION_COLUMNS, source)
     return RecordColumns(image=image, caption=caption, base_dir=base_dir)
 
 
-def _pick_columns(names, chosen, role, candidates, source, also=()) -> tuple[str, ...]:
+def _pick_columns(names, chosen, role, candidates, source) -> tuple[str, ...]:
     if chosen is not None:
         if chosen not in names:
             raise DataError(f"{source!r} has no {role} column {chosen!r}; its columns are {', '.join(names)}")
         return (chosen,)
-    found = tuple(dict.fromkeys([name for name in candidates if name in names] + list(also)))
+    found = tuple(name for name in candidates if name in names)
     if not found:
         raise DataError(f"{source!r} has no {role} column (columns: {', '.join(names)}); "
                         f"name one with {role}_column=")

@@ -30,7 +30,8 @@ SPLIT_STYLES = {
     "unseen_shade": SceneStyle(shades=(3,)),
 }
 SPLITS = tuple(SPLIT_STYLES)
-NOISE_KINDS = ("clean", "mismatch", "partial", "generic")
+CLEAN = "clean"  # the noise label of an untouched pair, in the `noise` column of this and every built data set
+NOISE_KINDS = (CLEAN, "mismatch", "partial", "generic")
 CAPTIONS_PER_EVAL_IMAGE = 5  # several captions per held-out image, as retrieval benchmarks have
 GENERATOR_VERSION = 3  # part of the cache key: bump it when a change alters what a seed produces
 

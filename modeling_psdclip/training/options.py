@@ -2,10 +2,12 @@
 
 Every field is one flag (`batch_size` -> `--batch-size`) and one YAML key (either spelling). A user mistake (an
 unknown key, a value of the wrong type or out of range) ends the program with one line naming the option and exit
-status 2, as argparse does for its own errors.
+status 2, as argparse does for its own errors. This module imports nothing heavy (no torch, transformers or
+Accelerate), so that `--help` and a mistyped option answer at once.
 """
 
 import argparse
+import ast
 import dataclasses
 import math
 import typing
@@ -14,10 +16,29 @@ from pathlib import Path
 
 import yaml
 
-from ..utils import OneLineErrorParser, fail
-from ..configuration_psdclip import DISTILL_SCHEDULES, DISTILL_TEACHERS, PRESETS
-from ..export import EXPORT_FORMATS
 from ..model_folder import ModelFolderError, check_model_folder_target
+from ..utils import OneLineErrorParser, fail
+
+
+def configuration_choices() -> dict[str, tuple[str, ...]]:
+    """The names of `PRESETS`, `DISTILL_SCHEDULES` and `DISTILL_TEACHERS` as configuration_psdclip.py defines them,
+    read from its source: importing it loads transformers and torch (seconds), which the options must not wait for.
+    (That file is copied beside saved weights as remote code, so it cannot import them from a lighter module.)"""
+    tree = ast.parse((Path(__file__).resolve().parents[1] / "configuration_psdclip.py").read_text(encoding="utf-8"))
+    found = {}
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            name = node.targets[0].id
+            if name == "PRESETS":
+                found[name] = tuple(key.value for key in node.value.keys)
+            elif name in ("DISTILL_SCHEDULES", "DISTILL_TEACHERS"):
+                found[name] = tuple(ast.literal_eval(node.value))
+    return found
+
+
+CHOICES = configuration_choices()
+PRESET_NAMES, DISTILL_SCHEDULES, DISTILL_TEACHERS = (CHOICES[name] for name in
+                                                    ("PRESETS", "DISTILL_SCHEDULES", "DISTILL_TEACHERS"))
 
 
 def option(default, help: str, **argparse_kwargs):
@@ -28,7 +49,7 @@ def option(default, help: str, **argparse_kwargs):
 class TrainingOptions:
     # What to train.
     config: str | None = option(None, "YAML file of options; command-line flags override it")
-    preset: str = option("tiny", "architecture of a model trained from scratch", choices=sorted(PRESETS))
+    preset: str = option("tiny", "architecture of a model trained from scratch", choices=sorted(PRESET_NAMES))
     init_from: str | None = option(None, "fine-tune this saved model folder (PSD-CLIP or a stock CLIPModel)")
     distill_alpha_max: float | None = option(None, "final teacher weight in [0, 1]; 0 trains plain CLIP "
                                                    "(default: the preset's or checkpoint's value, 0.5 for new models)")
@@ -44,7 +65,8 @@ class TrainingOptions:
                                                    "(default: model's)")
     # Data.
     data: str = option("synthetic", "training data: 'synthetic' (built-in captioned scenes), an imagefolder, "
-                                    "CSV/TSV/JSONL, parquet/arrow, save_to_disk or webdataset path, or a `datasets` name")
+                                    "CSV/TSV/JSONL, parquet/arrow, save_to_disk or webdataset path, or a `datasets` name; "
+                                    "SOURCE:SPLIT names a split (default: train, or the only one)")
     val_data: str | None = option(None, "validation data in the same forms; a save_to_disk folder of several splits "
                                         "gives its 'validation' split (default: a clean synthetic split when --data "
                                         "is synthetic, else none)")
@@ -91,7 +113,7 @@ class TrainingOptions:
     export_format: str | None = option(None, "format of the model folder: clip (transformers' CLIPModel, loads "
                                              "without remote code; the distillation settings are in its card) or "
                                              "psdclip (PSDCLIPConfig and its remote code) (default: clip with "
-                                             "--push-to-hub, else psdclip)", choices=EXPORT_FORMATS)
+                                             "--push-to-hub, else psdclip)", choices=("clip", "psdclip"))
     progress_bar: bool = option(True, "show a progress bar")
 
 
@@ -106,6 +128,12 @@ KNOWN_TRACKERS = ("tensorboard", "wandb", "mlflow", "comet_ml", "aim", "clearml"
 
 class OptionError(ValueError):
     """A bad option value; the message names the option."""
+
+
+def tracker_names(report_to: str) -> list[str]:
+    """The trackers `--report-to` names (comma-separated); none for "none"."""
+    names = [name.strip() for name in report_to.split(",") if name.strip()]
+    return [] if names == ["none"] else names
 
 
 def flag(name: str) -> str:
@@ -202,8 +230,7 @@ def check_ranges(options: TrainingOptions) -> None:
         raise OptionError(f"--init-from: no model folder at {options.init_from}")
     if options.resume not in (None, "latest") and not Path(options.resume).is_dir():
         raise OptionError(f"--resume: no checkpoint folder at {options.resume} (use 'latest' or a folder)")
-    trackers = [name.strip() for name in options.report_to.split(",") if name.strip()]
-    unknown = [name for name in trackers if name not in (*KNOWN_TRACKERS, "none", "all")]
+    unknown = [name for name in tracker_names(options.report_to) if name not in (*KNOWN_TRACKERS, "none", "all")]
     if unknown:
         raise OptionError(f"--report-to: unknown tracker {unknown[0]!r} (one of none, all, {', '.join(KNOWN_TRACKERS)})")
 

@@ -1,24 +1,11 @@
-"""Pre-train or fine-tune PSD-CLIP.
+"""A training run: its state, set-up, resume, loop and save (`python train.py`; options in options.py).
 
-    python train.py                              # built-in default: tiny model, noisy synthetic scenes, <10 min on CPU
-    accelerate launch train.py --config configs/vit-b-32.yaml   # any Accelerate launch: multi-GPU, multi-node
-    python train.py --init-from FOLDER --data my_pairs.csv      # fine-tune a PSD-CLIP or stock CLIP folder
-    python train.py --resume latest                             # continue a killed run exactly where it stopped
-
-`--help` lists every option. The run writes resumable checkpoints, `metrics.jsonl` and TensorBoard files to
-`--run-dir`, and at the end a Hub-ready model folder (weights, remote code, processor, model card, metrics.json)
-to `--output-dir`; `--export-format clip` (the default with `--push-to-hub`) writes it as transformers' CLIPModel,
-which loads without remote code.
-
-One optimizer step: the global batch (`--batch-size`) is split over the processes and, on each process, into
-`--accum-steps` micro-batches. With one micro-batch the model's forward computes the loss. With several, the
-step uses feature caching (as open_clip's accum_freq): a no-grad forward of every micro-batch caches its
-embeddings, then each micro-batch is forwarded again with gradients, its rows replace the cached ones, and the
-full-batch loss is backpropagated through that micro-batch only. The gradients add up to exactly the
-full-batch gradient, so the contrastive loss sees all N pairs whatever the memory.
+The run writes resumable checkpoints, `metrics.jsonl` and TensorBoard files to `--run-dir`, and at the end a
+Hub-ready model folder (weights, remote code, processor, model card, metrics.json) to `--output-dir`
+(`--export-format clip`, the default with `--push-to-hub`, writes it as transformers' CLIPModel, which loads
+without remote code). The step itself (forward, backward, the teacher) is `TrainingStep` (step.py).
 """
 
-import contextlib
 import dataclasses
 import itertools
 import json
@@ -31,35 +18,26 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import DistributedType, ProjectConfiguration, TorchDynamoPlugin, set_seed
+from accelerate.utils import ProjectConfiguration, TorchDynamoPlugin, set_seed
 from huggingface_hub.errors import StrictDataclassError
 from safetensors import SafetensorError
 from tqdm.auto import tqdm
 from transformers import AutoProcessor, get_cosine_schedule_with_warmup
 
-from modeling_psdclip import PSDCLIPConfig, PSDCLIPModel
-from modeling_psdclip.modeling_psdclip import PSDLossOutput
-from modeling_psdclip.training.checkpoints import (
-    CheckpointError, CheckpointManager, is_complete, read_state, restore,
-)
-from modeling_psdclip.data import (
-    SKIP_REASONS, DataError, EpochSampler, ImageTextCollator, load_image_text_dataset, saved_with_splits,
-)
-from modeling_psdclip.export import save_clip_folder
-from modeling_psdclip.model_folder import (
-    HubError, ModelFolderError, pickle_weights_note, push_folder_to_hub, save_model_folder, training_card_fields,
-)
-from modeling_psdclip.processing import build_processor
-from modeling_psdclip.ranking import distinct_text_contrastive_loss, first_copies, retrieval_ranks
-from modeling_psdclip.utils import fail, first_line, write_json_atomically
-from modeling_psdclip.training.options import OptionError, TrainingOptions, flag, parse_options
-from modeling_psdclip.training.teachers import (
-    PreviousEpochTeacher, Teacher, TeacherEmbeddings, build_teacher, model_inputs, teacher_kwargs,
-)
+# Through the package, which registers "psdclip" with the Auto classes (AutoProcessor may need AutoConfig).
+from .. import PSDCLIPConfig, PSDCLIPModel
+from ..data import SKIP_REASONS, DataError, EpochSampler, ImageTextCollator, load_image_text_dataset, saved_with_splits
+from ..export import save_clip_folder
+from ..model_folder import HubError, ModelFolderError, pickle_weights_note, push_folder_to_hub, save_model_folder
+from ..processing import build_processor
+from ..utils import fail, first_line, write_json_atomically
+from .card_fields import training_card_fields
+from .checkpoints import CheckpointError, CheckpointManager, is_complete, read_state, restore
+from .optim import adamw, parameter_groups, training_flops_per_sample
+from .options import OptionError, TrainingOptions, flag, tracker_names
+from .step import TrainingStep, feature_caching_unsupported, validate
 
 logger = get_logger("train")
-
-PROG = "train.py"
 
 
 class TrainState:
@@ -138,7 +116,7 @@ class TimeEstimate:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Model, data, optimizer
+# Model and data
 
 
 def build_model_and_processor(options):
@@ -208,152 +186,8 @@ def build_datasets(options, image_size: int):
     return train, val, description
 
 
-def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """Decay matrices only: not biases, norm gains, the logit scale (all ndim < 2) or embedding tables."""
-    embedding_tables = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
-    decay, no_decay = [], []
-    for parameter in model.parameters():
-        if parameter.requires_grad:
-            exempt = parameter.ndim < 2 or id(parameter) in embedding_tables
-            (no_decay if exempt else decay).append(parameter)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def adamw(parameters, device: torch.device, **settings) -> torch.optim.AdamW:
-    """AdamW, fused into one kernel on the devices torch has one for (transformers' Trainer does the same): on a
-    CPU its step takes 8 ms for the tiny preset against 49 ms for the default multi-tensor version."""
-    return torch.optim.AdamW(parameters, fused=device.type in ("cpu", "cuda"), **settings)
-
-
-def feature_caching_unsupported(accelerator: Accelerator) -> bool:
-    # FSDP shards the logit scale outside the forward; DeepSpeed steps the optimizer inside every backward.
-    return accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
-
-
-def training_flops_per_sample(model: PSDCLIPModel, feature_caching: bool, ema_teacher: bool) -> float:
-    """Approximate FLOPs of one training sample: 2 per weight per token forward, twice that backward.
-
-    Embedding lookups cost nothing and attention's quadratic term is left out, as in nanoGPT's estimate.
-    Feature caching adds one more forward, and so does an EMA teacher.
-    """
-    def matmul_weights(module):
-        tables = sum(m.weight.numel() for m in module.modules() if isinstance(m, torch.nn.Embedding))
-        return sum(p.numel() for p in module.parameters()) - tables
-
-    vision, text = model.config.vision_config, model.config.text_config
-    image_tokens = (vision.image_size // vision.patch_size) ** 2 + 1
-    forward = 2 * (matmul_weights(model.vision_model) + model.visual_projection.weight.numel()) * image_tokens
-    forward += 2 * (matmul_weights(model.text_model) + model.text_projection.weight.numel()) * \
-        text.max_position_embeddings
-    return forward * (3 + feature_caching + ema_teacher)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# One step, validation
-
-
-# Every per-step number of the loss output that is averaged over the global batch (alpha and the scale are global).
-LOSS_PARTS = tuple(field.name for field in dataclasses.fields(PSDLossOutput)
-                   if field.name not in ("distill_alpha", "logit_multiplier"))
-
-
-def global_loss_parts(accelerator: Accelerator, losses) -> dict:
-    """The loss parts of the whole global batch: the mean over processes of their rows' means."""
-    local = torch.stack([getattr(losses, name) for name in LOSS_PARTS]).detach().float()
-    return dict(zip(LOSS_PARTS, accelerator.reduce(local, "mean").tolist()))
-
-
-def forward_backward(accelerator: Accelerator, model, micro_batches: list[dict], teacher: Teacher | None = None
-                     ) -> tuple[object, dict]:
-    """Forward and backward of this process's share of the global batch, with the teacher's targets.
-
-    Returns the last micro-step's loss output and the global loss parts. A non-finite loss (on any process) is
-    not backpropagated at all (under DeepSpeed the backward pass itself steps the optimizer), and the teacher does
-    not record its embeddings.
-    """
-    psd = accelerator.unwrap_model(model)
-    targets = [teacher.embeddings(batch) if teacher is not None else None for batch in micro_batches]
-    inputs = [model_inputs(batch) for batch in micro_batches]
-    parts = None
-    if len(micro_batches) > 1:
-        with torch.no_grad():
-            cached = [model(**batch, return_loss=False) for batch in inputs]
-        cached_images = [output.image_embeds for output in cached]
-        cached_texts = [output.text_embeds for output in cached]
-        step_targets = teacher_kwargs(TeacherEmbeddings.concatenate(targets))
-    last = len(micro_batches) - 1
-    for index, batch in enumerate(inputs):
-        # Gradients are all-reduced once, after the last micro-batch.
-        with accelerator.no_sync(model) if index < last else contextlib.nullcontext():
-            if len(micro_batches) == 1:
-                # The model's own forward computes the loss, which works under every Accelerate backend.
-                losses = model(**batch, return_loss=True, **teacher_kwargs(targets[0]))
-                step_images, step_texts = losses.image_embeds, losses.text_embeds
-            else:
-                fresh = model(**batch, return_loss=False)
-                images = torch.cat([*cached_images[:index], fresh.image_embeds, *cached_images[index + 1:]])
-                texts = torch.cat([*cached_texts[:index], fresh.text_embeds, *cached_texts[index + 1:]])
-                scale = psd.logit_multiplier()
-                # Every micro-step's loss contains the scale; its gradient is taken once so the sum over
-                # micro-steps is exactly the full-batch gradient.
-                losses = psd.psd_loss(images, texts, scale if index == last else scale.detach(), **step_targets)
-                step_images, step_texts = torch.cat(cached_images), torch.cat(cached_texts)
-            if parts is None:
-                # Every micro-step's loss has the full-batch value, so the first one decides for the step.
-                parts = global_loss_parts(accelerator, losses)
-                if not math.isfinite(parts["loss"]):
-                    return losses, parts
-            accelerator.backward(losses.loss)
-    if teacher is not None:
-        pair_index = torch.cat([batch["pair_index"] for batch in micro_batches]) if "pair_index" in \
-            micro_batches[0] else None
-        teacher.record({"pair_index": pair_index}, step_images, step_texts)
-    return losses, parts
-
-
-@torch.no_grad()
-def validate(accelerator: Accelerator, model, loader) -> dict:
-    """Held-out CLIP loss (alpha-free, so runs with any schedule compare) and retrieval Recall@1, with identical
-    caption texts (the same token ids) counted as one item, as `python -m eval retrieval` counts them.
-
-    Embeddings are gathered batch by batch, inside the loop, so `gather_for_metrics` can drop the samples
-    Accelerate repeats to even out the last batch; each batch's loss is over the global batch, so it does not
-    depend on the number of processes.
-    """
-    model.eval()
-    images, texts, token_ids, batch_losses = [], [], [], []
-    for batch in loader:
-        output = model(**model_inputs(batch), return_loss=False)
-        image_embeds = accelerator.gather_for_metrics(output.image_embeds.float())
-        text_embeds = accelerator.gather_for_metrics(output.text_embeds.float())
-        # Captions are padded to the context length, so the rows of every batch compare position by position.
-        ids = accelerator.gather_for_metrics(batch["input_ids"] * batch["attention_mask"])
-        logits = output.logit_multiplier.float() * image_embeds @ text_embeds.t()
-        batch_losses.append(distinct_text_contrastive_loss(logits, torch.unique(ids, dim=0, return_inverse=True)[1])
-                            .item())
-        images.append(image_embeds.cpu())
-        texts.append(text_embeds.cpu())
-        token_ids.append(ids.cpu())
-    model.train()
-    images, texts = torch.cat(images), torch.cat(texts)
-    _, text_item = torch.unique(torch.cat(token_ids), dim=0, return_inverse=True)
-    first = first_copies(text_item)
-    carries = text_item[:, None] == torch.arange(len(first))[None, :]  # each image carries its caption's text
-    image_ranks, text_ranks = retrieval_ranks(images, texts[first], carries)
-    return {
-        "val/loss": sum(batch_losses) / len(batch_losses),
-        "val/image_to_text_R@1": float((image_ranks < 1).mean()),
-        "val/text_to_image_R@1": float((text_ranks < 1).mean()),
-    }
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # The run
-
-
-def trackers(options) -> list[str]:
-    names = [name.strip() for name in options.report_to.split(",") if name.strip()]
-    return [] if names == ["none"] else names
 
 
 def tracker_config(options) -> dict:
@@ -364,7 +198,7 @@ def tracker_config(options) -> dict:
 
 @dataclasses.dataclass
 class Session:
-    """Everything the loop uses, built by `set_up`: prepared model, optimizer and loaders, teacher, state."""
+    """Everything the loop uses, built by `set_up`: prepared model, optimizer and loaders, the step, state."""
 
     options: TrainingOptions
     accelerator: Accelerator
@@ -374,7 +208,7 @@ class Session:
     scheduler: object
     train_loader: torch.utils.data.DataLoader
     val_loader: torch.utils.data.DataLoader | None
-    teacher: Teacher | None
+    step: TrainingStep
     checkpoints: CheckpointManager
     state: TrainState
     total_steps: int
@@ -382,12 +216,20 @@ class Session:
     flops_per_sample: float
     data_description: dict
 
+    def checkpoint_due(self) -> bool:
+        """Every --checkpoint-every steps, and at the end of each epoch when the step needs it (a previous-epoch
+        bank: see `TrainingStep.needs_checkpoint_at_epoch_end`)."""
+        every, state = self.options.checkpoint_every, self.state
+        epoch_ends = self.step.needs_checkpoint_at_epoch_end and \
+            state.batches_in_epoch == self.steps_per_epoch * self.options.accum_steps
+        return bool(every) and (state.step % every == 0 or epoch_ends)
+
     def save_checkpoint(self) -> None:
         require_finite_weights(self.accelerator, self.model, self.state.step, "checkpoint")
         self.checkpoints.save(self.accelerator, self.state.step,
                               {"train": self.state.state_dict(), "options": resume_invariants(self.options,
                                                                                               self.accelerator)},
-                              tensors={"teacher": self.teacher.state_dict() if self.teacher else {}})
+                              tensors={"teacher": self.step.state_dict()})
 
 
 # What a resumed run must share with its checkpoint: the model, the data and its order, and how batches are cut.
@@ -421,7 +263,8 @@ def checkpoints_to_resume(options, checkpoints: CheckpointManager) -> list[Path]
     return []
 
 
-def resume(accelerator: Accelerator, candidates: list[Path], options, state: TrainState, teacher) -> Path:
+def resume(accelerator: Accelerator, candidates: list[Path], options, state: TrainState, step: TrainingStep
+           ) -> Path:
     """Load the first candidate that loads, saying why each one before it did not; return it."""
     for index, checkpoint in enumerate(candidates):
         try:
@@ -435,8 +278,7 @@ def resume(accelerator: Accelerator, candidates: list[Path], options, state: Tra
                            main_process_only=True)
             continue
         state.load_state_dict(saved["train"])
-        if teacher is not None:
-            teacher.load_state_dict(tensors["teacher"] or {})
+        step.load_state_dict(tensors["teacher"])
         return checkpoint
 
 
@@ -486,22 +328,22 @@ def set_up(options, accelerator: Accelerator) -> Session:
         val_loader = accelerator.prepare(val_loader)
 
     try:
-        teacher = build_teacher(accelerator.unwrap_model(model).config, model, accelerator, run_dir / "teacher_bank",
-                                num_pairs=None if options.streaming else len(train_data),
-                                resume=bool(resume_candidates))
+        step = TrainingStep.build(model, accelerator, bank_folder=run_dir / "teacher_bank",
+                                  num_pairs=None if options.streaming else len(train_data),
+                                  resume=bool(resume_candidates))
     except ValueError as error:
         raise OptionError(f"--distill-teacher: {error}") from error
-    if isinstance(teacher, PreviousEpochTeacher) and total_steps <= steps_per_epoch:
-        logger.warning("the previous_epoch teacher distils from the second epoch on; this run has one epoch, so it "
-                       "trains as CLIP (use --distill-teacher ema)", main_process_only=True)
+    if step.first_taught_epoch and total_steps <= steps_per_epoch:
+        logger.warning(f"the {step.psd.config.distill_teacher} teacher distils from the second epoch on; this run has "
+                       "one epoch, so it trains as CLIP (use --distill-teacher ema)", main_process_only=True)
 
     state = TrainState()
     if resume_candidates:
-        resumed_from = resume(accelerator, resume_candidates, options, state, teacher)
+        resumed_from = resume(accelerator, resume_candidates, options, state, step)
         logger.info(f"resumed from {resumed_from} at step {state.step}", main_process_only=True)
         if accelerator.is_main_process:
             checkpoints.discard_newer_than(state.step)
-    return Session(options, accelerator, model, processor, optimizer, scheduler, train_loader, val_loader, teacher,
+    return Session(options, accelerator, model, processor, optimizer, scheduler, train_loader, val_loader, step,
                    checkpoints, state, total_steps, steps_per_epoch, flops_per_sample, data_description)
 
 
@@ -514,8 +356,7 @@ def step_batches(session: Session):
     state, options, loader = session.state, session.options, session.train_loader
     while state.step < session.total_steps:
         loader.set_epoch(state.epoch)
-        if session.teacher is not None:
-            session.teacher.start_epoch(state.epoch)
+        session.step.start_epoch(state.epoch)
         batches = iter(session.accelerator.skip_first_batches(loader, state.batches_in_epoch)
                        if state.batches_in_epoch else loader)
         while state.step < session.total_steps:
@@ -530,7 +371,8 @@ def step_batches(session: Session):
 
 
 def optimizer_step(session: Session, loss_is_finite: bool):
-    """Clip, step, update the teacher; or skip a non-finite step (stopping after too many in a row).
+    """Clip, step, and what follows an optimizer step (`TrainingStep.after_optimizer_step`); or skip a non-finite
+    step (stopping after too many in a row).
 
     Returns the gradient norm before clipping (None when not clipped or skipped).
     """
@@ -540,9 +382,7 @@ def optimizer_step(session: Session, loss_is_finite: bool):
         if options.max_grad_norm:
             grad_norm = session.accelerator.clip_grad_norm_(session.model.parameters(), options.max_grad_norm)
         session.optimizer.step()
-        session.accelerator.unwrap_model(session.model).clamp_logit_scale_()
-        if session.teacher is not None:
-            session.teacher.after_optimizer_step(session.model)  # once per optimizer step, not per micro-batch
+        session.step.after_optimizer_step()
         state.nonfinite_in_row = 0
     else:
         state.nonfinite_in_row += 1
@@ -577,10 +417,31 @@ def step_metrics(session: Session, losses, parts: dict, grad_norm, window: Count
     return metrics
 
 
+def count_step(session: Session, micro_batches: list[dict]) -> None:
+    """Bookkeeping of a step taken: the state a checkpoint saves."""
+    state, accelerator = session.state, session.accelerator
+    skipped = sum(batch["skipped"].sum(0) for batch in micro_batches).to(accelerator.device)
+    state.skipped_records.update(dict(zip(SKIP_REASONS, accelerator.reduce(skipped, "sum").tolist())))
+    state.step += 1
+    state.samples_seen += session.options.batch_size
+
+
+def run_metrics(session: Session, final: dict, wall_s: float, steps_this_run: int) -> dict:
+    """What metrics.json says of the run: its length, speed, compute, skipped steps and records, final validation."""
+    state = session.state
+    return {
+        "steps": state.step, "samples_seen": state.samples_seen, "wall_time_s": round(wall_s, 1),
+        "steps_per_s_this_run": round(steps_this_run / wall_s, 4),
+        "training_flops": session.flops_per_sample * state.samples_seen,
+        "nonfinite_steps_skipped": state.nonfinite_total,
+        "skipped_records": dict(state.skipped_records), "skipped_records_total": sum(state.skipped_records.values()),
+        **{key: round(value, 4) for key, value in final.items()},
+    }
+
+
 def train(options, accelerator: Accelerator) -> None:
     session = set_up(options, accelerator)
     state, model = session.state, session.model
-    psd = accelerator.unwrap_model(model)
     log = JsonlLog(Path(options.run_dir) / "metrics.jsonl", accelerator.is_main_process)
     log.restart_from(state.step)
     accelerator.init_trackers("psdclip", config=tracker_config(options))
@@ -605,15 +466,10 @@ def train(options, accelerator: Accelerator) -> None:
         compute_started = time.perf_counter()
 
         # Forward, backward and the optimizer step, at this step's alpha and row draw.
-        psd.set_distill_progress(state.step, session.total_steps)
-        losses, parts = forward_backward(accelerator, model, micro_batches, session.teacher)
+        session.step.set_progress(state.step, session.total_steps)
+        losses, parts = session.step.forward_backward(micro_batches)
         grad_norm = optimizer_step(session, math.isfinite(parts["loss"]))
-
-        # Bookkeeping: the state a checkpoint saves.
-        skipped = sum(batch["skipped"].sum(0) for batch in micro_batches).to(accelerator.device)
-        state.skipped_records.update(dict(zip(SKIP_REASONS, accelerator.reduce(skipped, "sum").tolist())))
-        state.step += 1
-        state.samples_seen += options.batch_size
+        count_step(session, micro_batches)
         steps_this_run += 1
         progress.update()
         estimate.after_step(steps_this_run)
@@ -629,27 +485,16 @@ def train(options, accelerator: Accelerator) -> None:
         if session.val_loader is not None and options.eval_every and state.step % options.eval_every == 0 \
                 and state.step < session.total_steps:
             report(validate(accelerator, model, session.val_loader))
-        # The previous-epoch teacher also checkpoints at the end of each epoch: the next epoch overwrites the bank
-        # that an earlier checkpoint's epoch reads, so a resume must never go back across an epoch boundary.
-        epoch_ends = isinstance(session.teacher, PreviousEpochTeacher) and \
-            state.batches_in_epoch == session.steps_per_epoch * options.accum_steps
-        if options.checkpoint_every and (state.step % options.checkpoint_every == 0 or epoch_ends):
+        if session.checkpoint_due():
             session.save_checkpoint()
     progress.close()
     wall_s = time.perf_counter() - started
 
     final = validate(accelerator, model, session.val_loader) if session.val_loader is not None else {}
     report(final)
-    metrics = {
-        "steps": state.step, "samples_seen": state.samples_seen, "wall_time_s": round(wall_s, 1),
-        "steps_per_s_this_run": round(steps_this_run / wall_s, 4),
-        "training_flops": session.flops_per_sample * state.samples_seen,
-        "nonfinite_steps_skipped": state.nonfinite_total,
-        "skipped_records": dict(state.skipped_records), "skipped_records_total": sum(state.skipped_records.values()),
-        **{key: round(value, 4) for key, value in final.items()},
-    }
     require_finite_weights(accelerator, model, state.step, "model")
-    save_final_model(accelerator, model, session.processor, options, session.data_description, metrics)
+    save_final_model(accelerator, model, session.processor, options, session.data_description,
+                     run_metrics(session, final, wall_s, steps_this_run))
 
 
 class TrainingDiverged(RuntimeError):
@@ -686,15 +531,16 @@ def save_final_model(accelerator, model, processor, options, data_description: d
     accelerator.wait_for_everyone()
 
 
-def main(argv: list[str] | None = None) -> None:
-    options = parse_options(argv, prog=PROG)
+def run_training(options: TrainingOptions, prog: str) -> int:
+    """Train with `options` (as `parse_options` returns them) under Accelerate; the exit status: 0, 2 for a bad option
+    found while setting up, 1 for a failure (data, divergence, Hub, model folder, checkpoint), each one line."""
     try:
         accelerator = Accelerator(
             # Without an accelerator device, Accelerate would treat a multi-process launch as one process each;
             # `cpu` makes it gloo DDP on CPU.
             cpu=not torch.accelerator.is_available(),
             mixed_precision=options.mixed_precision,
-            log_with=trackers(options) or None,
+            log_with=tracker_names(options.report_to) or None,
             project_config=ProjectConfiguration(project_dir=options.run_dir,
                                                 logging_dir=str(Path(options.run_dir) / "tensorboard")),
             # The schedule counts optimizer steps; Accelerate would otherwise step it once per process.
@@ -702,22 +548,18 @@ def main(argv: list[str] | None = None) -> None:
             dynamo_plugin=TorchDynamoPlugin(backend="inductor") if options.compile else None,
         )
     except (ValueError, ImportError) as error:
-        fail(PROG, f"cannot set up Accelerate with these options: {first_line(error)}")
+        fail(prog, f"cannot set up Accelerate with these options: {first_line(error)}")
     status = 0
     try:
         train(options, accelerator)
     except OptionError as error:
         if accelerator.is_main_process:
-            print(f"{PROG}: error: {error}", file=sys.stderr)
+            print(f"{prog}: error: {error}", file=sys.stderr)
         status = 2
     except (DataError, TrainingDiverged, HubError, ModelFolderError, CheckpointError) as error:
         if accelerator.is_main_process:
-            print(f"{PROG}: error: {first_line(error)}", file=sys.stderr)
+            print(f"{prog}: error: {first_line(error)}", file=sys.stderr)
         status = 1
     finally:
         accelerator.end_training()
-    sys.exit(status)
-
-
-if __name__ == "__main__":
-    main()
+    return status

@@ -11,12 +11,13 @@ data than the student at this step: the student's own logits give a soft term wi
 - `UniformTeacher`: no teacher at all, a uniform target in its place: label smoothing with PSD's alpha schedule and
   drawn rows. The control arm: PSD is credited only with what it does beyond it.
 
-Both are driven the same way by a training loop (train.py, `PSDTrainer`):
+Both have the same interface, which `TrainingStep` (training/step.py), the one caller, drives:
 
     teacher.start_epoch(epoch)                      # every process, before each epoch
     targets = teacher.embeddings(batch)             # TeacherEmbeddings or None; model(**batch, **targets.as_kwargs())
     teacher.record(batch, image_embeds, text_embeds)   # after a finite step's forward (every process)
     teacher.after_optimizer_step(model)             # once per optimizer step, not per micro-batch
+    teacher.needs_checkpoint_at_epoch_end, teacher.first_taught_epoch   # what the loop must know of it
 """
 
 import copy
@@ -31,14 +32,8 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedType
 
 from ..configuration_psdclip import PSDCLIPConfig
+from ..data.collate import model_inputs
 from ..modeling_psdclip import PSDCLIPModel
-
-MODEL_INPUTS = ("input_ids", "attention_mask", "pixel_values")
-
-
-def model_inputs(batch: dict) -> dict:
-    """The entries of a collated batch that the model's forward takes."""
-    return {key: batch[key] for key in MODEL_INPUTS if key in batch}
 
 
 @dataclass
@@ -90,6 +85,10 @@ class PreviousEpochTeacher:
     """
 
     FILES = ("image", "text", "epoch")
+    first_taught_epoch = 1  # the first epoch has no previous one
+    # The next epoch overwrites the bank an earlier checkpoint's epoch reads: a resume must never go back across an
+    # epoch's end, so each one is checkpointed.
+    needs_checkpoint_at_epoch_end = True
 
     def __init__(self, folder: str | Path, num_pairs: int, dim: int, accelerator: Accelerator, resume: bool):
         self.folder = Path(folder)
@@ -173,6 +172,9 @@ class EMATeacher:
     parameters are the same everywhere after each DDP step.
     """
 
+    first_taught_epoch = 0
+    needs_checkpoint_at_epoch_end = False
+
     def __init__(self, model: PSDCLIPModel, decay: float, accelerator: Accelerator | None = None):
         accelerator = accelerator or Accelerator()  # a plain loop: one process, no mixed precision
         if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
@@ -215,6 +217,9 @@ class UniformTeacher:
     """Label smoothing in a teacher's place: zero embeddings give equal teacher logits, so `softmax(T / tau)` is
     uniform over the global batch and a drawn row's target is `(1 - a) onehot + a / N`, with the alpha schedule and
     row draw of PSD. No extra compute and no state."""
+
+    first_taught_epoch = 0
+    needs_checkpoint_at_epoch_end = False
 
     def __init__(self, dim: int):
         self.dim = dim
@@ -262,4 +267,4 @@ def build_teacher(config: PSDCLIPConfig, model, accelerator: Accelerator, bank_f
 
 
 __all__ = ["EMATeacher", "PreviousEpochTeacher", "Teacher", "TeacherEmbeddings", "UniformTeacher", "build_teacher",
-           "model_inputs", "teacher_kwargs"]
+           "teacher_kwargs"]

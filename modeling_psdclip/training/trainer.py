@@ -1,4 +1,4 @@
-"""PSD-CLIP under transformers' `Trainer`: the distillation progress and a teacher, kept in step with its loop."""
+"""PSD-CLIP under transformers' `Trainer`: a `TrainingStep` (model, teacher, loss) kept in step with its loop."""
 
 from pathlib import Path
 
@@ -6,14 +6,16 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import IterableDataset
 from transformers import Trainer, TrainerCallback
 
-from .teachers import build_teacher, model_inputs, teacher_kwargs
+from ..data.collate import model_inputs
+from .step import TrainingStep
 
 TEACHER_FILE = "teacher.safetensors"
 
 
 class PSDProgressCallback(TrainerCallback):
-    """Before every optimizer step, tell the model which step of how many it is (alpha and the row draw); after
-    it, bound the logit scale parameter (`PSDCLIPModel.clamp_logit_scale_`)."""
+    """For a plain `Trainer` without a teacher: before every optimizer step, tell the model which step of how many
+    it is (alpha and the row draw); after it, bound the logit scale parameter (`PSDCLIPModel.clamp_logit_scale_`).
+    `PSDTrainer` does both through its `TrainingStep`."""
 
     def on_step_begin(self, args, state, control, model=None, **kwargs):
         model.set_distill_progress(state.global_step, state.max_steps)
@@ -22,20 +24,27 @@ class PSDProgressCallback(TrainerCallback):
         model.clamp_logit_scale_()
 
 
-class TeacherCallback(TrainerCallback):
-    """Drives a `PSDTrainer`'s teacher from Trainer's events: a new epoch, and each optimizer step (not each
-    micro-batch)."""
+class StepCallback(TrainerCallback):
+    """Drives a `PSDTrainer`'s `TrainingStep` from Trainer's events: the progress before each step, a new epoch,
+    and what follows each optimizer step (not each micro-batch)."""
 
     def __init__(self, trainer: "PSDTrainer"):
         self.trainer = trainer
 
-    def on_epoch_begin(self, args, state, control, **kwargs):
-        if self.trainer.teacher is not None:
-            self.trainer.teacher.start_epoch(int(state.epoch))
+    def on_step_begin(self, args, state, control, **kwargs):
+        if self.trainer.psd_step is not None:
+            self.trainer.psd_step.set_progress(state.global_step, state.max_steps)
 
-    def on_optimizer_step(self, args, state, control, model=None, **kwargs):
-        if self.trainer.teacher is not None:
-            self.trainer.teacher.after_optimizer_step(model)
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        if self.trainer.psd_step is not None:
+            self.trainer.psd_step.start_epoch(int(state.epoch))
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        if self.trainer.psd_step is not None:
+            self.trainer.psd_step.after_optimizer_step()
+
+
+TeacherCallback = StepCallback  # its former name, kept for one release
 
 
 class PSDTrainer(Trainer):
@@ -50,18 +59,22 @@ class PSDTrainer(Trainer):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.teacher = None
-        self.add_callback(PSDProgressCallback())
-        self.add_callback(TeacherCallback(self))
+        self.psd_step = None  # a TrainingStep, built by `train`
+        self.add_callback(StepCallback(self))
+
+    @property
+    def teacher(self):
+        """The teacher of the current training (None before `train`, or for plain CLIP)."""
+        return self.psd_step.teacher if self.psd_step is not None else None
 
     def train(self, resume_from_checkpoint=None, *args, **kwargs):
         # Built here, where it is known whether a resumed run's bank is to be kept; a resumed EMA teacher's
         # weights are loaded with the optimizer's.
         dataset = self.train_dataset
-        self.teacher = build_teacher(self.model.config, self.model, self.accelerator,
-                                     Path(self.args.output_dir) / "teacher_bank",
-                                     num_pairs=None if isinstance(dataset, IterableDataset) else len(dataset),
-                                     resume=bool(resume_from_checkpoint))
+        self.psd_step = TrainingStep.build(self.model, self.accelerator,
+                                       bank_folder=Path(self.args.output_dir) / "teacher_bank",
+                                       num_pairs=None if isinstance(dataset, IterableDataset) else len(dataset),
+                                       resume=bool(resume_from_checkpoint))
         return super().train(resume_from_checkpoint, *args, **kwargs)
 
     # Trainer drops the dataset columns and record fields that the model's forward does not name, before the
@@ -74,23 +87,23 @@ class PSDTrainer(Trainer):
         return data_collator
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        training = model.training and self.teacher is not None
-        targets = self.teacher.embeddings(inputs) if training else None
-        outputs = model(**model_inputs(inputs), return_loss=True, **teacher_kwargs(targets))
-        if training:
-            self.teacher.record(inputs, outputs.image_embeds, outputs.text_embeds)
+        if model.training and self.psd_step is not None:
+            outputs = self.psd_step.forward(inputs, model=model)
+            self.psd_step.record(inputs, outputs.image_embeds, outputs.text_embeds)
+        else:  # evaluation: the plain CLIP loss
+            outputs = model(**model_inputs(inputs), return_loss=True)
         return (outputs.loss, outputs) if return_outputs else outputs.loss
 
     def _save_optimizer_and_scheduler(self, output_dir):
         super()._save_optimizer_and_scheduler(output_dir)
-        state = self.teacher.state_dict() if self.teacher is not None else {}
+        state = self.psd_step.state_dict() if self.psd_step is not None else {}
         if state and self.args.should_save:
             save_file({name: tensor.cpu() for name, tensor in state.items()}, Path(output_dir) / TEACHER_FILE)
 
     def _load_optimizer_and_scheduler(self, checkpoint):
         super()._load_optimizer_and_scheduler(checkpoint)
-        if checkpoint is not None and self.teacher is not None and (Path(checkpoint) / TEACHER_FILE).is_file():
-            self.teacher.load_state_dict(load_file(Path(checkpoint) / TEACHER_FILE))
+        if checkpoint is not None and self.psd_step is not None and (Path(checkpoint) / TEACHER_FILE).is_file():
+            self.psd_step.load_state_dict(load_file(Path(checkpoint) / TEACHER_FILE))
 
 
-__all__ = ["PSDProgressCallback", "PSDTrainer", "TeacherCallback"]
+__all__ = ["PSDProgressCallback", "PSDTrainer", "StepCallback", "TeacherCallback"]

@@ -1,0 +1,47 @@
+"""`python -m studies --config FILE [--quick] [--output DIR]` (also `python -m eval study`, `psdclip-study`): train and
+evaluate every run of a study not finished yet, then write its report. A mistake exits with status 2 and one line.
+
+The options are parsed before training and evaluation are imported, so `--help` answers at once.
+"""
+
+import sys
+from pathlib import Path
+
+from modeling_psdclip.utils import OneLineErrorParser, status_of
+
+PROG = "python -m studies"
+
+
+def build_parser(prog: str = PROG) -> OneLineErrorParser:
+    parser = OneLineErrorParser(prog=prog, description="Train and evaluate a matrix of runs (methods x noise x data "
+                                "x seeds) and write its report.")
+    parser.add_argument("--config", required=True, metavar="FILE", help="the study's YAML file, e.g. studies/noise.yaml (or a shipped study's name: noise)")
+    parser.add_argument("--quick", action="store_true", help="the study file's smaller `quick` size")
+    parser.add_argument("--output", type=Path, help="folder of runs and report (default: the study file's)")
+    return parser
+
+
+def study_file(config: str) -> str:
+    """`config` as given, or, when there is no such file, the study of that name shipped beside this package
+    (`noise`, `studies/noise.yaml`): an installed package runs its studies without a checkout."""
+    shipped = Path(__file__).parent / f"{Path(config).stem}.yaml"
+    return str(shipped) if not Path(config).exists() and shipped.is_file() else config
+
+
+def main(argv: list[str] | None = None, prog: str = PROG) -> int:
+    args = build_parser(prog).parse_args(argv)
+    args.config = study_file(args.config)
+    from eval.errors import EvalInputError
+
+    from .report import write_study_report
+    from .runner import run_study
+
+    def run() -> None:
+        study, results = run_study(args.config, quick=args.quick, output=args.output)
+        print(f"report: {write_study_report(study, results, args.output or study['output'])}")
+
+    return status_of(prog, run, EvalInputError)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,58 @@
+"""Checkpoints that a crash never leaves half-written, and a full disk that keeps the earlier ones."""
+
+import errno
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from modeling_psdclip.training.checkpoints import MARKER, CheckpointError, CheckpointManager
+
+
+class FakeAccelerator:
+    is_main_process = True
+
+    def wait_for_everyone(self):
+        pass
+
+    def save_state(self, folder):
+        Path(folder).mkdir(parents=True)
+        (Path(folder) / "model.safetensors").write_bytes(b"weights")
+
+
+def test_checkpoints_are_complete_or_ignored_and_only_the_last_are_kept(tmp_path):
+    manager = CheckpointManager(tmp_path, keep_last=2)
+    for step in (10, 20, 30):
+        manager.save(FakeAccelerator(), step, {"step": step})
+    assert [p.name for p in manager.complete_checkpoints()] == ["step-00000020", "step-00000030"]
+    # What a kill leaves behind: a staging folder mid-write, or a renamed one whose marker is gone mid-delete.
+    (tmp_path / ".staging-step-00000040").mkdir()
+    (tmp_path / "step-00000050").mkdir()
+    assert manager.complete_checkpoints()[-1] == tmp_path / "step-00000030"
+    assert (tmp_path / "step-00000030" / MARKER).is_file()
+    # Resumed from step 20: the old step 30 is another history and must not be offered again.
+    manager.discard_newer_than(20)
+    assert manager.complete_checkpoints()[-1] == tmp_path / "step-00000020"
+    # The next save clears what the kill left.
+    manager.save(FakeAccelerator(), 60, {"step": 60})
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["step-00000020", "step-00000060"]
+
+
+class DiskFullAccelerator(FakeAccelerator):
+    def save_state(self, folder):
+        Path(folder).mkdir(parents=True)
+        (Path(folder) / "model.safetensors").write_bytes(b"half the weig")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def test_a_checkpoint_that_cannot_be_written_is_one_line_and_keeps_the_earlier_ones(tmp_path):
+    manager = CheckpointManager(tmp_path, keep_last=2)
+    for step in (10, 20):
+        manager.save(FakeAccelerator(), step, {"step": step})
+    with pytest.raises(CheckpointError) as error:
+        manager.save(DiskFullAccelerator(), 30, {"step": 30})
+    assert re.fullmatch(f"cannot write the checkpoint of step 30 to {re.escape(str(tmp_path))} \\(\\d+ MiB free "
+                        "there\\): No space left on device; the earlier checkpoints are kept", str(error.value))
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["step-00000010", "step-00000020"]
+    assert all((path / "model.safetensors").read_bytes() == b"weights" for path in tmp_path.iterdir())
