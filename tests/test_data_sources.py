@@ -382,7 +382,8 @@ def test_image_paths_naming_no_regular_file_are_skipped_unopened(tmp_path):
     paths = ["fifo.png", "link.png", "folder.png", "/dev/zero", "good.png"]
     lines = [json.dumps({"image": path, "caption": f"caption {index}"}) for index, path in enumerate(paths)]
     (tmp_path / "pairs.jsonl").write_text("\n".join(lines) + "\n")
-    (tmp_path / "pairs.csv").write_text("image,caption\n" + "".join(f"{path},caption {i}\n" for i, path in enumerate(paths)))
+    (tmp_path / "pairs.csv").write_text("image,caption\n" + "".join(f"{path},caption {index}\n"
+                                                                    for index, path in enumerate(paths)))
     with within(60):
         for table in ("pairs.jsonl", "pairs.csv"):
             for streaming in (False, True):
