@@ -28,7 +28,7 @@ INVISIBLE_CATEGORIES = ("Cc", "Cf")
 # limit only warns below 179 megapixels, and a 140 KB file can decode to more than a gigabyte.
 MAX_IMAGE_PIXELS = 50_000_000
 # A JPEG decodes at 1/2, 1/4 or 1/8 scale while both sides stay at least this many times the model's input size,
-# so even the smallest random crop is resized down, never up.
+# so that a random crop of down to a quarter of the image is still resized down, never up.
 DRAFT_MARGIN = 2
 
 

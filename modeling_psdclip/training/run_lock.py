@@ -30,15 +30,18 @@ def hold_run_dir(run_dir, accelerator: Accelerator):
     folder = Path(run_dir)
     lock, refusal = None, None
     if accelerator.is_main_process:
-        folder.mkdir(parents=True, exist_ok=True)
-        lock = FileLock(folder / LOCK_FILE)
         try:
+            folder.mkdir(parents=True, exist_ok=True)
+            lock = FileLock(folder / LOCK_FILE)
             lock.acquire(timeout=0)
+            (folder / PID_FILE).write_text(f"{os.getpid()} {socket.gethostname()}\n")
         except Timeout:
             lock, refusal = None, f"--run-dir {run_dir} is in use by another run ({_holder(folder)}): wait for " \
                                   "it to end, or choose another --run-dir"
-        else:
-            (folder / PID_FILE).write_text(f"{os.getpid()} {socket.gethostname()}\n")
+        except OSError as error:  # e.g. the folder became read-only since the options were checked
+            if lock is not None and lock.is_locked:
+                lock.release()
+            lock, refusal = None, f"--run-dir: cannot lock {folder / LOCK_FILE}: {error.strerror or error}"
     # The other processes learn the main process's verdict, so that all of them stop or none does.
     refusal = broadcast_object_list([refusal])[0]
     if refusal:
