@@ -22,6 +22,7 @@ from typing import Sequence
 
 import datasets
 import numpy as np
+from datasets.data_files import SPLIT_KEYWORDS
 
 from modeling_psdclip.utils import first_line
 from modeling_psdclip.data import saved_to_disk
@@ -253,4 +254,21 @@ def _imagefolder(path: Path, split, label_column) -> EvalData:
     except (ValueError, FileNotFoundError) as error:
         raise EvalInputError(f"folder {path} is not an image folder: {first_line(error)}") from error
     dataset = _split_of(loaded, split, str(path))
+    if dataset.column_names == ["image"]:  # no metadata, and no labels: datasets infers them from two class folders
+        class_name = _single_class_folder(dataset, path)
+        if class_name is not None:  # so that a task needing classes says how many there are
+            dataset = dataset.add_column("label", [class_name] * len(dataset))
     return EvalData.from_dataset(dataset, f"{path.name}:{split}" if split else path.name, label_column=label_column)
+
+
+def _single_class_folder(dataset: datasets.Dataset, root: Path) -> str | None:
+    """The name of the one folder below `root` that holds every image, unless it is a split's folder."""
+    values = dataset.cast_column("image", datasets.Image(decode=False))["image"]
+    parents = {Path(value["path"]).resolve().parent for value in values if value.get("path")}
+    if len(parents) != 1:
+        return None
+    (parent,) = parents
+    split_names = {name for names in SPLIT_KEYWORDS.values() for name in names}
+    if parent == root.resolve() or parent.name.lower() in split_names:
+        return None
+    return parent.name

@@ -9,7 +9,7 @@ from pathlib import Path
 from huggingface_hub import EvalResult, ModelCard, ModelCardData, constants, upload_folder
 from tokenizers import Tokenizer
 
-from .utils import first_line
+from .utils import cannot_create_in, first_line
 from .configuration_psdclip import PRESETS
 from .data.sources import hub_dataset_id
 from .modeling_psdclip import PSDCLIPModel
@@ -78,11 +78,9 @@ def check_model_folder_target(folder) -> None:
             why = f"it holds {sorted(foreign)[0]!r}" if foreign else "its config.json is not a PSD-CLIP config"
             raise ModelFolderError(f"{folder} exists and is not a PSD-CLIP model folder ({why}); it is never "
                                    "replaced: choose another folder or move it away")
-    existing = next(parent for parent in folder.absolute().parents if parent.exists())
-    try:  # The one check that holds for root and on read-only mounts alike: creating something there.
-        Path(tempfile.mkdtemp(prefix=".psdclip-write-check-", dir=existing)).rmdir()
-    except OSError as error:
-        raise ModelFolderError(f"cannot create {folder}: {error.strerror or error} in {existing}") from None
+    reason = cannot_create_in(folder.absolute().parent)  # the folder is written beside itself, then renamed
+    if reason:
+        raise ModelFolderError(f"cannot create {folder}: {reason}")
 
 
 def pickle_weights_note(folder) -> str | None:

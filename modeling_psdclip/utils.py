@@ -4,6 +4,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 
@@ -26,6 +27,21 @@ class OneLineErrorParser(argparse.ArgumentParser):
         fail(self.prog, message)
 
 
+def cannot_create_in(folder) -> str | None:
+    """Why nothing can be created in `folder` (or, while it does not exist, in the nearest folder above it that
+    does), as "REASON in FOLDER"; None when something can.
+
+    Creating something is the one check that holds for root and on read-only mounts alike.
+    """
+    folder = Path(folder).absolute()
+    existing = next(path for path in (folder, *folder.parents) if path.exists())
+    try:
+        Path(tempfile.mkdtemp(prefix=".psdclip-write-check-", dir=existing)).rmdir()
+    except OSError as error:
+        return f"{error.strerror or error} in {existing}"
+    return None
+
+
 def write_json_atomically(path: Path, data: dict) -> None:
     """Write `data` as JSON so that a reader never sees half a file: staged beside it, then renamed over it."""
     staging = path.with_name(f".{path.name}.tmp")
@@ -33,4 +49,4 @@ def write_json_atomically(path: Path, data: dict) -> None:
     os.replace(staging, path)
 
 
-__all__ = ["OneLineErrorParser", "fail", "first_line", "write_json_atomically"]
+__all__ = ["OneLineErrorParser", "cannot_create_in", "fail", "first_line", "write_json_atomically"]

@@ -52,6 +52,8 @@ from modeling_psdclip.model_folder import (
 from modeling_psdclip.processing import build_processor
 from modeling_psdclip.utils import fail, first_line, write_json_atomically
 from modeling_psdclip.training.options import OptionError, TrainingOptions, flag, parse_options
+from modeling_psdclip.training.run_lock import hold_run_dir
+from modeling_psdclip.training.stops import STOPS, describe_stop, sigterm_interrupts
 from modeling_psdclip.training.teachers import (
     PreviousEpochTeacher, Teacher, TeacherEmbeddings, build_teacher, model_inputs, teacher_kwargs,
 )
@@ -183,7 +185,8 @@ def build_datasets(options, image_size: int):
             source = "synthetic:train" if flag == "--data" else "synthetic:val"
         try:
             return load_image_text_dataset(source, split=split, image_column=options.image_column,
-                                           caption_column=options.caption_column, seed=options.seed, **kwargs)
+                                           caption_column=options.caption_column, seed=options.seed,
+                                           input_size=image_size, max_image_pixels=options.max_image_pixels, **kwargs)
         except DataError as error:
             raise OptionError(f"{flag}: {first_line(error)}") from error
 
@@ -196,6 +199,8 @@ def build_datasets(options, image_size: int):
     # folder) validates on its validation split; any other source is read whole, as its train split.
     val = load("--val-data", val_source, "validation" if saved_with_splits(val_source) else "train") \
         if val_source else None
+    if val is not None and len(val) < 2:
+        raise OptionError(f"--val-data: {val_source} has {len(val)} record; the validation loss needs at least 2")
     description = {"training data": "built-in synthetic captioned scenes" if synthetic else options.data,
                    "training records": len(train) if not options.streaming else "streamed",
                    **(noise if synthetic else {}),
@@ -322,7 +327,8 @@ def validate(accelerator: Accelerator, model, loader) -> dict:
         image_embeds = accelerator.gather_for_metrics(output.image_embeds.float())
         text_embeds = accelerator.gather_for_metrics(output.text_embeds.float())
         logits = output.logit_multiplier.float() * image_embeds @ text_embeds.t()
-        batch_losses.append(image_text_contrastive_loss(logits).item())
+        if len(logits) > 1:  # a last batch of one pair has no other pair to contrast with: its loss is always 0
+            batch_losses.append(image_text_contrastive_loss(logits).item())
         images.append(image_embeds.cpu())
         texts.append(text_embeds.cpu())
     model.train()
@@ -692,7 +698,8 @@ def main(argv: list[str] | None = None) -> None:
         fail(PROG, f"cannot set up Accelerate with these options: {first_line(error)}")
     status = 0
     try:
-        train(options, accelerator)
+        with hold_run_dir(options.run_dir, accelerator), sigterm_interrupts():
+            train(options, accelerator)
     except OptionError as error:
         if accelerator.is_main_process:
             print(f"{PROG}: error: {error}", file=sys.stderr)
@@ -701,6 +708,13 @@ def main(argv: list[str] | None = None) -> None:
         if accelerator.is_main_process:
             print(f"{PROG}: error: {first_line(error)}", file=sys.stderr)
         status = 1
+    except STOPS as error:  # Ctrl-C, SIGTERM, out of memory; anything else is a bug, with its traceback
+        stop = describe_stop(error, options)
+        if stop is None:
+            raise
+        status, message = stop
+        if accelerator.is_main_process:
+            print(f"{PROG}: {message}", file=sys.stderr)
     finally:
         accelerator.end_training()
     sys.exit(status)
