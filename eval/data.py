@@ -27,6 +27,7 @@ from typing import Sequence
 
 import datasets
 import numpy as np
+from datasets.data_files import SPLIT_KEYWORDS
 
 from modeling_psdclip.utils import first_line
 from modeling_psdclip.data import CLEAN, DataError  # noqa: F401 (CLEAN: eval's name for the label too)
@@ -192,6 +193,12 @@ def load_eval_data(source: str, *, label_column: str | None = None, num_samples:
         raise EvalInputError(str(error)) from None
     if isinstance(dataset, datasets.IterableDataset):
         raise EvalInputError(f"data {source!r} is a stream; evaluation needs a data set it can index")
+    # An image folder without metadata has labels only from two or more class folders; one class folder holding
+    # every image is one class, so that a task needing classes says how many there are.
+    if dataset.column_names == ["image"] and folder.is_dir():
+        class_name = _single_class_folder(dataset, folder)
+        if class_name is not None:
+            dataset = dataset.add_column("label", [class_name] * len(dataset))
     name = f"{folder.name}:{split}" if split else folder.name
     return EvalData.from_dataset(dataset, name, label_column=label_column, base_dir=base_dir)
 
@@ -255,3 +262,16 @@ def _class_index(text: str, name: str) -> int:
         return int(text.strip())
     except ValueError:
         raise EvalInputError(f"data {name!r} has a .cls member that is not a class index: {text[:40]!r}") from None
+
+
+def _single_class_folder(dataset: datasets.Dataset, root: Path) -> str | None:
+    """The name of the one folder below `root` that holds every image, unless it is a split's folder."""
+    values = dataset.cast_column("image", datasets.Image(decode=False))["image"]
+    parents = {Path(value["path"]).resolve().parent for value in values if value.get("path")}
+    if len(parents) != 1:
+        return None
+    (parent,) = parents
+    split_names = {name for names in SPLIT_KEYWORDS.values() for name in names}
+    if parent == root.resolve() or parent.name.lower() in split_names:
+        return None
+    return parent.name

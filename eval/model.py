@@ -11,7 +11,7 @@ import torch
 from safetensors import SafetensorError
 
 from modeling_psdclip.utils import first_line
-from modeling_psdclip.embedding import ImageTextEmbedder
+from modeling_psdclip.embedding import ImageTextEmbedder, UntrustedCodeError
 from modeling_psdclip.model_folder import pickle_weights_note
 
 from .errors import EvalInputError
@@ -69,7 +69,8 @@ class EmbeddingModel(ImageTextEmbedder):
                                            **kwargs)
         except EvalInputError:  # already one line (an unusable device)
             raise
+        except UntrustedCodeError:
+            raise EvalInputError(f"cannot load model folder {folder}: its model is defined by the folder's own Python, "
+                                 "which runs only with --trust-remote-code: pass it for folders you trust") from None
         except (OSError, ValueError, KeyError, SafetensorError) as error:
-            hint = "" if trust_remote_code or "trust_remote_code" not in str(error) else \
-                " (the folder's own Python runs only with --trust-remote-code: pass it for folders you trust)"
-            raise EvalInputError(f"cannot load model folder {folder}: {first_line(error)}{hint}") from error
+            raise EvalInputError(f"cannot load model folder {folder}: {first_line(error)}") from error

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 
+from .utils import first_line
 from .data.records import to_rgb
 
 
@@ -16,6 +17,10 @@ def _rgb(image) -> Image.Image:
         with Image.open(image) as opened:  # closed once decoded: a folder of images must not exhaust file handles
             return to_rgb(opened)
     return to_rgb(image)
+
+
+class UntrustedCodeError(ValueError):
+    """A model needs the Python code it ships with, and the caller did not pass `trust_remote_code=True`."""
 
 
 class ImageTextEmbedder:
@@ -44,19 +49,28 @@ class ImageTextEmbedder:
         """Load a model folder or Hub repository and its processor; `load_kwargs` (e.g. `trust_remote_code`,
         `local_files_only`, `revision`) go to both `from_pretrained` calls.
 
-        Raises ValueError when the model has no image and text features.
+        The Python files a folder or repository carries run only with `trust_remote_code=True`; without it, a model
+        that needs them raises `UntrustedCodeError`. Raises ValueError, in one line, when transformers cannot load
+        the model, and when the model has no image and text features.
         """
         from transformers import AutoModel, AutoProcessor
 
         from . import register_auto_classes
 
         register_auto_classes()  # a PSD-CLIP folder loads with the installed code, not the folder's
-
-        model = AutoModel.from_pretrained(name_or_path, **load_kwargs)
-        for method in ("get_image_features", "get_text_features"):
-            if not hasattr(model, method):
-                raise ValueError(f"model in {name_or_path} is not an image-text model (no {method})")
-        processor = AutoProcessor.from_pretrained(name_or_path, **load_kwargs)
+        # Left unset, transformers asks on stdin whether to run the code; a library call must never wait on a prompt.
+        load_kwargs.setdefault("trust_remote_code", False)
+        try:
+            model = AutoModel.from_pretrained(name_or_path, **load_kwargs)
+            for method in ("get_image_features", "get_text_features"):
+                if not hasattr(model, method):
+                    raise ValueError(f"model in {name_or_path} is not an image-text model (no {method})")
+            processor = AutoProcessor.from_pretrained(name_or_path, **load_kwargs)
+        except ValueError as error:
+            if "trust_remote_code" in str(error) and not load_kwargs["trust_remote_code"]:
+                raise UntrustedCodeError(f"the model in {name_or_path} is defined by its own Python code, which runs "
+                                         "only with trust_remote_code=True: pass it for models you trust") from None
+            raise ValueError(first_line(error)) from error
         return cls(model, processor, batch_size=batch_size, device=device, dtype=dtype, progress=progress,
                    name=name or os.path.basename(os.path.normpath(str(name_or_path))))
 
@@ -99,4 +113,4 @@ class ImageTextEmbedder:
         return F.normalize(torch.cat(chunks), dim=-1)
 
 
-__all__ = ["ImageTextEmbedder"]
+__all__ = ["ImageTextEmbedder", "UntrustedCodeError"]

@@ -10,8 +10,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .utils import first_line
-from .card import PACKAGE_TAG
+from .utils import cannot_create_in, first_line
 
 
 # Every file a model folder of this package holds: what `save_model_folder` writes (sharded weights included, and
@@ -46,11 +45,9 @@ def check_model_folder_target(folder) -> None:
                 "its config.json is neither a PSD-CLIP config nor a CLIP one with a PSD-CLIP card"
             raise ModelFolderError(f"{folder} exists and is not a PSD-CLIP model folder ({why}); it is never "
                                    "replaced: choose another folder or move it away")
-    existing = next(parent for parent in folder.absolute().parents if parent.exists())
-    try:  # The one check that holds for root and on read-only mounts alike: creating something there.
-        Path(tempfile.mkdtemp(prefix=".psdclip-write-check-", dir=existing)).rmdir()
-    except OSError as error:
-        raise ModelFolderError(f"cannot create {folder}: {error.strerror or error} in {existing}") from None
+    reason = cannot_create_in(folder.absolute().parent)  # the folder is written beside itself, then renamed
+    if reason:
+        raise ModelFolderError(f"cannot create {folder}: {reason}")
 
 
 def pickle_weights_note(folder) -> str | None:
@@ -71,6 +68,10 @@ def _written_by_this_package(folder: Path) -> bool:
     try:
         model_type = json.loads((folder / "config.json").read_text()).get("model_type")
         if model_type == "clip" and (folder / "README.md").is_file():
+            from huggingface_hub import ModelCard
+
+            from .card import PACKAGE_TAG
+
             return PACKAGE_TAG in (ModelCard.load(folder / "README.md").data.tags or [])
         return model_type == "psdclip"
     except (OSError, ValueError, AttributeError):
@@ -105,7 +106,7 @@ def _stock_tokenizer_files(folder: Path) -> None:
                                encoding="utf-8")
 
 
-def save_model_folder(model, processor, folder, repo_id: str | None = None, card: ModelCard | None = None,
+def save_model_folder(model, processor, folder, repo_id: str | None = None, card: "ModelCard | None" = None,
                       **card_fields) -> Path:
     """Write model, processor and card to `folder`, replacing it only once the new folder is complete.
 

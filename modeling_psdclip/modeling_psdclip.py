@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import CLIPModel
 from transformers.models.clip.modeling_clip import CLIPOutput
+from transformers.utils.generic import can_return_tuple
 
 from .configuration_psdclip import PSDCLIPConfig
 
@@ -272,6 +273,7 @@ class PSDCLIPModel(CLIPModel):
         """
         self.logit_scale.clamp_(max=math.log(self.config.logit_scale_max))
 
+    @can_return_tuple  # `return_dict=False` (or `config.return_dict = False`) gives `PSDCLIPOutput.to_tuple()`
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -291,11 +293,12 @@ class PSDCLIPModel(CLIPModel):
         this batch's pairs and `teacher_mask` (`(batch,)` bool) marks the pairs that have them; without a teacher
         the loss is CLIP's.
         """
+        # The towers' outputs are read by name here, whatever `config.return_dict` says.
         vision_outputs = self.get_image_features(
-            pixel_values=pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, **kwargs
+            pixel_values=pixel_values, interpolate_pos_encoding=interpolate_pos_encoding, return_dict=True, **kwargs
         )
         text_outputs = self.get_text_features(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **kwargs
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, return_dict=True, **kwargs
         )
         image_embeds = F.normalize(vision_outputs.pooler_output, dim=-1)
         text_embeds = F.normalize(text_outputs.pooler_output, dim=-1)
@@ -321,12 +324,15 @@ class PSDCLIPModel(CLIPModel):
     @classmethod
     def from_pretrained(cls, *args, output_loading_info: bool = False, **kwargs):
         # transformers fills weights missing from a checkpoint with random values and only logs it; a model
-        # that silently lost part of its weights must not load. Mismatched shapes already raise upstream.
+        # that silently lost part of its weights must not load. Mismatched shapes already raise upstream. A caller
+        # who asks for the loading info gets the model as transformers loads it, to inspect what is missing.
         model, loading_info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
+        if output_loading_info:
+            return model, loading_info
         if loading_info["missing_keys"]:
             missing = sorted(loading_info["missing_keys"])
             raise ValueError(f"checkpoint is missing {len(missing)} weights of {cls.__name__}, e.g. {missing[0]}")
-        return (model, loading_info) if output_loading_info else model
+        return model
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         # `register_for_auto_class` records one Auto class; the zero-shot pipeline looks up this second one.

@@ -6,6 +6,7 @@ import importlib
 import json
 import os
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -27,6 +28,21 @@ class OneLineErrorParser(argparse.ArgumentParser):
 
     def error(self, message):
         fail(self.prog, message)
+
+
+def cannot_create_in(folder) -> str | None:
+    """Why nothing can be created in `folder` (or, while it does not exist, in the nearest folder above it that
+    does), as "REASON in FOLDER"; None when something can.
+
+    Creating something is the one check that holds for root and on read-only mounts alike.
+    """
+    folder = Path(folder).absolute()
+    existing = next(path for path in (folder, *folder.parents) if path.exists())
+    try:
+        Path(tempfile.mkdtemp(prefix=".psdclip-write-check-", dir=existing)).rmdir()
+    except OSError as error:
+        return f"{error.strerror or error} in {existing}"
+    return None
 
 
 def status_of(prog: str, action: Callable[[], object], *mistakes: type[Exception]) -> int:
@@ -81,5 +97,5 @@ def markdown_table(rows: list[dict], columns: list[str] | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["OneLineErrorParser", "fail", "first_line", "format_value", "lazy_names", "markdown_table", "status_of",
-           "write_json_atomically"]
+__all__ = ["OneLineErrorParser", "cannot_create_in", "fail", "first_line", "format_value", "lazy_names",
+           "markdown_table", "status_of", "write_json_atomically"]

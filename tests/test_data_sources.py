@@ -4,9 +4,16 @@ Every fixture is written into tmp_path by the test that uses it.
 """
 
 import collections
+import contextlib
 import io
+import itertools
 import json
+import os
+import signal
+import struct
 import tarfile
+import warnings
+import zlib
 
 import datasets
 import numpy as np
@@ -358,3 +365,132 @@ def test_malformed_jsonl_line_is_named(tmp_path):
     (tmp_path / "pairs.jsonl").write_text('{"image": "a.png", "caption": "a square"}\n{"image": "a.png", caption\n')
     with pytest.raises(DataError, match=r"pairs.jsonl': line 2 is not a JSON object"):
         load_image_text_dataset(str(tmp_path / "pairs.jsonl"))
+
+
+class Hung(BaseException):
+    """Not an Exception: the record reader must not take it for a bad record and go on."""
+
+
+@contextlib.contextmanager
+def within(seconds: int):
+    """Turn a hang (a blocking open of a FIFO) into a failure."""
+    def expire(signum, frame):
+        raise Hung(f"still running after {seconds} s")
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def skip_counts(loaded) -> collections.Counter:
+    counts = collections.Counter()
+    for record in loaded:
+        counts.update(record["skipped"])
+    return counts
+
+
+def test_image_paths_naming_no_regular_file_are_skipped_unopened(tmp_path):
+    write_images(tmp_path, ["good.png"])
+    os.mkfifo(tmp_path / "fifo.png")  # opening it for reading blocks until a writer comes
+    (tmp_path / "folder.png").mkdir()
+    (tmp_path / "link.png").symlink_to(tmp_path / "fifo.png")
+    paths = ["fifo.png", "link.png", "folder.png", "/dev/zero", "good.png"]
+    lines = [json.dumps({"image": path, "caption": f"caption {index}"}) for index, path in enumerate(paths)]
+    (tmp_path / "pairs.jsonl").write_text("\n".join(lines) + "\n")
+    (tmp_path / "pairs.csv").write_text("image,caption\n" + "".join(f"{path},caption {index}\n"
+                                                                    for index, path in enumerate(paths)))
+    with within(60):
+        for table in ("pairs.jsonl", "pairs.csv"):
+            for streaming in (False, True):
+                loaded = records(load_image_text_dataset(str(tmp_path / table), streaming=streaming,
+                                                         shuffle_buffer=None))
+                assert skip_counts(loaded) == {"missing_image": 4}
+                assert {record["caption"] for record in loaded} == {"caption 4"}
+
+
+def test_imagefolder_metadata_and_shards_naming_no_regular_file_are_skipped_unopened(tmp_path):
+    folder = tmp_path / "images"
+    write_images(folder, ["good.png"])
+    os.mkfifo(folder / "fifo.png")
+    rows = [{"file_name": "fifo.png", "text": "a pipe"}, {"file_name": "good.png", "text": "a picture"}]
+    (folder / "metadata.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    shards = write_shards(tmp_path / "shards")
+    os.mkfifo(shards / "shard-002.tar")
+    with within(60):
+        loaded = records(load_image_text_dataset(str(folder)))
+        assert skip_counts(loaded) == {"missing_image": 1} and {r["caption"] for r in loaded} == {"a picture"}
+        loaded = records(load_image_text_dataset(str(shards)))
+        assert skip_counts(loaded) == {"unreadable_record": 1}
+        assert "is neither a regular file nor a folder" in one_line_error(str(shards / "shard-002.tar"))
+
+
+def png_bomb(side: int) -> bytes:
+    """A greyscale PNG of side x side black pixels: a few hundred KB of file for side**2 bytes decoded."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    compressor, row = zlib.compressobj(9), bytes(side + 1)  # each row: filter type 0, then the pixels
+    idat = b"".join(compressor.compress(row) for _ in range(side)) + compressor.flush()
+    header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def test_images_decoding_to_too_many_pixels_are_skipped_without_decoding(tmp_path):
+    (tmp_path / "bomb.png").write_bytes(png_bomb(12000))  # 144 megapixels, under Pillow's error limit
+    assert (tmp_path / "bomb.png").stat().st_size < 300_000
+    write_images(tmp_path, ["good.png"])
+    Image.new("RGB", (300, 200), "blue").save(tmp_path / "wide.png")
+    (tmp_path / "pairs.csv").write_text("image,caption\nbomb.png,a bomb\nwide.png,a wide one\ngood.png,a good one\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        loaded = records(load_image_text_dataset(str(tmp_path / "pairs.csv")))  # the default bound
+        assert skip_counts(loaded) == {"image_too_large": 1}
+        loaded = records(load_image_text_dataset(str(tmp_path / "pairs.csv"), max_image_pixels=50_000))
+        assert skip_counts(loaded) == {"image_too_large": 2}
+        assert {record["caption"] for record in loaded} == {"a good one"}
+
+
+def test_large_jpegs_decode_near_the_input_size(tmp_path):
+    Image.new("RGB", (2000, 1600), "red").save(tmp_path / "large.jpg", quality=90)
+    (tmp_path / "pairs.csv").write_text("image,caption\nlarge.jpg,a large one\n")
+    assert records(load_image_text_dataset(str(tmp_path / "pairs.csv")))[0]["image"].size == (2000, 1600)
+    # The largest 1/2, 1/4 or 1/8 scale with both sides at least twice the input size: 1/8 for 100 px.
+    drafted = records(load_image_text_dataset(str(tmp_path / "pairs.csv"), input_size=100))[0]["image"]
+    assert drafted.size == (250, 200) and drafted.mode == "RGB"
+    assert drafted.getpixel((125, 100))[0] > 240
+    assert records(load_image_text_dataset(str(tmp_path / "pairs.csv"), input_size=600))[0]["image"].size == \
+        (2000, 1600)
+    # The bound applies to what is decoded: 3.2 megapixels at full scale, 50,000 pixels drafted.
+    loaded = records(load_image_text_dataset(str(tmp_path / "pairs.csv"), input_size=100, max_image_pixels=60_000))
+    assert loaded[0]["skipped"] == {}
+
+
+def test_captions_of_control_and_format_characters_only_are_empty(tmp_path):
+    rng = np.random.default_rng(0)
+    for caption in ("\x00\x00", "\u200b", "\ufeff \u200b\t\n", "\x07\u2066\u2069", ["\x00", "\u200b"]):
+        with pytest.raises(BadRecord, match="empty_caption"):
+            decode_caption(caption, rng)
+    # Text is kept as written: the tokenizer's cleanup handles the rest (a zero-width joiner is part of an emoji).
+    for caption in ("a dog\u200b on grass", "a family \U0001F468\u200d\U0001F469\u200d\U0001F467", "caf\u00e9"):
+        assert decode_caption(caption, rng) == caption
+    assert decode_caption(["\x00\x00", "a cat"], rng) == "a cat"
+    write_images(tmp_path, ["0.png"])
+    captions = ["\u0000\u0000", "\u200b\u200b", "\ufeff", "a real one"]
+    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps({"image": "0.png", "caption": caption}) + "\n"
+                                                  for caption in captions))
+    assert skip_counts(records(load_image_text_dataset(str(tmp_path / "pairs.jsonl")))) == {"empty_caption": 3}
+
+
+def test_iterating_a_map_style_dataset_ends_after_its_last_record(tmp_path):
+    write_images(tmp_path, ["0.png", "1.png"])
+    (tmp_path / "pairs.csv").write_text("image,caption\n0.png,first\n1.png,second\nmissing.png,a lost one\n")
+    dataset = load_image_text_dataset(str(tmp_path / "pairs.csv"))
+    loaded = list(itertools.islice(dataset, len(dataset) + 5))
+    assert len(loaded) == len(dataset) == 3
+    # The last row is bad: the next usable one, from the start, takes its place.
+    assert loaded[2]["caption"] == "first" and loaded[2]["skipped"] == {"missing_image": 1}
+    for key in (3, -1, SampleKey(1, 3)):
+        with pytest.raises(IndexError):
+            dataset[key]

@@ -1,6 +1,10 @@
 """The embedding helper: the model's own embeddings, batched, from PIL images, file paths or a datasets column."""
 
+import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import datasets
@@ -87,3 +91,45 @@ def test_readme_search_example_runs(folder, tmp_path, monkeypatch):
     exec(compile(block, "README.md", "exec"), scope)
     scores = scope["caption_embeds"] @ scope["image_embeds"].T
     assert scope["best"].tolist() == scores.argsort(dim=1, descending=True)[:, :3].tolist()
+
+
+LOAD_THREE = """
+import json, pathlib, sys
+from modeling_psdclip.embedding import ImageTextEmbedder
+results = {}
+for name, kwargs in [("untrusted", {}), ("unknown", {}), ("trusted", {"trust_remote_code": True})]:
+    results[f"code ran before {name}"] = pathlib.Path(sys.argv[3]).exists()
+    try:
+        embedder = ImageTextEmbedder.from_pretrained(sys.argv[1 if name != "unknown" else 2], progress=False, **kwargs)
+        results[name] = type(embedder.model).__name__
+    except ValueError as error:
+        results[name] = [type(error).__name__, str(error)]
+print(json.dumps(results))
+"""
+
+
+def test_a_model_defined_by_its_folders_code_loads_only_when_trusted_and_never_prompts(folder, tmp_path):
+    fork, unknown = tmp_path / "fork", tmp_path / "unknown"
+    shutil.copytree(folder, fork)
+    proof = tmp_path / "code-ran"
+    for name in ("configuration_psdclip.py", "modeling_psdclip.py"):
+        code = (fork / name).read_text()
+        (fork / name).write_text(f"import pathlib; pathlib.Path({str(proof)!r}).write_text('ran')\n{code}")
+    config = json.loads((fork / "config.json").read_text())
+    (fork / "config.json").write_text(json.dumps({**config, "model_type": "psdclip-fork"}))
+    unknown.mkdir()
+    (unknown / "config.json").write_text(json.dumps({"model_type": "mystery"}))
+    # stdin closed: a prompt would print its question and read nothing.
+    done = subprocess.run([sys.executable, "-c", LOAD_THREE, str(fork), str(unknown), str(proof)], cwd=README.parent,
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "[y/N]" not in done.stdout + done.stderr
+    results = json.loads(done.stdout.strip().splitlines()[-1])
+    assert results["untrusted"] == ["UntrustedCodeError", (
+        f"the model in {fork} is defined by its own Python code, which runs only with trust_remote_code=True: pass "
+        "it for models you trust")]
+    kind, message = results["unknown"]
+    assert kind == "ValueError" and "mystery" in message and "\n" not in message
+    assert not results["code ran before trusted"]
+    assert results["trusted"] == "PSDCLIPModel" and proof.read_text() == "ran"

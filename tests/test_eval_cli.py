@@ -233,3 +233,15 @@ def test_16_bit_greyscale_images_are_encoded_as_their_8_bit_content(workspace, t
     eight_bit = Image.fromarray(np.round(ramp / 257).astype(np.uint8)).convert("RGB")
     torch.testing.assert_close(model.encode_images([Image.open(tmp_path / "deep.png")]),
                                model.encode_images([eight_bit]))
+
+
+def test_an_image_folder_of_one_class_says_zero_shot_needs_two(workspace, capsys):
+    folder = workspace["root"] / "one-colour" / "red"
+    folder.mkdir(parents=True)
+    for index in range(3):
+        colour_image("red", seed=index).save(folder / f"{index}.png")
+    with pytest.raises(SystemExit) as exit_info:
+        sys.exit(run(workspace, "zeroshot", "--model", str(workspace["model"]), "--data", str(folder.parent)))
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "python -m eval: error: zero-shot classification needs at least two classes; data 'one-colour' has 1")

@@ -168,12 +168,20 @@ def test_missing_columns_and_too_few_classes(tmp_path):
     with pytest.raises(EvalInputError, match="no image column"):
         load_eval_data(str(tmp_path / "no_images"))
     (tmp_path / "one_class" / "red").mkdir(parents=True)
-    colour_image("red").save(tmp_path / "one_class" / "red" / "0.png")
+    (tmp_path / "flat").mkdir()
+    for index in range(2):
+        colour_image("red", seed=index).save(tmp_path / "one_class" / "red" / f"{index}.png")
+        colour_image("red", seed=index).save(tmp_path / "flat" / f"{index}.png")
     data = load_eval_data(str(tmp_path / "one_class"))
-    with pytest.raises(EvalInputError, match="needs labels and class_names"):
+    assert data.class_names == ["red"] and data.labels.tolist() == [0, 0]
+    with pytest.raises(EvalInputError, match="zero-shot classification needs at least two classes; data 'one_class' "
+                                             "has 1"):
         data.require("zero-shot classification", "labels", "class_names")
-    with pytest.raises(EvalInputError, match="at least two classes"):
-        data.__class__(name="one", images=[0], labels=[0], class_names=["red"]).require(
-            "zero-shot classification", "labels", "class_names")
     with pytest.raises(EvalInputError, match="needs captions"):
         data.require("retrieval", "captions")
+    # Images not in a class folder of their own have no class at all.
+    with pytest.raises(EvalInputError, match="needs labels and class_names"):
+        load_eval_data(str(tmp_path / "flat")).require("zero-shot classification", "labels", "class_names")
+    (tmp_path / "split" / "test").mkdir(parents=True)
+    colour_image("red").save(tmp_path / "split" / "test" / "0.png")
+    assert load_eval_data(str(tmp_path / "split")).class_names is None

@@ -24,7 +24,7 @@ from eval.card import update_model_card
 from modeling_psdclip import PSDCLIPConfig, PSDCLIPModel
 from modeling_psdclip.embedding import ImageTextEmbedder
 from modeling_psdclip.export import export_clip_folder, main
-from modeling_psdclip.hub import ModelFolderError, save_model_folder
+from modeling_psdclip.model_folder import ModelFolderError, save_model_folder
 from modeling_psdclip.training.options import parse_options
 from tests.test_hub import CAPTIONS, embeddings, red_circle, small_tiny_config, tiny_processor
 

@@ -46,6 +46,13 @@ def test_evaluation_does_not_train_and_training_does_not_evaluate():
     assert library == []
 
 
+def test_the_options_default_image_pixel_bound_is_the_loaders():
+    from modeling_psdclip.data.records import MAX_IMAGE_PIXELS
+    from modeling_psdclip.training.options import TrainingOptions
+
+    assert TrainingOptions().max_image_pixels == MAX_IMAGE_PIXELS
+
+
 def test_only_the_training_step_calls_a_teacher():
     callers = []
     for path in SOURCES:

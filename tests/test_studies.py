@@ -7,7 +7,10 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
+from transformers import AutoProcessor
+from transformers.models.clip.modeling_clip import image_text_contrastive_loss
 
 from eval.__main__ import main as eval_main
 from eval.errors import EvalInputError
@@ -15,6 +18,8 @@ from modeling_psdclip.data.openmoji import build_openmoji
 from studies.__main__ import main
 from studies.report import write_study_report
 from studies.runner import load_study, planned_runs
+from modeling_psdclip import PSDCLIPModel
+from modeling_psdclip.data import ImageTextCollator, load_image_text_dataset
 from tests.support import EMOJI_TEST, save_micro_folder, write_svgs
 
 REPO = Path(__file__).resolve().parents[1]
@@ -109,6 +114,17 @@ def test_micro_noisy_correspondence_study_fine_tunes_one_starting_model(tmp_path
     assert "Minus clip" in report and "Minus smoothing" in report and "before fine-tuning it scores" in report
 
 
+def final_loss(model_folder: Path, data: Path, split: str) -> float:
+    """The saved model's CLIP loss over a whole split as one batch, prepared as train.py validates."""
+    model = PSDCLIPModel.from_pretrained(model_folder).eval()
+    batch = ImageTextCollator(AutoProcessor.from_pretrained(model_folder), train=False)(
+        list(load_image_text_dataset(str(data), split=split)))
+    with torch.no_grad():
+        output = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                       pixel_values=batch["pixel_values"])
+    return image_text_contrastive_loss(output.logits_per_image).item()
+
+
 def test_micro_openmoji_study_trains_on_the_folder_and_reports_its_metrics(tmp_path, micro_folder, capsys):
     pytest.importorskip("resvg_py")
     pytest.importorskip("emoji")
@@ -118,7 +134,7 @@ def test_micro_openmoji_study_trains_on_the_folder_and_reports_its_metrics(tmp_p
     out = tmp_path / "out"
     study = {"output": str(out), "seeds": [0], "methods": METHODS, "noise": {"heavy": {}},
              "cells": [{"noise": "heavy", "data": str(tmp_path / "not-built")}],
-             "train": {"init_from": str(micro_folder), "batch_size": 4, "max_steps": 4, "eval_every": 2,
+             "train": {"init_from": str(micro_folder), "batch_size": 3, "max_steps": 4, "eval_every": 2,
                        "warmup_steps": 1, "log_every": 2, "checkpoint_every": 0}}
     config = tmp_path / "openmoji.yaml"
     config.write_text(yaml.safe_dump(study))
@@ -138,7 +154,10 @@ def test_micro_openmoji_study_trains_on_the_folder_and_reports_its_metrics(tmp_p
         for key in ("zeroshot_group", "zeroshot_subgroup", "retrieval_r1", "noisy_pair_auroc"):
             assert 0 <= run[key] <= 1
         assert [step for step, _ in run["val_loss_curve"]] == [2, 4]
-        assert run["val_loss"] == pytest.approx(0, abs=1e-6)  # the validation split's one pair, not train's four
+        folder = out / "runs" / f"heavy-openmoji-noisy-{run['run']['method']}-seed0" / "model"
+        # The validation split's two pairs, not the training split's three.
+        assert run["val_loss"] == pytest.approx(final_loss(folder, data, "validation"), abs=1e-4)
+        assert run["val_loss"] != pytest.approx(final_loss(folder, data, "train"), abs=1e-4)
         assert run["training_flops"] > 0 and "zeroshot_shape" not in run
     trained = yaml.safe_load((out / "runs" / "heavy-openmoji-noisy-psd-ema-seed0" / "train.yaml").read_text())
     assert trained["data"] == trained["val_data"] == str(data)

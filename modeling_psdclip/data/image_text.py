@@ -35,6 +35,10 @@ class ImageTextDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, key: SampleKey | int) -> dict:
         key = SampleKey(*key) if isinstance(key, tuple) else SampleKey(0, int(key))
+        if not 0 <= key.index < len(self):
+            # Python iterates a dataset without __iter__ by indexing from 0 until IndexError: `for record in
+            # dataset` ends here. The replacement of a bad row below stays inside the range.
+            raise IndexError(f"index {key.index} is out of range for a dataset of {len(self)} records")
         skipped = Counter()
         for offset in range(len(self)):
             index = (key.index + offset) % len(self)

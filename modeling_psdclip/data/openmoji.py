@@ -36,6 +36,8 @@ from .synthetic import CLEAN
 SKIN_TONES = {"1F3FB", "1F3FC", "1F3FD", "1F3FE", "1F3FF"}
 VARIATION_SELECTOR = "FE0F"
 SPLIT_FRACTIONS = {"validation": 0.1, "test": 0.2}
+# train.py refuses a validation split of one pair: a contrastive loss needs two.
+SPLIT_MINIMUMS = {"validation": 2, "test": 1}
 MISMATCH = "mismatch"
 ATTRIBUTION = ("Images: OpenMoji (https://openmoji.org), the open-source emoji and icon project, licensed CC BY-SA 4.0 "
                "(https://creativecommons.org/licenses/by-sa/4.0/); rasterised and captioned, so this data set is "
@@ -171,9 +173,9 @@ def mismatch_captions(rows: list[dict], indices: np.ndarray, p_mismatch: float, 
 
 
 def split_by_emoji(count: int, groups: list[str], seed: int) -> dict[str, np.ndarray]:
-    """Disjoint train/validation/test index sets (at least one emoji each), stratified by group where every
-    group is big enough."""
-    sizes = {name: max(1, round(fraction * count)) for name, fraction in SPLIT_FRACTIONS.items()}
+    """Disjoint train/validation/test index sets (`SPLIT_MINIMUMS` emoji at least), stratified by group where
+    every group is big enough."""
+    sizes = {name: max(SPLIT_MINIMUMS[name], round(fraction * count)) for name, fraction in SPLIT_FRACTIONS.items()}
 
     def split(items, size):
         try:

@@ -3,6 +3,9 @@
 import io
 import json
 import os
+import stat
+import unicodedata
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -11,7 +14,7 @@ from PIL import Image, ImageOps
 
 # Why a record was skipped; every batch reports a count for each of these.
 SKIP_REASONS = ("missing_image", "corrupt_image", "empty_caption", "undecodable_caption", "caption_not_text",
-                "unreadable_record")
+                "unreadable_record", "image_too_large")
 CAPTION_KEYS = ("caption", "captions", "text", "txt", "title", "sentences")  # looked up in JSON captions
 JSON_COLUMNS = ("json",)  # columns whose text is a JSON object holding the caption(s)
 # A row a reader puts where it could not read the data (the damaged rest of a tar shard): counted, never used.
@@ -19,6 +22,14 @@ UNREADABLE = "_psdclip_unreadable"  # a name no user column has
 WHITE = (255, 255, 255, 255)
 # What text readers put in place of bytes they could not decode (CSV files are read with errors replaced).
 REPLACEMENT_CHARACTER = "\ufffd"
+# Unicode's control (Cc) and format (Cf) characters: NUL, zero-width space, byte-order mark, bidi marks...
+INVISIBLE_CATEGORIES = ("Cc", "Cf")
+# The largest image decoded by default, after JPEG draft scaling: 50 megapixels, 150 MB in RGB. Pillow's own bomb
+# limit only warns below 179 megapixels, and a 140 KB file can decode to more than a gigabyte.
+MAX_IMAGE_PIXELS = 50_000_000
+# A JPEG decodes at 1/2, 1/4 or 1/8 scale while both sides stay at least this many times the model's input size,
+# so that a random crop of down to a quarter of the image is still resized down, never up.
+DRAFT_MARGIN = 2
 
 
 class BadRecord(Exception):
@@ -38,6 +49,8 @@ class RecordColumns:
     image: tuple[str, ...]
     caption: tuple[str, ...]
     base_dir: str | None = None  # what relative image paths are relative to
+    input_size: int | None = None  # the model's input side in pixels: larger JPEGs decode at a reduced scale
+    max_image_pixels: int | None = MAX_IMAGE_PIXELS  # larger images are skipped as image_too_large
 
     def read(self, load_row: Callable[[], dict], rng: np.random.Generator) -> tuple[Image.Image, str]:
         """`decode(load_row())`, where any failure to read or decode the row is a `BadRecord`.
@@ -62,7 +75,8 @@ class RecordColumns:
         caption_column, caption = _first_present(row, self.caption)
         caption = decode_caption(caption, rng, as_json=caption_column in JSON_COLUMNS)
         _, image = _first_present(row, self.image)
-        return decode_image(image, self.base_dir), caption
+        return decode_image(image, self.base_dir, input_size=self.input_size,
+                            max_pixels=self.max_image_pixels), caption
 
 
 def _first_present(row: dict, columns: tuple[str, ...]):
@@ -86,16 +100,25 @@ def decode_caption(value, rng: np.random.Generator, as_json: bool = False) -> st
     if isinstance(value, dict):
         value = next((value[key] for key in CAPTION_KEYS if value.get(key) is not None), None)
     if isinstance(value, (list, tuple)):
-        texts = [text for text in value if isinstance(text, str) and text.strip()]
+        texts = [text for text in value if isinstance(text, str) and has_text(text)]
         others = [text for text in value if text is not None and not isinstance(text, str)]
         value = texts[rng.integers(len(texts))] if texts else others[0] if others else None
     if value is not None and not isinstance(value, str):  # a number, say: a column that holds no captions
         raise BadRecord("caption_not_text")
-    if value is None or not value.strip():
+    if value is None or not has_text(value):
         raise BadRecord("empty_caption")
     if REPLACEMENT_CHARACTER in value:
         raise BadRecord("undecodable_caption")
     return _join_surrogate_pairs(value).strip()
+
+
+def has_text(caption: str) -> bool:
+    """Whether `caption` holds a character that is neither white space nor a control or format character.
+
+    Those characters are left in a caption that has text: the tokenizer's cleanup handles them as OpenAI's does,
+    and some belong to the text (a zero-width joiner inside an emoji sequence).
+    """
+    return any(not char.isspace() and unicodedata.category(char) not in INVISIBLE_CATEGORIES for char in caption)
 
 
 def _join_surrogate_pairs(text: str) -> str:
@@ -109,8 +132,13 @@ def _join_surrogate_pairs(text: str) -> str:
         raise BadRecord("undecodable_caption") from None
 
 
-def decode_image(value, base_dir: str | None = None) -> Image.Image:
-    """An image given as a PIL image, encoded bytes, a path, or a `datasets` Image dict, in RGB."""
+def decode_image(value, base_dir: str | None = None, *, input_size: int | None = None,
+                 max_pixels: int | None = None) -> Image.Image:
+    """An image given as a PIL image, encoded bytes, a path, or a `datasets` Image dict, in RGB.
+
+    With `input_size`, a JPEG larger than `DRAFT_MARGIN` times it decodes at a reduced scale (Pillow's `draft`).
+    With `max_pixels`, an image that would still decode to more pixels is a `BadRecord("image_too_large")`.
+    """
     if isinstance(value, Image.Image):
         return to_rgb(value)
     if isinstance(value, dict):
@@ -120,13 +148,35 @@ def decode_image(value, base_dir: str | None = None) -> Image.Image:
     if data is None:
         data = _read_file(path, base_dir)
     try:
-        image = Image.open(io.BytesIO(data))
+        with warnings.catch_warnings():
+            # Pillow warns of a decompression bomb on opening; `max_pixels` is the bound that applies here.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+        if input_size:
+            image.draft(None, (DRAFT_MARGIN * input_size, DRAFT_MARGIN * input_size))
+        if max_pixels and image.width * image.height > max_pixels:
+            raise BadRecord("image_too_large")
         image.load()
         return to_rgb(image)
+    except BadRecord:
+        raise
+    except Image.DecompressionBombError:  # past twice Pillow's limit, refused before anything is decoded
+        raise BadRecord("image_too_large") from None
     # A damaged file can make a decoder raise almost anything (OSError for truncation, SyntaxError, ValueError,
-    # struct.error, DecompressionBombError...); all of them mean the same thing here.
+    # struct.error...); all of them mean the same thing here.
     except Exception:
         raise BadRecord("corrupt_image") from None
+
+
+def is_regular_file(path) -> bool:
+    """Whether `path` names a regular file (through links), known without opening it.
+
+    Opening a FIFO blocks until a writer comes, and a device such as /dev/zero reads without end.
+    """
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except (OSError, ValueError):
+        return False
 
 
 def _read_file(path, base_dir: str | None) -> bytes:
@@ -134,8 +184,13 @@ def _read_file(path, base_dir: str | None) -> bytes:
         raise BadRecord("missing_image")
     if base_dir is not None:
         path = os.path.join(base_dir, os.path.expanduser(path))
+    if not is_regular_file(path):
+        raise BadRecord("missing_image")
     try:
-        with open(path, "rb") as file:
+        # Non-blocking, and checked again once open: the path may have been replaced since it was looked at.
+        with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as file:
+            if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
+                raise BadRecord("missing_image")
             return file.read()
     except OSError:
         raise BadRecord("missing_image") from None

@@ -13,7 +13,7 @@ import numpy as np
 from ..utils import first_line
 from .errors import DataError
 from .image_text import ImageTextDataset, ImageTextStream, arrow_rows
-from .records import BadRecord, RecordColumns
+from .records import MAX_IMAGE_PIXELS, BadRecord, RecordColumns
 from .synthetic import build_synthetic_dataset
 from .webdataset_shards import load_webdataset_shards
 
@@ -45,6 +45,8 @@ def load_image_text_dataset(
     data_files=None,
     seed: int = 0,
     shuffle_buffer: int | None = 1000,
+    input_size: int | None = None,
+    max_image_pixels: int | None = MAX_IMAGE_PIXELS,
     **options,
 ) -> ImageTextDataset | ImageTextStream:
     """Image-caption records from `source` (what `load_raw_dataset` reads: `SOURCE:SPLIT` or a `split`, by default
@@ -58,6 +60,10 @@ def load_image_text_dataset(
       or images, and captions; a `.tar` shard;
     - anything else `datasets.load_dataset` accepts (`options` go to it), streamed with `streaming=True`.
 
+    Image paths must name regular files (anything else is a missing image, never opened). `input_size` (the
+    model's input side) lets large JPEGs decode at a reduced scale; an image that would still decode to more than
+    `max_image_pixels` pixels is skipped as too large.
+
     Columns are found by name (`IMAGE_COLUMNS`, `CAPTION_COLUMNS`) unless given. A caption column may hold a
     list of captions: one is drawn per sample, seeded by (seed, epoch, index). Returns an `ImageTextDataset`
     (map-style, use with `EpochSampler`) or, when streaming, an `ImageTextStream` shuffled with `shuffle_buffer`.
@@ -67,7 +73,8 @@ def load_image_text_dataset(
                                      **options)
     if streaming and isinstance(raw, datasets.Dataset):
         raw = raw.to_iterable_dataset(num_shards=min(len(raw), 64) or 1)
-    columns = _find_columns(raw, image_column, caption_column, base_dir, source)
+    columns = _find_columns(raw, image_column, caption_column, source, base_dir=base_dir, input_size=input_size,
+                            max_image_pixels=max_image_pixels)
     for column in columns.image:
         # Images stay undecoded until a worker decodes them, where a corrupt one can be caught and skipped.
         if isinstance((raw.features or {}).get(column), datasets.Image):
@@ -122,6 +129,8 @@ def load_raw_dataset(source: str, *, split: str | None = None, default_split: st
         return _load_folder(path, split, default_split, streaming, options), str(path)
     if path.is_file():
         return _load_file(path, split or default_split, streaming, options), str(path.parent)
+    if path.exists():
+        raise DataError(f"{source} is neither a regular file nor a folder")
     if _names_a_path(source):
         raise DataError(f"no such file or directory: {source}")
     return _load_dataset(source, source, split=split or default_split, streaming=streaming, data_files=data_files,
@@ -209,11 +218,11 @@ def _load_dataset(source, path: str, **kwargs):
         raise DataError(f"cannot load {str(source)!r}: {first_line(error)}") from None
 
 
-def _find_columns(raw, image_column, caption_column, base_dir, source) -> RecordColumns:
+def _find_columns(raw, image_column, caption_column, source, **decoding) -> RecordColumns:
     names = raw.column_names or list(next(iter(raw), {}))
     image = _pick_columns(names, image_column, "image", image_columns(names, raw.features), source)
     caption = _pick_columns(names, caption_column, "caption", CAPTION_COLUMNS, source)
-    return RecordColumns(image=image, caption=caption, base_dir=base_dir)
+    return RecordColumns(image=image, caption=caption, **decoding)
 
 
 def _pick_columns(names, chosen, role, candidates, source) -> tuple[str, ...]:

@@ -17,7 +17,7 @@ import tarfile
 import datasets
 
 from .errors import DataError
-from .records import UNREADABLE
+from .records import UNREADABLE, is_regular_file
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff")
 FEATURES = datasets.Features({
@@ -50,14 +50,17 @@ def _fingerprint(shards: list[str]) -> str:
 
 def _samples(shards: list[str]):
     for shard in shards:
-        try:
-            with tarfile.open(shard) as tar:
-                files = (member for member in tar if member.isfile())
-                for key, members in itertools.groupby(files, key=lambda member: _split_name(member.name)[0]):
-                    yield _sample(key, {_split_name(m.name)[1]: tar.extractfile(m).read() for m in members})
-                complete = _ends_with_end_of_archive(tar)
-        except (tarfile.TarError, OSError, EOFError):
-            complete = False
+        complete = False
+        # A FIFO or a device named *.tar would block or never end: only a regular file is opened.
+        if is_regular_file(shard):
+            try:
+                with tarfile.open(shard) as tar:
+                    files = (member for member in tar if member.isfile())
+                    for key, members in itertools.groupby(files, key=lambda member: _split_name(member.name)[0]):
+                        yield _sample(key, {_split_name(m.name)[1]: tar.extractfile(m).read() for m in members})
+                    complete = _ends_with_end_of_archive(tar)
+            except (tarfile.TarError, OSError, EOFError):
+                pass
         if not complete:
             yield {"image": None, "txt": None, "json": None, "cls": None, UNREADABLE: True}
 

@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 from ..model_folder import ModelFolderError, check_model_folder_target
-from ..utils import OneLineErrorParser, fail
+from ..utils import OneLineErrorParser, cannot_create_in, fail, first_line
 
 
 def configuration_choices() -> dict[str, tuple[str, ...]]:
@@ -79,6 +80,11 @@ class TrainingOptions:
     p_partial: float = option(0.2, "synthetic data: probability one attribute of a caption is wrong")
     p_generic: float = option(0.1, "synthetic data: probability a caption is generic (fits many scenes)")
     image_size: int | None = option(None, "input resolution in pixels (default: the model's)")
+    # modeling_psdclip.data.records.MAX_IMAGE_PIXELS, written out: importing the data package loads torch, which the
+    # options must not wait for (tests/test_layout.py checks the two agree).
+    max_image_pixels: int = option(50_000_000, "skip images that would decode to more pixels than this (JPEGs much "
+                                               "larger than the input decode at 1/2 to 1/8 scale first), counted as "
+                                               "image_too_large")
     num_workers: int = option(0, "DataLoader worker processes per training process")
     # Optimisation.
     batch_size: int = option(128, "global batch per optimizer step, over all processes and accumulation steps")
@@ -117,8 +123,8 @@ class TrainingOptions:
     progress_bar: bool = option(True, "show a progress bar")
 
 
-POSITIVE = ("batch_size", "accum_steps", "train_samples", "val_samples", "log_every", "keep_checkpoints",
-            "max_nonfinite_steps", "lr", "adam_eps", "epochs", "distill_temperature")
+POSITIVE = ("batch_size", "accum_steps", "max_image_pixels", "train_samples", "val_samples", "log_every",
+            "keep_checkpoints", "max_nonfinite_steps", "lr", "adam_eps", "epochs", "distill_temperature")
 NON_NEGATIVE = ("max_steps", "warmup_steps", "weight_decay", "max_grad_norm", "checkpoint_every", "eval_every",
                 "num_workers", "peak_tflops")
 PROBABILITIES = ("distill_alpha_max", "distill_fraction", "p_mismatch", "p_partial", "p_generic",
@@ -216,6 +222,9 @@ def check_ranges(options: TrainingOptions) -> None:
         value = getattr(options, name)
         if value is not None and not 0 <= value <= 1:
             raise OptionError(f"{flag(name)} must be in [0, 1], got {value}")
+    if options.batch_size < 2:
+        raise OptionError(f"--batch-size must be at least 2, got {options.batch_size}: the contrastive loss "
+                          "compares each pair with the other pairs of its global batch")
     if not options.p_mismatch + options.p_partial + options.p_generic <= 1:
         raise OptionError("--p-mismatch, --p-partial and --p-generic must add up to at most 1")
     if options.image_size is not None and options.image_size <= 0:
@@ -230,6 +239,11 @@ def check_ranges(options: TrainingOptions) -> None:
         raise OptionError(f"--init-from: no model folder at {options.init_from}")
     if options.resume not in (None, "latest") and not Path(options.resume).is_dir():
         raise OptionError(f"--resume: no checkpoint folder at {options.resume} (use 'latest' or a folder)")
+    if options.push_to_hub is not None:
+        try:  # Checked now, not after training: the push comes last.
+            validate_repo_id(options.push_to_hub)
+        except HFValidationError as error:
+            raise OptionError(f"--push-to-hub: {first_line(error)}") from None
     unknown = [name for name in tracker_names(options.report_to) if name not in (*KNOWN_TRACKERS, "none", "all")]
     if unknown:
         raise OptionError(f"--report-to: unknown tracker {unknown[0]!r} (one of none, all, {', '.join(KNOWN_TRACKERS)})")
@@ -251,6 +265,16 @@ def check_output_dir(options: TrainingOptions) -> None:
         raise OptionError(f"--output-dir: {error}") from None
 
 
+def check_run_dir(options: TrainingOptions) -> None:
+    """Raise OptionError unless the run folder is a folder (or can be made one) that can be written in."""
+    run = Path(options.run_dir)
+    if (run.is_symlink() or run.exists()) and not run.is_dir():
+        raise OptionError(f"--run-dir {options.run_dir} is a {'link' if run.is_symlink() else 'file'}, not a folder")
+    reason = cannot_create_in(run)
+    if reason:
+        raise OptionError(f"--run-dir: cannot write the run's checkpoints and logs to {options.run_dir}: {reason}")
+
+
 def parse_options(argv: list[str] | None = None, prog: str = "train.py") -> TrainingOptions:
     """Defaults, then the `--config` YAML file, then flags; exits with status 2 and one line on a bad value."""
     parser = build_parser(prog)
@@ -265,6 +289,7 @@ def parse_options(argv: list[str] | None = None, prog: str = "train.py") -> Trai
             options.export_format = "clip" if options.push_to_hub else "psdclip"
         check_ranges(options)
         check_output_dir(options)
+        check_run_dir(options)
     except OptionError as error:
         fail(prog, str(error))
     return options

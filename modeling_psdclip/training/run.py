@@ -35,7 +35,9 @@ from .card_fields import training_card_fields
 from .checkpoints import CheckpointError, CheckpointManager, is_complete, read_state, restore
 from .optim import adamw, parameter_groups, training_flops_per_sample
 from .options import OptionError, TrainingOptions, flag, tracker_names
+from .run_lock import hold_run_dir
 from .step import TrainingStep, feature_caching_unsupported, validate
+from .stops import STOPS, describe_stop, sigterm_interrupts
 
 logger = get_logger("train")
 
@@ -165,7 +167,8 @@ def build_datasets(options, image_size: int):
             source = "synthetic:train" if flag == "--data" else "synthetic:val"
         try:
             return load_image_text_dataset(source, split=split, image_column=options.image_column,
-                                           caption_column=options.caption_column, seed=options.seed, **kwargs)
+                                           caption_column=options.caption_column, seed=options.seed,
+                                           input_size=image_size, max_image_pixels=options.max_image_pixels, **kwargs)
         except DataError as error:
             raise OptionError(f"{flag}: {first_line(error)}") from error
 
@@ -178,6 +181,8 @@ def build_datasets(options, image_size: int):
     # folder) validates on its validation split; any other source is read whole, as its train split.
     val = load("--val-data", val_source, "validation" if saved_with_splits(val_source) else "train") \
         if val_source else None
+    if val is not None and len(val) < 2:
+        raise OptionError(f"--val-data: {val_source} has {len(val)} record; the validation loss needs at least 2")
     description = {"training data": "built-in synthetic captioned scenes" if synthetic else options.data,
                    "training records": len(train) if not options.streaming else "streamed",
                    **(noise if synthetic else {}),
@@ -551,7 +556,8 @@ def run_training(options: TrainingOptions, prog: str) -> int:
         fail(prog, f"cannot set up Accelerate with these options: {first_line(error)}")
     status = 0
     try:
-        train(options, accelerator)
+        with hold_run_dir(options.run_dir, accelerator), sigterm_interrupts():
+            train(options, accelerator)
     except OptionError as error:
         if accelerator.is_main_process:
             print(f"{prog}: error: {error}", file=sys.stderr)
@@ -560,6 +566,13 @@ def run_training(options: TrainingOptions, prog: str) -> int:
         if accelerator.is_main_process:
             print(f"{prog}: error: {first_line(error)}", file=sys.stderr)
         status = 1
+    except STOPS as error:  # Ctrl-C, SIGTERM, out of memory; anything else is a bug, with its traceback
+        stop = describe_stop(error, options)
+        if stop is None:
+            raise
+        status, message = stop
+        if accelerator.is_main_process:
+            print(f"{prog}: {message}", file=sys.stderr)
     finally:
         accelerator.end_training()
     return status

@@ -192,8 +192,9 @@ def validate(accelerator: Accelerator, model, loader) -> dict:
         # Captions are padded to the context length, so the rows of every batch compare position by position.
         ids = accelerator.gather_for_metrics(batch["input_ids"] * batch["attention_mask"])
         logits = output.logit_multiplier.float() * image_embeds @ text_embeds.t()
-        batch_losses.append(distinct_text_contrastive_loss(logits, torch.unique(ids, dim=0, return_inverse=True)[1])
-                            .item())
+        if len(logits) > 1:  # a last batch of one pair has no other pair to contrast with: its loss is always 0
+            text_item = torch.unique(ids, dim=0, return_inverse=True)[1]
+            batch_losses.append(distinct_text_contrastive_loss(logits, text_item).item())
         images.append(image_embeds.cpu())
         texts.append(text_embeds.cpu())
         token_ids.append(ids.cpu())
