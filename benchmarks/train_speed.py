@@ -43,6 +43,12 @@ def new_model(preset: str, **settings) -> PSDCLIPModel:
                                                              "distill_schedule": "constant", **settings}))
 
 
+def synchronize(device: torch.device) -> None:
+    # CUDA runs kernels after the Python that launches them returns: a clock read without waiting times the launch.
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 class StepLoop:
     """train.py's step on a model, from an endless iterator of batches (a DataLoader or pre-collated tensors)."""
 
@@ -51,6 +57,7 @@ class StepLoop:
         self.optimizer = adamw(model.parameters(), accelerator.device, lr=1e-4)
 
     def run(self, steps: int) -> float:
+        synchronize(self.accelerator.device)
         started = time.perf_counter()
         for _ in range(steps):
             forward_backward(self.accelerator, self.model, [next(self.batches)], self.teacher)
@@ -59,20 +66,49 @@ class StepLoop:
             self.optimizer.zero_grad(set_to_none=True)
             if self.teacher is not None:
                 self.teacher.after_optimizer_step(self.model)
+        synchronize(self.accelerator.device)
         return (time.perf_counter() - started) / steps
+
+
+def endless(iterable):
+    while True:
+        yield from iterable
+
+
+def teacher_loops(make_model, batches: list[dict], accelerator: Accelerator, folder: str, num_pairs: int
+                  ) -> dict[str, StepLoop]:
+    """train.py's step for CLIP and PSD with each teacher (`TEACHERS`), cycling through `batches`.
+
+    `make_model(**settings)` builds each model. The previous-epoch teacher is in its second epoch, so that the
+    timed steps read a filled bank.
+    """
+    loops = {}
+    for name, settings in TEACHERS.items():
+        model = make_model(**settings)
+        teacher = build_teacher(accelerator.unwrap_model(model).config, model, accelerator, f"{folder}/{name}",
+                                num_pairs=num_pairs)
+        loop = StepLoop(model, endless(batches), accelerator, teacher)
+        if teacher is not None:
+            teacher.start_epoch(0)
+            loop.run(len(batches))
+            teacher.start_epoch(1)
+        loops[name] = loop
+    return loops
 
 
 class BareLoop:
     def __init__(self, model, batch: dict, device: torch.device):
-        self.model, self.batch = model, model_inputs(batch)
+        self.model, self.batch, self.device = model, model_inputs(batch), device
         self.optimizer = adamw(model.parameters(), device, lr=1e-4)
 
     def run(self, steps: int) -> float:
+        synchronize(self.device)
         started = time.perf_counter()
         for _ in range(steps):
             self.model(**self.batch, return_loss=True).loss.backward()
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
+        synchronize(self.device)
         return (time.perf_counter() - started) / steps
 
 
@@ -110,9 +146,9 @@ class TrainerLoop:
         return statistics.mean(timer.times)
 
 
-def timed_rounds(loops: dict, rounds: int, steps: int) -> dict:
-    for loop in loops.values():  # warm-up
-        loop.run(1)
+def timed_rounds(loops: dict, rounds: int, steps: int, warmup: int = 1) -> dict:
+    for loop in loops.values():
+        loop.run(warmup)
     times = {name: [] for name in loops}
     for _ in range(rounds):
         for name, loop in loops.items():
@@ -178,10 +214,6 @@ def main(argv=None) -> None:
                                          drop_last=True, collate_fn=collator, num_workers=options.num_workers,
                                          persistent_workers=options.num_workers > 0)
 
-    def endless(iterable):
-        while True:
-            yield from iterable
-
     collated = [batch for _, batch in zip(range(options.steps), loader)]
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else \
         f"{platform.machine()} CPU, {torch.get_num_threads()} threads"
@@ -196,16 +228,8 @@ def main(argv=None) -> None:
         print_table("CLIP steps (train.py and Trainer read and collate their batches)",
                     timed_rounds(loops, options.rounds, options.steps), options.batch_size, "bare")
 
-        teachers = {}
-        for name, settings in TEACHERS.items():
-            model = new_model(options.preset, **settings)
-            teacher = build_teacher(model.config, model, accelerator, f"{folder}/{name}", num_pairs=len(dataset))
-            loop = StepLoop(model, endless(collated), accelerator, teacher)
-            if teacher is not None:  # the bank's first epoch, so that the timed steps read a filled bank
-                teacher.start_epoch(0)
-                loop.run(len(collated))
-                teacher.start_epoch(1)
-            teachers[name] = loop
+        teachers = teacher_loops(lambda **settings: new_model(options.preset, **settings), collated, accelerator,
+                                 folder, num_pairs=len(dataset))
         print_table("Teachers (pre-collated batches)", timed_rounds(teachers, options.rounds, options.steps),
                     options.batch_size, "clip")
 
