@@ -43,6 +43,12 @@ def new_model(preset: str, **settings) -> PSDCLIPModel:
                                                              "distill_schedule": "constant", **settings}))
 
 
+def synchronize(device: torch.device) -> None:
+    # CUDA runs kernels after the Python that launches them returns: a clock read without waiting times the launch.
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 class StepLoop:
     """train.py's step (a `TrainingStep`) from an endless iterator of batches (a DataLoader or pre-collated
     tensors)."""
@@ -52,6 +58,7 @@ class StepLoop:
         self.optimizer = adamw(step.model.parameters(), step.accelerator.device, lr=1e-4)
 
     def run(self, steps: int) -> float:
+        synchronize(self.step.accelerator.device)
         started = time.perf_counter()
         for _ in range(steps):
             self.step.forward_backward([next(self.batches)])
@@ -59,20 +66,48 @@ class StepLoop:
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
             self.step.after_optimizer_step()
+        synchronize(self.step.accelerator.device)
         return (time.perf_counter() - started) / steps
+
+
+def endless(iterable):
+    while True:
+        yield from iterable
+
+
+def teacher_loops(make_model, batches: list[dict], accelerator: Accelerator, folder: str, num_pairs: int
+                  ) -> dict[str, StepLoop]:
+    """train.py's step for CLIP and PSD with each teacher (`TEACHERS`), cycling through `batches`.
+
+    `make_model(**settings)` builds each model. A teacher that teaches from its second epoch (the previous-epoch
+    bank) has run its first, so that the timed steps read a filled bank.
+    """
+    loops = {}
+    for name, settings in TEACHERS.items():
+        step = TrainingStep.build(make_model(**settings), accelerator, bank_folder=f"{folder}/{name}",
+                                  num_pairs=num_pairs)
+        loop = StepLoop(step, endless(batches))
+        if step.first_taught_epoch:
+            step.start_epoch(0)
+            loop.run(len(batches))
+            step.start_epoch(step.first_taught_epoch)
+        loops[name] = loop
+    return loops
 
 
 class BareLoop:
     def __init__(self, model, batch: dict, device: torch.device):
-        self.model, self.batch = model, model_inputs(batch)
+        self.model, self.batch, self.device = model, model_inputs(batch), device
         self.optimizer = adamw(model.parameters(), device, lr=1e-4)
 
     def run(self, steps: int) -> float:
+        synchronize(self.device)
         started = time.perf_counter()
         for _ in range(steps):
             self.model(**self.batch, return_loss=True).loss.backward()
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
+        synchronize(self.device)
         return (time.perf_counter() - started) / steps
 
 
@@ -110,9 +145,9 @@ class TrainerLoop:
         return statistics.mean(timer.times)
 
 
-def timed_rounds(loops: dict, rounds: int, steps: int) -> dict:
-    for loop in loops.values():  # warm-up
-        loop.run(1)
+def timed_rounds(loops: dict, rounds: int, steps: int, warmup: int = 1) -> dict:
+    for loop in loops.values():
+        loop.run(warmup)
     times = {name: [] for name in loops}
     for _ in range(rounds):
         for name, loop in loops.items():
@@ -178,10 +213,6 @@ def main(argv=None) -> None:
                                          drop_last=True, collate_fn=collator, num_workers=options.num_workers,
                                          persistent_workers=options.num_workers > 0)
 
-    def endless(iterable):
-        while True:
-            yield from iterable
-
     collated = [batch for _, batch in zip(range(options.steps), loader)]
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else \
         f"{platform.machine()} CPU, {torch.get_num_threads()} threads"
@@ -197,16 +228,8 @@ def main(argv=None) -> None:
         print_table("CLIP steps (train.py and Trainer read and collate their batches)",
                     timed_rounds(loops, options.rounds, options.steps), options.batch_size, "bare")
 
-        teachers = {}
-        for name, settings in TEACHERS.items():
-            step = TrainingStep.build(new_model(options.preset, **settings), accelerator,
-                                      bank_folder=f"{folder}/{name}", num_pairs=len(dataset))
-            loop = StepLoop(step, endless(collated))
-            if step.first_taught_epoch:  # the bank's first epoch, so that the timed steps read a filled bank
-                step.start_epoch(0)
-                loop.run(len(collated))
-                step.start_epoch(step.first_taught_epoch)
-            teachers[name] = loop
+        teachers = teacher_loops(lambda **settings: new_model(options.preset, **settings), collated, accelerator,
+                                 folder, num_pairs=len(dataset))
         print_table("Teachers (pre-collated batches)", timed_rounds(teachers, options.rounds, options.steps),
                     options.batch_size, "clip")
 
