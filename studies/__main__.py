@@ -15,9 +15,12 @@ PROG = "python -m studies"
 def build_parser(prog: str = PROG) -> OneLineErrorParser:
     parser = OneLineErrorParser(prog=prog, description="Train and evaluate a matrix of runs (methods x noise x data "
                                 "x seeds) and write its report.")
-    parser.add_argument("--config", required=True, metavar="FILE", help="the study's YAML file, e.g. studies/noise.yaml (or a shipped study's name: noise)")
+    parser.add_argument("--config", required=True, metavar="FILE",
+                        help="the study's YAML file, e.g. studies/noise.yaml (or a shipped study's name: noise)")
     parser.add_argument("--quick", action="store_true", help="the study file's smaller `quick` size")
     parser.add_argument("--output", type=Path, help="folder of runs and report (default: the study file's)")
+    parser.add_argument("--finished-only", action="store_true",
+                        help="train and evaluate nothing: report the runs finished so far (of a study still running)")
     return parser
 
 
@@ -37,7 +40,7 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
     from .runner import run_study
 
     def run() -> None:
-        study, results = run_study(args.config, quick=args.quick, output=args.output)
+        study, results = run_study(args.config, quick=args.quick, output=args.output, finished_only=args.finished_only)
         print(f"report: {write_study_report(study, results, args.output or study['output'])}")
 
     return status_of(prog, run, EvalInputError)

@@ -286,21 +286,26 @@ def mean_of(values: list) -> float | None:
 
 
 def run_study(config: str | Path, quick: bool = False, output: str | Path | None = None,
-              progress=print) -> tuple[dict, list[dict]]:
-    """Train and evaluate every run not finished yet; returns the study settings and every run's results."""
+              progress=print, finished_only: bool = False) -> tuple[dict, list[dict]]:
+    """Train and evaluate every run not finished yet; returns the study settings and every run's results.
+    `finished_only`: train and evaluate nothing, and return the runs already evaluated (a study still running)."""
     study = load_study(config, quick)
     root = Path(output or study["output"])
     runs = planned_runs(study)
     require_data_folders(runs)
     study["output"] = str(root)  # where the runs find the starting model
-    starting = pretrained_model(study, root, progress)
-    if starting is not None:
+    starting = root / "pretrained" / "model"
+    if not finished_only:
+        starting = pretrained_model(study, root, progress)
+    if study.get("pretrain") and (starting / "metrics.json").is_file():
         study["starting_model_results"] = evaluate_starting_model(study, runs[0], starting)
     results = []
     for number, run in enumerate(runs, 1):
         folder = root / "runs" / run.name
         evaluated = folder / "eval.json"
         record = json.loads(evaluated.read_text()) if evaluated.is_file() else None
+        if finished_only and (record is None or record.get("version") != EVAL_VERSION):
+            continue
         if record is None or record.get("version") != EVAL_VERSION:
             started = time.perf_counter()
             if not (folder / "model" / "metrics.json").is_file():

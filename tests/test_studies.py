@@ -67,10 +67,14 @@ def test_micro_study_trains_evaluates_reports_and_resumes(micro_study, capsys):
     assert runs[1]["diagnostics"]["teacher_share"] == 1.0  # the mean over the steps that distilled
     assert [step for step, _ in runs[1]["diagnostic_curves"]["paired_probability"]] == [2, 4]
 
-    # A deleted run is trained again; the finished one is not touched.
+    # A deleted run is reported as missing by --finished-only, which trains nothing; then it is trained again and
+    # the finished one is not touched.
     ema_run = out / "runs" / "heavy-64-psd-ema-seed0"
     shutil.rmtree(ema_run)
     kept = (out / "runs" / "heavy-64-clip-seed0" / "eval.json").stat().st_mtime_ns
+    assert main(["--config", str(config), "--quick", "--finished-only"]) == 0
+    assert not ema_run.exists()
+    assert [run["run"]["method"] for run in json.loads((out / "results.json").read_text())["runs"]] == ["clip"]
     capsys.readouterr()
     assert eval_main(["study", "--config", str(config), "--quick"]) == 0  # the alias
     printed = capsys.readouterr().out
