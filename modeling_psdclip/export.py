@@ -16,11 +16,12 @@ from pathlib import Path
 from huggingface_hub import ModelCard
 from transformers import AutoProcessor, CLIPConfig, CLIPModel
 
-from .utils import OneLineErrorParser, fail, first_line
-from .configuration_psdclip import PSDCLIPConfig
+from . import register_auto_classes
 from .card import PACKAGE_TAG, render_model_card, training_metadata
+from .configuration_psdclip import PSDCLIPConfig
 from .model_folder import save_model_folder
 from .modeling_psdclip import PSDCLIPModel
+from .utils import OneLineErrorParser, fail, first_line
 
 USAGE_HEADING = "\n## Usage\n"
 PROG = "python -m modeling_psdclip.export"
@@ -98,6 +99,7 @@ def export_clip_folder(src, dst, repo_id: str | None = None) -> Path:
         raise ExportError(f"{src} holds a {model_type!r} model, not a PSD-CLIP one{loads}")
     if dst.resolve() == src.resolve():
         raise ExportError(f"{dst} is the folder being exported; the export is written to a folder of its own")
+    register_auto_classes()  # the folder's config names "psdclip": load it with this package's code, not the folder's
     try:
         processor = AutoProcessor.from_pretrained(src)
     except (OSError, ValueError) as error:

@@ -229,13 +229,16 @@ def plot_mean_curves(axis, grouped: dict, cell: str, methods: list[str], curve_o
         if curves:
             length = min(map(len, curves))
             values = np.array([[np.nan if v is None else v for _, v in curve[:length]] for curve in curves], float)
-            axis.plot([step for step, _ in curves[0][:length]], np.nanmean(values, axis=0) if np.isfinite(values).any()
-                      else values[0], marker=".", label=method)
+            measured = np.isfinite(values).any(axis=0)  # a step no run measured (no teacher yet) is left out
+            steps = np.array([step for step, _ in curves[0][:length]])
+            if measured.any():
+                axis.plot(steps[measured], np.nanmean(values[:, measured], axis=0), marker=".", label=method)
     axis.set_xlabel("step")
 
 
 def save_with_legend(figure, axes, path: Path) -> Path:
-    axes[0][0].legend(fontsize=8)
+    if axes[0][0].get_legend_handles_labels()[0]:
+        axes[0][0].legend(fontsize=8)
     return save_figure(figure, path, dpi=110)
 
 

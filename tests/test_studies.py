@@ -150,7 +150,8 @@ def test_micro_openmoji_study_trains_on_the_folder_and_reports_its_metrics(tmp_p
     report = (out / "report.md").read_text()
     assert "## heavy noise, openmoji-noisy" in report and "Minus clip" in report
     header = next(line for line in report.splitlines() if line.startswith("| method | zero-shot"))
-    assert header == ("| method | zero-shot group | zero-shot subgroup | retrieval R@1 | noisy-pair AUROC | val loss |")
+    assert header == ("| method | zero-shot group | zero-shot subgroup | retrieval R@1 | image→text R@1 | text→image R@1 | "
+                      "image→text R@5 | text→image R@5 | noisy-pair AUROC | val loss |")
     assert not (out / "robustness.png").exists() and (out / "metrics.png").stat().st_size > 0
     runs = json.loads((out / "results.json").read_text())["runs"]
     assert [run["run"]["method"] for run in runs] == ["clip", "psd-ema"]

@@ -190,7 +190,8 @@ def validate(accelerator: Accelerator, model, loader) -> dict:
         image_embeds = accelerator.gather_for_metrics(output.image_embeds.float())
         text_embeds = accelerator.gather_for_metrics(output.text_embeds.float())
         # Captions are padded to the context length, so the rows of every batch compare position by position.
-        ids = accelerator.gather_for_metrics(batch["input_ids"] * batch["attention_mask"])
+        ids = batch["input_ids"] * batch["attention_mask"] if "attention_mask" in batch else batch["input_ids"]
+        ids = accelerator.gather_for_metrics(ids)
         logits = output.logit_multiplier.float() * image_embeds @ text_embeds.t()
         if len(logits) > 1:  # a last batch of one pair has no other pair to contrast with: its loss is always 0
             text_item = torch.unique(ids, dim=0, return_inverse=True)[1]
