@@ -145,9 +145,14 @@ def test_a_second_run_on_a_run_folder_in_use_is_refused_and_a_crashed_runs_lock_
 def test_an_interrupted_run_says_where_it_resumes_from(tmp_path, env, micro_folder, signum):
     args = micro_args(micro_folder, tmp_path, "--max-steps", "100000", "--checkpoint-every", "3")
     process = start(args, env)
-    wait_for_log_lines(tmp_path, process, 7)
-    os.killpg(process.pid, signum)
-    stderr = process.communicate(timeout=180)[1]  # a loaded machine may take a while to save and stop
+    try:
+        wait_for_log_lines(tmp_path, process, 7)
+        os.killpg(process.pid, signum)
+        stderr = process.communicate(timeout=180)[1]  # a loaded machine may take a while to save and stop
+    finally:
+        if process.poll() is None:  # never leave an endless run behind a failed test
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
     assert process.returncode == 128 + signum and "Traceback" not in stderr, stderr[-3000:]
     last = stderr.strip().splitlines()[-1]
     match = re.fullmatch(rf"train\.py: stopped by {signum.name}; the checkpoints are kept: rerun with --resume latest "
