@@ -109,9 +109,12 @@ def test_validation_loss_leaves_out_a_last_batch_of_one_pair():
 
 
 def start(args, env) -> subprocess.Popen:
-    # A session of its own, as a terminal's Ctrl-C reaches every process of the foreground group.
+    # A session of its own, as a terminal's Ctrl-C reaches every process of the foreground group; and SIGINT's
+    # default disposition, which a suite started in the background of a shell script does not pass on (such a
+    # shell ignores SIGINT in its background jobs, and an ignored SIGINT stays ignored across exec).
     return subprocess.Popen([sys.executable, TRAIN, *args], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def wait_for_log_lines(root: Path, process: subprocess.Popen, lines: int) -> None:
