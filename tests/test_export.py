@@ -20,8 +20,8 @@ from safetensors.torch import load_file
 from transformers import CLIPModel
 from transformers.utils import logging as transformers_logging
 
-from eval.card import update_model_card
 from modeling_psdclip import PSDCLIPConfig, PSDCLIPModel
+from modeling_psdclip.card import update_model_card
 from modeling_psdclip.embedding import ImageTextEmbedder
 from modeling_psdclip.export import export_clip_folder, main
 from modeling_psdclip.model_folder import ModelFolderError, save_model_folder
