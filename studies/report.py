@@ -134,7 +134,8 @@ def write_study_report(study: dict, results: list[dict], output: str | Path, tit
              "".join(f"- {title}: {definition}\n" for _, title, definition in metrics)]
     starting = study.get("starting_model_results")
     if starting:
-        lines.append("Every run fine-tunes one starting model (the study's `pretrain` options); before fine-tuning it "
+        origin = f"`{study['starting_model']}`" if study.get("starting_model") else "the study's `pretrain` options"
+        lines.append(f"Every run fine-tunes one starting model ({origin}); before fine-tuning it "
                      "scores " + ", ".join(f"{title} {starting[key]:.3f}" for key, title, _ in metrics
                                            if isinstance(starting.get(key), float)) + ".\n")
     if baseline is not None:

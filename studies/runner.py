@@ -26,7 +26,12 @@ merged key by key).
 trained once with those options (cached in the study's output as `pretrained/`, resumable like any run), and every
 run fine-tunes it (`init_from`). With it, a synthetic cell's noise level is the share of the fine-tuning pairs
 whose caption is another pair's (`p_mismatch`), and evaluation adds Recall@1 and @5 in each direction on the
-clean validation split.
+clean validation split. `starting_model` (a model folder, e.g. another study's `pretrained/model` or a converted
+CLIP) is fine-tuned instead of training one with `pretrain`.
+
+`base` (a study file, relative to this one) starts from that study's settings: this file's keys replace the base's,
+except `train`, `eval`, `pretrain` and `quick`, which are merged key by key; so a follow-up study names only what it
+changes (its methods, cells and output).
 """
 
 from __future__ import annotations
@@ -54,7 +59,8 @@ from eval.noisy_pairs import noisy_pair_detection
 from eval.retrieval import retrieval
 from eval.zeroshot import zero_shot_classification
 
-STUDY_KEYS = {"output", "seeds", "methods", "noise", "cells", "train", "eval", "launcher", "pretrain", "quick"}
+STUDY_KEYS = {"output", "seeds", "methods", "noise", "cells", "train", "eval", "launcher", "pretrain", "starting_model",
+              "quick", "base"}
 MERGED_KEYS = ("train", "eval", "pretrain")
 ATTRIBUTES = ("shape", "colour", "count")
 SHIFTED_SPLITS = ("sketch", "unseen_texture", "unseen_shade")
@@ -82,10 +88,10 @@ class Run:
         return f"{self.noise} noise, {Path(self.data).name if self.data else f'{self.train_samples} pairs'}"
 
 
-def load_study(path: str | Path, quick: bool = False) -> dict:
-    """The study's settings, with the `quick` overrides applied when asked; EvalInputError names a mistake."""
+def read_study_file(path: Path, extending: tuple[Path, ...] = ()) -> dict:
+    """A study file's own settings on top of its `base` chain's."""
     try:
-        study = yaml.safe_load(Path(path).read_text())
+        study = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as error:
         raise EvalInputError(f"cannot read study {path}: {first_line(error)}") from error
     if not isinstance(study, dict):
@@ -93,6 +99,29 @@ def load_study(path: str | Path, quick: bool = False) -> dict:
     unknown = set(study) - STUDY_KEYS
     if unknown:
         raise EvalInputError(f"study {path}: unknown key {sorted(unknown)[0]!r} (keys: {', '.join(sorted(STUDY_KEYS))})")
+    if "base" not in study:
+        return study
+    base = (path.parent / str(study.pop("base"))).resolve()
+    if base in extending or base == path.resolve():
+        raise EvalInputError(f"study {path}: its base {base} extends it in turn")
+    return merged_study(read_study_file(base, (*extending, path.resolve())), study)
+
+
+def merged_study(base: dict, study: dict) -> dict:
+    merged = dict(base)
+    for key, value in study.items():
+        if key == "quick":
+            merged[key] = merged_study(base.get(key) or {}, value or {})
+        elif key in MERGED_KEYS and isinstance(value, dict) and isinstance(base.get(key), dict):
+            merged[key] = {**base[key], **value}
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_study(path: str | Path, quick: bool = False) -> dict:
+    """The study's settings, with the `quick` overrides applied when asked; EvalInputError names a mistake."""
+    study = read_study_file(Path(path))
     overrides = study.pop("quick", None) or {}
     if quick:
         for key, value in overrides.items():
@@ -140,7 +169,7 @@ def synthetic_noise(study: dict, run: Run) -> dict:
 def train_options(study: dict, run: Run, folder: Path) -> dict:
     data = {"data": run.data, "val_data": run.data} if run.data else \
         {"train_samples": run.train_samples, **synthetic_noise(study, run)}
-    starting = {"init_from": str(Path(study["output"]) / "pretrained" / "model")} if study.get("pretrain") else {}
+    starting = {"init_from": str(starting_model_folder(study))} if fine_tunes(study) else {}
     return {**study["train"], **starting, **study["noise"][run.noise], **study["methods"][run.method], **data,
             "seed": run.seed, "output_dir": str(folder / "model"), "run_dir": str(folder / "run"),
             "report_to": "none", "progress_bar": False}
@@ -171,17 +200,32 @@ def run_training(study: dict, options: dict, folder: Path, name: str) -> None:
         raise EvalInputError(f"run {name} failed (exit {status}; log {log}): {last}")
 
 
-def pretrained_model(study: dict, root: Path, progress=print) -> Path | None:
-    """The study's starting model, trained once with its `pretrain` options (None when the study has none)."""
+def fine_tunes(study: dict) -> bool:
+    return bool(study.get("starting_model") or study.get("pretrain"))
+
+
+def starting_model_folder(study: dict) -> Path:
+    """The model every run fine-tunes: the study's `starting_model`, or the one its `pretrain` options train."""
+    return Path(study["starting_model"]) if study.get("starting_model") else \
+        Path(study["output"]) / "pretrained" / "model"
+
+
+def pretrained_model(study: dict, root: Path, progress=print) -> None:
+    """Train the study's starting model once with its `pretrain` options, unless it is given as `starting_model`
+    (then check that it is there)."""
+    if study.get("starting_model"):
+        if not (Path(study["starting_model"]) / "config.json").is_file():
+            raise EvalInputError(f"starting model {study['starting_model']} is not a model folder (no config.json); "
+                                 "train it first (e.g. run the study it comes from)")
+        return
     if not study.get("pretrain"):
-        return None
+        return
     folder = root / "pretrained"
     if not (folder / "model" / "metrics.json").is_file():
         progress("training the starting model (pretrain)")
         options = {**study["pretrain"], "output_dir": str(folder / "model"), "run_dir": str(folder / "run"),
                    "report_to": "none", "progress_bar": False}
         run_training(study, options, folder, "pretrain")
-    return folder / "model"
 
 
 def evaluate(study: dict, run: Run, folder: Path) -> dict:
@@ -189,11 +233,13 @@ def evaluate(study: dict, run: Run, folder: Path) -> dict:
     return {**measure(study, run, folder / "model", run.name), **training_record(folder)}
 
 
-def evaluate_starting_model(study: dict, run: Run, folder: Path) -> dict:
-    """The starting model's measures (on `run`'s cell and seed), once per study, cached beside it."""
-    evaluated = folder.parent / "eval.json"
+def evaluate_starting_model(study: dict, run: Run, root: Path) -> dict:
+    """The starting model's measures (on `run`'s cell and seed), once per study, cached in its output."""
+    evaluated = root / "pretrained" / "eval.json"
     if not evaluated.is_file() or json.loads(evaluated.read_text()).get("version") != EVAL_VERSION:
-        write_json_atomically(evaluated, {"version": EVAL_VERSION, **measure(study, run, folder, "starting model")})
+        evaluated.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomically(evaluated, {"version": EVAL_VERSION, **measure(study, run, starting_model_folder(study),
+                                                                             "starting model")})
     return {key: value for key, value in json.loads(evaluated.read_text()).items() if key != "version"}
 
 
@@ -294,11 +340,12 @@ def run_study(config: str | Path, quick: bool = False, output: str | Path | None
     runs = planned_runs(study)
     require_data_folders(runs)
     study["output"] = str(root)  # where the runs find the starting model
-    starting = root / "pretrained" / "model"
     if not finished_only:
-        starting = pretrained_model(study, root, progress)
-    if study.get("pretrain") and (starting / "metrics.json").is_file():
-        study["starting_model_results"] = evaluate_starting_model(study, runs[0], starting)
+        pretrained_model(study, root, progress)
+    # A starting model still being trained (a study reported while running) has no metrics.json yet.
+    finished = "config.json" if study.get("starting_model") else "metrics.json"
+    if fine_tunes(study) and (starting_model_folder(study) / finished).is_file():
+        study["starting_model_results"] = evaluate_starting_model(study, runs[0], root)
     results = []
     for number, run in enumerate(runs, 1):
         folder = root / "runs" / run.name

@@ -117,6 +117,35 @@ def test_micro_noisy_correspondence_study_fine_tunes_one_starting_model(tmp_path
     report = (out / "report.md").read_text()
     assert "Minus clip" in report and "Minus smoothing" in report and "before fine-tuning it scores" in report
 
+    # A follow-up study names only what it changes and fine-tunes the first one's starting model, training none.
+    follow_up = tmp_path / "follow-up.yaml"
+    follow_up.write_text(yaml.safe_dump({"base": config.name, "output": str(tmp_path / "out2"),
+                                         "starting_model": str(starting), "methods": {"clip": METHODS["clip"]}}))
+    assert main(["--config", str(follow_up)]) == 0
+    trained = yaml.safe_load((tmp_path / "out2" / "runs" / "60%-48-clip-seed0" / "train.yaml").read_text())
+    assert trained["init_from"] == str(starting) and trained["max_steps"] == micro["max_steps"]
+    assert not (tmp_path / "out2" / "pretrained" / "model").exists()
+    assert f"starting model (`{starting}`)" in (tmp_path / "out2" / "report.md").read_text()
+    again = json.loads((tmp_path / "out2" / "results.json").read_text())["runs"][0]
+    assert again["i2t_r1"] == runs[0]["i2t_r1"]  # the same run, seed and starting model: the same model
+
+
+def test_a_study_extends_its_base_key_by_key(tmp_path):
+    """The shipped ablation names only its methods, cells and output; the rest comes from its base, with `train`,
+    `eval` and the quick size merged key by key. A base chain that loops is a one-line error."""
+    base = load_study(REPO / "studies" / "noisy_correspondence.yaml", quick=True)
+    ablation = load_study(REPO / "studies" / "noisy_correspondence_ablation.yaml", quick=True)
+    assert ablation["train"] == base["train"] and ablation["eval"] == base["eval"]
+    assert ablation["seeds"] == base["seeds"] and ablation["noise"] == base["noise"]
+    assert ablation["starting_model"] == f"{base['output']}/pretrained/model"
+    assert ablation["output"] != base["output"]  # its report must not replace the base study's
+    assert [cell["train_samples"] for cell in ablation["cells"]] == [512, 512]
+    assert ablation["methods"]["psd-ema-strong"]["distill_alpha_max"] == 0.9
+    (tmp_path / "a.yaml").write_text("base: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
+    with pytest.raises(EvalInputError, match="extends it in turn"):
+        load_study(tmp_path / "a.yaml")
+
 
 def final_loss(model_folder: Path, data: Path, split: str) -> float:
     """The saved model's CLIP loss over a whole split as one batch, prepared as train.py validates."""
