@@ -172,7 +172,7 @@ import json, resource, torch
 from modeling_psdclip import PSDCLIPConfig, PSDCLIPModel
 model = PSDCLIPModel(PSDCLIPConfig.from_preset("vit-b-32", distill_alpha_max=0.0))
 if {gradient_checkpointing}:
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={{"use_reentrant": False}})
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={{"use_reentrant": False}})
 device = "cuda" if torch.cuda.is_available() else "cpu"
 model.to(device).train()
 batch = {{"pixel_values": torch.randn({batch_size}, 3, 224, 224, device=device),

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
-from modeling_psdclip.ranking import distinct_texts, retrieval_ranks
+from modeling_psdclip.ranking import distinct_items, image_carries, retrieval_ranks
 from modeling_psdclip.tokenization import clip_normalizer
 
 from .data import EvalData
@@ -30,16 +29,15 @@ def retrieval(model: ImageTextEncoder, data: EvalData, k: tuple[int, ...] = (1, 
     texts = [caption for captions in data.captions for caption in captions]
     if not texts:
         raise EvalInputError(f"retrieval needs captions; every image of data {data.name!r} has none")
-    caption_image = np.repeat(np.arange(len(data)), [len(captions) for captions in data.captions])
+    caption_image = torch.repeat_interleave(torch.tensor([len(captions) for captions in data.captions]))
     if protocol == "distinct_texts":
         normalizer = clip_normalizer()  # what the CLIP processor does to a text before tokenising it
-        first, item_of = distinct_texts([normalizer.normalize_str(text) for text in texts])
+        first, item_of = distinct_items([normalizer.normalize_str(text) for text in texts])
     else:
-        first, item_of = np.arange(len(texts)), np.arange(len(texts))
-    carries = torch.zeros(len(data), len(first), dtype=torch.bool)
-    carries[caption_image, item_of] = True
+        first = item_of = torch.arange(len(texts))
+    carries = image_carries(item_of, caption_image, len(data))
     image_features = model.encode_images(data.images)
-    text_features = model.encode_texts([texts[index] for index in first])  # one encoding per distinct text
+    text_features = model.encode_texts([texts[index] for index in first.tolist()])  # one encoding per distinct text
     image_ranks, text_ranks = retrieval_ranks(image_features, text_features, carries)
     recall = load_metric("recall_at_k")
     image_to_text = recall.compute(ranks=image_ranks, k=list(k))

@@ -38,18 +38,34 @@ def true_match_ranks(queries: torch.Tensor, items: torch.Tensor, is_true, chunk_
     return torch.cat(ranks).numpy()
 
 
-def distinct_texts(keys: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """For one key per caption (its normalised text), the index of each distinct text's first copy and, for every
-    caption, the number of its distinct text."""
-    _, first, item_of = np.unique(np.asarray(keys, dtype=str), return_index=True, return_inverse=True)
-    return first, item_of.reshape(-1)
+def distinct_items(keys) -> tuple[torch.Tensor, torch.Tensor]:
+    """Identical texts as one item: for one key per text (its normalised string, or its row of token ids in a
+    tensor), the index of each item's first text and, for every text, its item number."""
+    if isinstance(keys, torch.Tensor):
+        item_of = torch.unique(keys, dim=0, return_inverse=True)[1]
+    else:
+        item_of = torch.as_tensor(np.unique(np.asarray(keys, dtype=str), return_inverse=True)[1].reshape(-1))
+    return first_copies(item_of), item_of
 
 
 def first_copies(item_of: torch.Tensor) -> torch.Tensor:
-    """For the item number of every text (e.g. `torch.unique(..., return_inverse=True)`'s), each item's first text."""
+    """For the item number of every text, each item's first text."""
     positions = torch.arange(len(item_of), device=item_of.device)
     return torch.full((int(item_of.max()) + 1,), len(item_of), device=item_of.device).scatter_reduce(
         0, item_of, positions, "amin")
+
+
+def image_carries(item_of: torch.Tensor, caption_image: torch.Tensor | None = None,
+                  num_images: int | None = None) -> torch.Tensor:
+    """Images x items, True where an image carries the item: caption j, of item `item_of[j]`, is a caption of
+    image `caption_image[j]`. By default caption j is image j's (a batch of pairs)."""
+    if caption_image is None:
+        caption_image = torch.arange(len(item_of), device=item_of.device)
+    # An image without captions carries nothing but is still a row: it stays a wrong match for every text.
+    carries = torch.zeros(len(item_of) if num_images is None else num_images, int(item_of.max()) + 1,
+                          dtype=torch.bool, device=item_of.device)
+    carries[caption_image, item_of] = True
+    return carries
 
 
 def retrieval_ranks(image_features: torch.Tensor, text_features: torch.Tensor, carries) -> tuple[np.ndarray, np.ndarray]:
@@ -71,7 +87,7 @@ def distinct_text_contrastive_loss(logits_per_image: torch.Tensor, text_item: to
     """
     first = first_copies(text_item)
     image_to_text = F.cross_entropy(logits_per_image[:, first], text_item)
-    carries = text_item[None, :] == torch.arange(len(first), device=text_item.device)[:, None]  # items x images
+    carries = image_carries(text_item).t()
     log_probabilities = logits_per_image[:, first].t().log_softmax(dim=1)
     text_to_image = -torch.logsumexp(log_probabilities.masked_fill(~carries, float("-inf")), dim=1).mean()
     return (image_to_text + text_to_image) / 2

@@ -20,20 +20,20 @@ from modeling_psdclip.utils import markdown_table
 
 from .runner import DIAGNOSTICS as LOGGED_DIAGNOSTICS, Run
 
+SYNTHETIC_TEST, DATA_TEST = "the clean synthetic test split", "the data folder's test split"
+# Each retrieval direction's key prefix and title, and what its R@1 definition adds to the bare "Recall@1".
+DIRECTIONS = (("i2t", "image→text", " on the same split as retrieval R@1"),
+              ("t2i", "text→image", " (one query per distinct text) on the same split"))
 # (key in a run's results, column title, definition); every one of them is better higher except the validation loss.
 METRICS = (
-    ("zeroshot_shape", "zero-shot shape", "zero-shot shape accuracy on the clean synthetic test split"),
-    ("zeroshot_colour", "zero-shot colour", "zero-shot colour accuracy on the clean synthetic test split"),
-    ("zeroshot_count", "zero-shot count", "zero-shot count accuracy on the clean synthetic test split"),
-    ("zeroshot_group", "zero-shot group", "zero-shot accuracy over the emoji groups on the data folder's test split"),
-    ("zeroshot_subgroup", "zero-shot subgroup",
-     "zero-shot accuracy over the emoji sub-groups on the data folder's test split"),
+    *((f"zeroshot_{name}", f"zero-shot {name}", f"zero-shot {name} accuracy on {SYNTHETIC_TEST}")
+      for name in ("shape", "colour", "count")),
+    *((f"zeroshot_{name}", f"zero-shot {name}", f"zero-shot accuracy over the emoji {groups} on {DATA_TEST}")
+      for name, groups in (("group", "groups"), ("subgroup", "sub-groups"))),
     ("retrieval_r1", "retrieval R@1", "image-text retrieval Recall@1, mean of both directions, on the clean "
-     "synthetic validation split (synthetic cells) or the data folder's test split (data cells)"),
-    ("i2t_r1", "image→text R@1", "image->text Recall@1 on the same split as retrieval R@1"),
-    ("t2i_r1", "text→image R@1", "text->image Recall@1 (one query per distinct text) on the same split"),
-    ("i2t_r5", "image→text R@5", "image->text Recall@5"),
-    ("t2i_r5", "text→image R@5", "text->image Recall@5"),
+     f"synthetic validation split (synthetic cells) or {DATA_TEST} (data cells)"),
+    *((f"{prefix}_r{k}", f"{title} R@{k}", f"{title.replace('→', '->')} Recall@{k}{where if k == 1 else ''}")
+      for k in (1, 5) for prefix, title, where in DIRECTIONS),
     ("linear_probe_shape", "linear probe shape",
      "shape accuracy of logistic regression on image features, fitted on clean validation, on clean test"),
     ("shifted_accuracy", "shifted zero-shot",

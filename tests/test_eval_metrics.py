@@ -6,7 +6,8 @@ import torch
 
 from eval.metrics import METRICS_DIR, load_metric
 from modeling_psdclip.ranking import (
-    distinct_text_contrastive_loss, distinct_texts, first_copies, label_ranks, retrieval_ranks, true_match_ranks,
+    distinct_items, distinct_text_contrastive_loss, first_copies, image_carries, label_ranks, retrieval_ranks,
+    true_match_ranks,
 )
 from transformers.models.clip.modeling_clip import image_text_contrastive_loss
 
@@ -46,10 +47,21 @@ def test_several_true_matches_hit_when_any_is_in_the_top_k():
 
 
 def test_identical_texts_are_one_item():
-    first, item_of = distinct_texts(["a cat", "a dog", "a cat", "a bird", "a dog"])
+    first, item_of = distinct_items(["a cat", "a dog", "a cat", "a bird", "a dog"])
     assert item_of[[0, 2]].tolist() == [item_of[0]] * 2 and item_of[1] == item_of[4] and len(first) == 3
     assert all(item_of[first[item]] == item for item in range(3)) and sorted(first.tolist()) == [0, 1, 3]
     assert first_copies(torch.tensor([2, 0, 2, 1, 0])).tolist() == [1, 3, 0]
+    # Rows of token ids group as the strings they encode (ids chosen to sort as the strings do: items number in order).
+    token_ids = torch.tensor([[5, 7, 0], [5, 8, 0], [5, 7, 0], [5, 6, 9], [5, 8, 0]])
+    assert [tensor.tolist() for tensor in distinct_items(token_ids)] == [first.tolist(), item_of.tolist()]
+
+
+def test_image_carries_marks_the_items_of_each_images_captions():
+    # Image 0 has captions of items 0 and 1, image 1 none, image 2 a caption of item 0 again.
+    carries = image_carries(torch.tensor([0, 1, 0]), caption_image=torch.tensor([0, 0, 2]), num_images=3)
+    assert carries.tolist() == [[True, True], [False, False], [True, False]]
+    # A batch of pairs: caption j is image j's.
+    assert image_carries(torch.tensor([1, 0, 1])).tolist() == [[False, True], [True, False], [False, True]]
 
 
 def test_retrieval_ranks_let_any_image_carrying_a_text_match_it():

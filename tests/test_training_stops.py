@@ -23,7 +23,9 @@ from modeling_psdclip.training.options import OptionError, parse_options
 from modeling_psdclip.training.stops import describe_stop
 from tests.support import micro_config, random_batch
 from tests.test_training_checkpoints import FakeAccelerator
-from tests.test_training_runs import TRAIN, env, log_lines, micro_args, micro_folder, run  # noqa: F401 (fixtures)
+from tests.test_training_runs import (  # noqa: F401 (fixtures)
+    TRAIN, env, log_lines, micro_args, micro_folder, run, write_pairs_with_bad_records,
+)
 
 
 def refusal(capsys, argv) -> str:
@@ -108,6 +110,22 @@ def test_validation_loss_leaves_out_a_last_batch_of_one_pair():
     assert metrics["val/loss"] > 0.1
 
 
+def lock_files(root: Path) -> list[str]:
+    return sorted(path.name for path in (root / "run").glob("run.*"))
+
+
+def test_a_run_that_fails_on_its_data_leaves_its_run_folder_free(tmp_path, env, micro_folder):
+    write_pairs_with_bad_records(tmp_path / "pairs", usable=5)  # fewer usable pairs than one batch of 16
+    done = run(micro_args(micro_folder, tmp_path, "--data", str(tmp_path / "pairs" / "pairs.csv"), "--max-steps", "1"),
+               env, check=False)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        "train.py: error: the training data has fewer records than one global batch of 16")
+    assert lock_files(tmp_path) == []
+    run(micro_args(micro_folder, tmp_path, "--max-steps", "1"), env)  # not refused as in use
+    assert lock_files(tmp_path) == []
+
+
 def start(args, env) -> subprocess.Popen:
     # A session of its own, as a terminal's Ctrl-C reaches every process of the foreground group; and SIGINT's
     # default disposition, which a suite started in the background of a shell script does not pass on (such a
@@ -141,7 +159,7 @@ def test_a_second_run_on_a_run_folder_in_use_is_refused_and_a_crashed_runs_lock_
         first.wait()
     run(micro_args(micro_folder, tmp_path, "--max-steps", "2"), env)
     assert [line["step"] for line in log_lines(tmp_path) if "train/loss" in line] == [1, 2]
-    assert not (tmp_path / "run" / "run.pid").exists()  # a run that ended leaves no holder behind
+    assert lock_files(tmp_path) == []  # a run that ended leaves no holder behind
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=lambda signum: signum.name)
@@ -157,6 +175,7 @@ def test_an_interrupted_run_says_where_it_resumes_from(tmp_path, env, micro_fold
             os.killpg(process.pid, signal.SIGKILL)
             process.wait()
     assert process.returncode == 128 + signum and "Traceback" not in stderr, stderr[-3000:]
+    assert lock_files(tmp_path) == []
     last = stderr.strip().splitlines()[-1]
     match = re.fullmatch(rf"train\.py: stopped by {signum.name}; the checkpoints are kept: rerun with --resume latest "
                          rf"to go on from step (\d+) \((.+)\)", last)

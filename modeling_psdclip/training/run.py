@@ -317,7 +317,7 @@ def set_up(options, accelerator: Accelerator) -> Session:
         collate_fn=ImageTextCollator(processor, train=False))
 
     if options.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     ema = model.config.distill_teacher == "ema" and model.config.distill_alpha_max > 0
     flops_per_sample = training_flops_per_sample(model, feature_caching=options.accum_steps > 1, ema_teacher=ema)
     optimizer = adamw(parameter_groups(model, options.weight_decay), accelerator.device, lr=options.lr,

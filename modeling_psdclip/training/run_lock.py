@@ -2,8 +2,9 @@
 
 Two runs on one `--run-dir` would interleave `metrics.jsonl` and overwrite each other's checkpoints. The main
 process holds an exclusive OS lock (`flock`, through `filelock`) on `run.lock` while it trains, and writes its pid
-and host to `run.pid` beside it, so that a second run can say whose the folder is. The OS releases the lock when the
-process ends, however it ends: the lock of a crashed or killed run never blocks the next one.
+and host to `run.pid` beside it, so that a second run can say whose the folder is. A run that ends, however it ends
+(its end, an error, Ctrl-C), removes both files; the OS releases the lock of a crashed or killed run, whose files
+stay behind but never block the next one.
 """
 
 import contextlib
@@ -40,7 +41,7 @@ def hold_run_dir(run_dir, accelerator: Accelerator):
                                   "it to end, or choose another --run-dir"
         except OSError as error:  # e.g. the folder became read-only since the options were checked
             if lock is not None and lock.is_locked:
-                lock.release()
+                let_go(folder, lock)
             lock, refusal = None, f"--run-dir: cannot lock {folder / LOCK_FILE}: {error.strerror or error}"
     # The other processes learn the main process's verdict, so that all of them stop or none does.
     refusal = broadcast_object_list([refusal])[0]
@@ -50,8 +51,21 @@ def hold_run_dir(run_dir, accelerator: Accelerator):
         yield
     finally:
         if lock is not None:
-            (folder / PID_FILE).unlink(missing_ok=True)
-            lock.release()
+            let_go(folder, lock)
+
+
+def let_go(folder: Path, lock: FileLock) -> None:
+    """Remove the run's files, then unlock, whatever the removal does.
+
+    Removed while still locked: a run that opened `run.lock` before this one let go finds that file unlinked once it
+    locks it and does not take it (filelock checks), so two runs never hold two different `run.lock` files.
+    """
+    try:
+        for name in (PID_FILE, LOCK_FILE):
+            with contextlib.suppress(OSError):
+                (folder / name).unlink()
+    finally:
+        lock.release()
 
 
 def _holder(folder: Path) -> str:

@@ -31,7 +31,7 @@ from accelerate.utils import DistributedType
 
 from ..data.collate import model_inputs
 from ..modeling_psdclip import PSDLossOutput
-from ..ranking import distinct_text_contrastive_loss, first_copies, retrieval_ranks
+from ..ranking import distinct_items, distinct_text_contrastive_loss, image_carries, retrieval_ranks
 from .teachers import Teacher, TeacherEmbeddings, build_teacher, teacher_kwargs
 
 
@@ -194,17 +194,14 @@ def validate(accelerator: Accelerator, model, loader) -> dict:
         ids = accelerator.gather_for_metrics(ids)
         logits = output.logit_multiplier.float() * image_embeds @ text_embeds.t()
         if len(logits) > 1:  # a last batch of one pair has no other pair to contrast with: its loss is always 0
-            text_item = torch.unique(ids, dim=0, return_inverse=True)[1]
-            batch_losses.append(distinct_text_contrastive_loss(logits, text_item).item())
+            batch_losses.append(distinct_text_contrastive_loss(logits, distinct_items(ids)[1]).item())
         images.append(image_embeds.cpu())
         texts.append(text_embeds.cpu())
         token_ids.append(ids.cpu())
     model.train()
     images, texts = torch.cat(images), torch.cat(texts)
-    _, text_item = torch.unique(torch.cat(token_ids), dim=0, return_inverse=True)
-    first = first_copies(text_item)
-    carries = text_item[:, None] == torch.arange(len(first))[None, :]  # each image carries its caption's text
-    image_ranks, text_ranks = retrieval_ranks(images, texts[first], carries)
+    first, text_item = distinct_items(torch.cat(token_ids))
+    image_ranks, text_ranks = retrieval_ranks(images, texts[first], image_carries(text_item))
     return {
         "val/loss": sum(batch_losses) / len(batch_losses),
         "val/image_to_text_R@1": float((image_ranks < 1).mean()),
