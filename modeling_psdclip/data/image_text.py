@@ -34,16 +34,37 @@ class ImageTextDataset(torch.utils.data.Dataset):
         return len(self.source)
 
     def __getitem__(self, key: SampleKey | int) -> dict:
+        key = self._checked_key(key)
+        return self._record(key, lambda: self.source[key.index])
+
+    def __getitems__(self, keys: list) -> list[dict]:
+        """`[self[key] for key in keys]`, with the rows read in one Arrow call and same-size raw images decoded as
+        one array (`RecordColumns.with_batch_decoded_images`). The DataLoader fetches its batches through this."""
+        keys = [self._checked_key(key) for key in keys]
+        try:
+            columns = self.source[[key.index for key in keys]]
+            rows = self.columns.with_batch_decoded_images([dict(zip(columns, values))
+                                                           for values in zip(*columns.values())])
+        except Exception:
+            # One row that cannot be read fails the whole read; read one by one, it is one bad record.
+            return [self._record(key, lambda key=key: self.source[key.index]) for key in keys]
+        return [self._record(key, lambda row=row: row) for key, row in zip(keys, rows)]
+
+    def _checked_key(self, key: SampleKey | int) -> SampleKey:
         key = SampleKey(*key) if isinstance(key, tuple) else SampleKey(0, int(key))
         if not 0 <= key.index < len(self):
             # Python iterates a dataset without __iter__ by indexing from 0 until IndexError: `for record in
             # dataset` ends here. The replacement of a bad row below stays inside the range.
             raise IndexError(f"index {key.index} is out of range for a dataset of {len(self)} records")
+        return key
+
+    def _record(self, key: SampleKey, load_row) -> dict:
+        """The record of `key`, whose own row `load_row` gives; a bad one is replaced by the next usable row."""
         skipped = Counter()
         for offset in range(len(self)):
             index = (key.index + offset) % len(self)
             try:
-                image, caption = self.columns.read(lambda: self.source[index],
+                image, caption = self.columns.read(load_row if offset == 0 else lambda: self.source[index],
                                                    sample_rng(self.seed, key, CAPTION_STREAM))
             except BadRecord as bad:
                 if offset == 0:

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps
 
+from .raw_images import same_size_ppm_pixels
+
 # Why a record was skipped; every batch reports a count for each of these.
 SKIP_REASONS = ("missing_image", "corrupt_image", "empty_caption", "undecodable_caption", "caption_not_text",
                 "unreadable_record", "image_too_large")
@@ -78,6 +80,19 @@ class RecordColumns:
         return decode_image(image, self.base_dir, input_size=self.input_size,
                             max_pixels=self.max_image_pixels), caption
 
+    def with_batch_decoded_images(self, rows: list[dict]) -> list[dict]:
+        """`rows` with their images as uint8 arrays when all of them are same-size PPMs (the built-in scenes), read
+        as one array by `same_size_ppm_pixels` instead of by Pillow one at a time; otherwise `rows` unchanged.
+
+        `decode` gives the same record from either.
+        """
+        found = [_first_present(row, self.image) for row in rows]
+        pixels = same_size_ppm_pixels([value.get("bytes") if isinstance(value, dict) else value
+                                       for _, value in found])
+        if pixels is None or (self.max_image_pixels and pixels.shape[1] * pixels.shape[2] > self.max_image_pixels):
+            return rows
+        return [{**row, column: image} for row, (column, _), image in zip(rows, found, pixels)]
+
 
 def _first_present(row: dict, columns: tuple[str, ...]):
     for column in columns:
@@ -134,13 +149,16 @@ def _join_surrogate_pairs(text: str) -> str:
 
 def decode_image(value, base_dir: str | None = None, *, input_size: int | None = None,
                  max_pixels: int | None = None) -> Image.Image:
-    """An image given as a PIL image, encoded bytes, a path, or a `datasets` Image dict, in RGB.
+    """An image given as a PIL image, a (height, width, 3) uint8 array, encoded bytes, a path, or a `datasets` Image
+    dict, in RGB.
 
     With `input_size`, a JPEG larger than `DRAFT_MARGIN` times it decodes at a reduced scale (Pillow's `draft`).
     With `max_pixels`, an image that would still decode to more pixels is a `BadRecord("image_too_large")`.
     """
     if isinstance(value, Image.Image):
         return to_rgb(value)
+    if isinstance(value, np.ndarray):
+        return Image.fromarray(value, "RGB")
     if isinstance(value, dict):
         data, path = value.get("bytes"), value.get("path")
     else:

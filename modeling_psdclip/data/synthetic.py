@@ -15,6 +15,7 @@ import datasets
 import numpy as np
 
 from .errors import DataError
+from .raw_images import encode_ppm
 from .render import render_scene
 from .scenes import (
     COLOURS, COUNTS, GENERIC_CAPTIONS, HELD_OUT_BACKGROUNDS, HELD_OUT_TEXTURES, SHAPES, SceneStyle, describe,
@@ -33,7 +34,8 @@ SPLITS = tuple(SPLIT_STYLES)
 CLEAN = "clean"  # the noise label of an untouched pair, in the `noise` column of this and every built data set
 NOISE_KINDS = (CLEAN, "mismatch", "partial", "generic")
 CAPTIONS_PER_EVAL_IMAGE = 5  # several captions per held-out image, as retrieval benchmarks have
-GENERATOR_VERSION = 3  # part of the cache key: bump it when a change alters what a seed produces
+# Part of the cache key: bump it when a change alters what a seed produces or how it is stored (4: PPM images).
+GENERATOR_VERSION = 4
 
 FEATURES = datasets.Features({
     "image": datasets.Image(),
@@ -91,7 +93,7 @@ def build_synthetic_dataset(
 ) -> datasets.Dataset:
     """One split of the synthetic scenes, made on first use and read from `cache_dir` afterwards.
 
-    Columns: `image`, `caption` (for `train`, the caption after noise), `captions` (several clean captions for
+    Columns: `image` (stored as binary PPM, which reads with no decoder: see raw_images.py), `caption` (for `train`, the caption after noise), `captions` (several clean captions for
     held-out splits, `[caption]` for `train`), the class labels `label_shape`, `label_colour`, `label_count` of the
     main object and the number of objects (`ClassLabel`s whose names are `SHAPES`, `COLOURS`, `COUNTS`), and
     `noise` ("clean", "mismatch", "partial" or "generic"), what was done to the caption.
@@ -146,7 +148,7 @@ def _example(index: int, config: SyntheticConfig) -> dict:
         captions = [describe(scene, rng) for _ in range(CAPTIONS_PER_EVAL_IMAGE)]
         noise = "clean"
     main = scene.objects[0]
-    return {"image": image, "caption": captions[0], "captions": captions, "label_shape": main.shape,
+    return {"image": {"bytes": encode_ppm(image), "path": None}, "caption": captions[0], "captions": captions, "label_shape": main.shape,
             "label_colour": main.colour, "label_count": len(scene.objects) - 1, "noise": noise}
 
 

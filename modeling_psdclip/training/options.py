@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
-from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 from ..model_folder import ModelFolderError, check_model_folder_target
 from ..utils import OneLineErrorParser, cannot_create_in, fail, first_line
@@ -240,6 +239,9 @@ def check_ranges(options: TrainingOptions) -> None:
     if options.resume not in (None, "latest") and not Path(options.resume).is_dir():
         raise OptionError(f"--resume: no checkpoint folder at {options.resume} (use 'latest' or a folder)")
     if options.push_to_hub is not None:
+        # Imported here: huggingface_hub.utils loads its HTTP client, which `--help` and most runs never use here.
+        from huggingface_hub.utils import HFValidationError, validate_repo_id
+
         try:  # Checked now, not after training: the push comes last.
             validate_repo_id(options.push_to_hub)
         except HFValidationError as error:
