@@ -2,13 +2,15 @@
 
 Writes `--samples` captioned JPEGs of each size, as WebDataset `.tar` shards and as files listed in a CSV: 224 px
 squares, and web-sized ones (long side 400-1200 px, aspect ratio up to 16:9, as crawled pairs are). Each size is
-read by four pipelines, on the same files and with 0, 1 and 2 `DataLoader` workers:
+read by five pipelines, on the same files and with 0, 1 and 2 `DataLoader` workers:
 
   decode only                     Pillow decodes each file and converts it to RGB, nothing else: the floor every
                                   pipeline pays
   train.py, shards / CSV          train.py's own loader (`load_image_text_dataset`, `EpochSampler`,
                                   `ImageTextCollator` with its random resized crop to 224 px, tokenizer and
-                                  normalisation) on the shards and on the CSV
+                                  normalisation) on the shards and on the CSV; a JPEG more than twice the input
+                                  size decodes at a reduced scale first (Pillow's `draft`)
+  train.py, CSV, no JPEG draft    the same on the CSV with every JPEG decoded at full scale: what drafting gains
   datasets + CLIPImageProcessor   what a transformers user writes instead, after transformers' contrastive
                                   image-text example (run_clip.py): the CSV loaded with `datasets`, captions
                                   tokenised once by `map` (not timed, as there), images opened by path and run
@@ -102,9 +104,10 @@ def decode(path: Path) -> Image.Image:
         return image.convert("RGB")
 
 
-def train_loader(source: Path, workers: int, batch_size: int) -> torch.utils.data.DataLoader:
-    """train.py's training loader over `source`, cropping to 224 px."""
-    data = load_image_text_dataset(str(source))
+def train_loader(source: Path, workers: int, batch_size: int, draft: bool = True) -> torch.utils.data.DataLoader:
+    """train.py's training loader over `source`, cropping to 224 px; without `draft`, every JPEG decodes at full
+    scale (train.py drafts a JPEG more than twice the input size to a reduced scale first)."""
+    data = load_image_text_dataset(str(source), input_size=IMAGE_SIZE if draft else None)
     return torch.utils.data.DataLoader(
         data, batch_size=batch_size, drop_last=True, num_workers=workers, sampler=EpochSampler(len(data)),
         collate_fn=ImageTextCollator(build_processor(IMAGE_SIZE, CONTEXT_LENGTH), train=True))
@@ -160,6 +163,8 @@ PIPELINES = {
     "decode only": lambda folder, *args: decode_only_loader(folder / "files" / "pairs.csv", *args),
     "train.py, shards": lambda folder, *args: train_loader(folder / "shards", *args),
     "train.py, CSV of files": lambda folder, *args: train_loader(folder / "files" / "pairs.csv", *args),
+    "train.py, CSV, no JPEG draft": lambda folder, *args: train_loader(folder / "files" / "pairs.csv", *args,
+                                                                       draft=False),
     "datasets + CLIPImageProcessor": lambda folder, *args: transformers_loader(folder / "files" / "pairs.csv", *args),
 }
 TRAIN_PY = ("train.py, shards", "train.py, CSV of files")

@@ -28,7 +28,8 @@ from benchmarks.data_loading import (
 from modeling_psdclip.processing import build_processor
 
 REPO = Path(__file__).resolve().parents[1]
-PIPELINES = ("decode only", "train.py, shards", "train.py, CSV of files", "datasets + CLIPImageProcessor")
+PIPELINES = ("decode only", "train.py, shards", "train.py, CSV of files", "train.py, CSV, no JPEG draft",
+             "datasets + CLIPImageProcessor")
 
 
 @pytest.fixture(autouse=True)
