@@ -140,7 +140,7 @@ def test_a_study_extends_its_base_key_by_key(tmp_path):
     assert ablation["starting_model"] == f"{base['output']}/pretrained/model"
     assert ablation["output"] != base["output"]  # its report must not replace the base study's
     assert [cell["train_samples"] for cell in ablation["cells"]] == [512, 512]
-    assert ablation["methods"]["psd-ema-strong"]["distill_alpha_max"] == 0.9 and len(ablation["methods"]) == 4
+    assert ablation["methods"]["psd-ema-strong"]["distill_alpha_max"] == 0.9 and len(ablation["methods"]) == 5
     (tmp_path / "a.yaml").write_text("base: b.yaml\n")
     (tmp_path / "b.yaml").write_text("base: a.yaml\n")
     with pytest.raises(EvalInputError, match="extends it in turn"):
