@@ -4,8 +4,8 @@ Writes `--samples` captioned JPEGs of each size, as WebDataset `.tar` shards and
 squares, and web-sized ones (long side 400-1200 px, aspect ratio up to 16:9, as crawled pairs are). Each size is
 read by five pipelines, on the same files and with 0, 1 and 2 `DataLoader` workers:
 
-  decode only                     Pillow decodes each file and converts it to RGB, nothing else: the floor every
-                                  pipeline pays
+  decode only                     Pillow decodes each file at full scale and converts it to RGB, nothing else: the
+                                  floor of every pipeline that decodes whole images
   train.py, shards / CSV          train.py's own loader (`load_image_text_dataset`, `EpochSampler`,
                                   `ImageTextCollator` with its random resized crop to 224 px, tokenizer and
                                   normalisation) on the shards and on the CSV; a JPEG more than twice the input

@@ -29,9 +29,10 @@ whose caption is another pair's (`p_mismatch`), and evaluation adds Recall@1 and
 clean validation split. `starting_model` (a model folder, e.g. another study's `pretrained/model` or a converted
 CLIP) is fine-tuned instead of training one with `pretrain`.
 
-`base` (a study file, relative to this one) starts from that study's settings: this file's keys replace the base's,
-except `train`, `eval`, `pretrain` and `quick`, which are merged key by key; so a follow-up study names only what it
-changes (its methods, cells and output).
+`base` (a study file, relative to this one) starts from that study's settings at the same size: this file's keys
+(its `quick` ones too, with `--quick`) replace the base's, except `train`, `eval` and `pretrain`, which are merged key
+by key, and a key set to null is removed; so a follow-up study names only what it changes (its methods, cells and
+output). Like `output`, `starting_model` is a path from the folder the study runs in.
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ SHIFTED_SPLITS = ("sketch", "unseen_texture", "unseen_shade")
 DATA_LABELS = ("group", "subgroup")  # the class columns of a build-openmoji folder
 DIAGNOSTICS = ("train/teacher_share", "train/teacher_entropy", "train/paired_probability", "train/teacher_agreement",
                "train/loss_soft", "train/logit_multiplier")
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 EVAL_VERSION = 3  # part of each run's eval.json: bump it when evaluation changes, and finished runs are re-evaluated
 
 
@@ -88,8 +90,9 @@ class Run:
         return f"{self.noise} noise, {Path(self.data).name if self.data else f'{self.train_samples} pairs'}"
 
 
-def read_study_file(path: Path, extending: tuple[Path, ...] = ()) -> dict:
-    """A study file's own settings on top of its `base` chain's."""
+def read_study_file(path: Path, quick: bool, extending: tuple[Path, ...] = ()) -> dict:
+    """A study file's settings at the size asked for, on top of its `base` chain's at that size: each file's own
+    `quick` applies to that file first, so a file's keys always beat its base's, quick or not."""
     try:
         study = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as error:
@@ -99,21 +102,28 @@ def read_study_file(path: Path, extending: tuple[Path, ...] = ()) -> dict:
     unknown = set(study) - STUDY_KEYS
     if unknown:
         raise EvalInputError(f"study {path}: unknown key {sorted(unknown)[0]!r} (keys: {', '.join(sorted(STUDY_KEYS))})")
+    overrides = study.pop("quick", None) or {}
+    if not isinstance(overrides, dict) or "base" in overrides:
+        raise EvalInputError(f"study {path}: 'quick' must be a mapping of the keys it changes (not 'base')")
+    if quick:
+        study = merged_study(study, overrides)
     if "base" not in study:
-        return study
+        return {key: value for key, value in study.items() if value is not None}
     base = (path.parent / str(study.pop("base"))).resolve()
     if base in extending or base == path.resolve():
         raise EvalInputError(f"study {path}: its base {base} extends it in turn")
-    return merged_study(read_study_file(base, (*extending, path.resolve())), study)
+    return merged_study(read_study_file(base, quick, (*extending, path.resolve())), study)
 
 
-def merged_study(base: dict, study: dict) -> dict:
-    merged = dict(base)
-    for key, value in study.items():
-        if key == "quick":
-            merged[key] = merged_study(base.get(key) or {}, value or {})
-        elif key in MERGED_KEYS and isinstance(value, dict) and isinstance(base.get(key), dict):
-            merged[key] = {**base[key], **value}
+def merged_study(study: dict, changes: dict) -> dict:
+    """`study` with `changes`: `train`, `eval` and `pretrain` merged key by key, any other key replaced, and a key
+    set to null removed (e.g. `pretrain: null` fine-tunes nothing)."""
+    merged = dict(study)
+    for key, value in changes.items():
+        if value is None:
+            merged.pop(key, None)
+        elif key in MERGED_KEYS and isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = {**merged[key], **value}
         else:
             merged[key] = value
     return merged
@@ -121,11 +131,7 @@ def merged_study(base: dict, study: dict) -> dict:
 
 def load_study(path: str | Path, quick: bool = False) -> dict:
     """The study's settings, with the `quick` overrides applied when asked; EvalInputError names a mistake."""
-    study = read_study_file(Path(path))
-    overrides = study.pop("quick", None) or {}
-    if quick:
-        for key, value in overrides.items():
-            study[key] = {**study.get(key, {}), **value} if key in MERGED_KEYS else value
+    study = read_study_file(Path(path), quick)
     for key in ("seeds", "methods", "noise", "cells"):
         if not study.get(key):
             raise EvalInputError(f"study {path} needs a non-empty {key!r}")
@@ -214,9 +220,9 @@ def pretrained_model(study: dict, root: Path, progress=print) -> None:
     """Train the study's starting model once with its `pretrain` options, unless it is given as `starting_model`
     (then check that it is there)."""
     if study.get("starting_model"):
-        if not (Path(study["starting_model"]) / "config.json").is_file():
-            raise EvalInputError(f"starting model {study['starting_model']} is not a model folder (no config.json); "
-                                 "train it first (e.g. run the study it comes from)")
+        if not starting_model_ready(study):
+            raise EvalInputError(f"starting model {study['starting_model']} is not a saved model folder (config.json "
+                                 "and weights); train it first (e.g. run the study it comes from)")
         return
     if not study.get("pretrain"):
         return
@@ -228,19 +234,33 @@ def pretrained_model(study: dict, root: Path, progress=print) -> None:
         run_training(study, options, folder, "pretrain")
 
 
+def starting_model_ready(study: dict) -> bool:
+    """Whether the starting model is saved whole: a given folder's config and weights, or a `pretrain` run's
+    metrics.json (written last; a study reported while its starting model trains has none yet)."""
+    folder = starting_model_folder(study)
+    if not study.get("starting_model"):
+        return (folder / "metrics.json").is_file()
+    return (folder / "config.json").is_file() and any((folder / name).is_file() for name in WEIGHT_FILES)
+
+
 def evaluate(study: dict, run: Run, folder: Path) -> dict:
     """Every metric of one trained run, and what its training logged."""
     return {**measure(study, run, folder / "model", run.name), **training_record(folder)}
 
 
 def evaluate_starting_model(study: dict, run: Run, root: Path) -> dict:
-    """The starting model's measures (on `run`'s cell and seed), once per study, cached in its output."""
+    """The starting model's measures (on `run`'s cell and seed), cached in the study's output for that very model
+    (its path and the times its files were written) and evaluation version."""
+    folder = starting_model_folder(study)
+    stamp = {"version": EVAL_VERSION, "model": str(folder.resolve()),
+             "written_ns": max(path.stat().st_mtime_ns for path in folder.iterdir())}
     evaluated = root / "pretrained" / "eval.json"
-    if not evaluated.is_file() or json.loads(evaluated.read_text()).get("version") != EVAL_VERSION:
+    cached = json.loads(evaluated.read_text()) if evaluated.is_file() else {}
+    if any(cached.get(key) != value for key, value in stamp.items()):
         evaluated.parent.mkdir(parents=True, exist_ok=True)
-        write_json_atomically(evaluated, {"version": EVAL_VERSION, **measure(study, run, starting_model_folder(study),
-                                                                             "starting model")})
-    return {key: value for key, value in json.loads(evaluated.read_text()).items() if key != "version"}
+        cached = {**stamp, **measure(study, run, folder, "starting model")}
+        write_json_atomically(evaluated, cached)
+    return {key: value for key, value in cached.items() if key not in stamp}
 
 
 def measure(study: dict, run: Run, model_folder: Path, name: str) -> dict:
@@ -342,9 +362,7 @@ def run_study(config: str | Path, quick: bool = False, output: str | Path | None
     study["output"] = str(root)  # where the runs find the starting model
     if not finished_only:
         pretrained_model(study, root, progress)
-    # A starting model still being trained (a study reported while running) has no metrics.json yet.
-    finished = "config.json" if study.get("starting_model") else "metrics.json"
-    if fine_tunes(study) and (starting_model_folder(study) / finished).is_file():
+    if fine_tunes(study) and starting_model_ready(study):
         study["starting_model_results"] = evaluate_starting_model(study, runs[0], root)
     results = []
     for number, run in enumerate(runs, 1):

@@ -141,6 +141,13 @@ def test_a_study_extends_its_base_key_by_key(tmp_path):
     assert ablation["output"] != base["output"]  # its report must not replace the base study's
     assert [cell["train_samples"] for cell in ablation["cells"]] == [512, 512]
     assert ablation["methods"]["psd-ema-strong"]["distill_alpha_max"] == 0.9 and len(ablation["methods"]) == 5
+    # A file's own keys beat its base's quick ones; null removes a key.
+    (tmp_path / "child.yaml").write_text(yaml.safe_dump({
+        "base": str(REPO / "studies" / "noisy_correspondence.yaml"), "output": "out/child", "train": {"lr": 0.5},
+        "pretrain": None, "starting_model": "somewhere", "cells": [{"noise": "0%", "train_samples": 32}]}))
+    child = load_study(tmp_path / "child.yaml", quick=True)
+    assert child["output"] == "out/child" and child["cells"] == [{"noise": "0%", "train_samples": 32}]
+    assert child["train"] == {**base["train"], "lr": 0.5} and "pretrain" not in child
     (tmp_path / "a.yaml").write_text("base: b.yaml\n")
     (tmp_path / "b.yaml").write_text("base: a.yaml\n")
     with pytest.raises(EvalInputError, match="extends it in turn"):

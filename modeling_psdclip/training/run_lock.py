@@ -3,8 +3,9 @@
 Two runs on one `--run-dir` would interleave `metrics.jsonl` and overwrite each other's checkpoints. The main
 process holds an exclusive OS lock (`flock`, through `filelock`) on `run.lock` while it trains, and writes its pid
 and host to `run.pid` beside it, so that a second run can say whose the folder is. A run that ends, however it ends
-(its end, an error, Ctrl-C), removes both files; the OS releases the lock of a crashed or killed run, whose files
-stay behind but never block the next one.
+(its end, an error, Ctrl-C), removes `run.pid` and unlocks; `run.lock` stays, an empty file that locks nothing (a
+lock file removed while another process may be opening it would let two runs each lock a different file). The OS
+releases the lock of a crashed or killed run, whose `run.pid` stays behind but never blocks the next one.
 """
 
 import contextlib
@@ -55,15 +56,10 @@ def hold_run_dir(run_dir, accelerator: Accelerator):
 
 
 def let_go(folder: Path, lock: FileLock) -> None:
-    """Remove the run's files, then unlock, whatever the removal does.
-
-    Removed while still locked: a run that opened `run.lock` before this one let go finds that file unlinked once it
-    locks it and does not take it (filelock checks), so two runs never hold two different `run.lock` files.
-    """
+    """Remove the holder's `run.pid` while still holding the lock, then unlock, whatever the removal does."""
     try:
-        for name in (PID_FILE, LOCK_FILE):
-            with contextlib.suppress(OSError):
-                (folder / name).unlink()
+        with contextlib.suppress(OSError):
+            (folder / PID_FILE).unlink()
     finally:
         lock.release()
 
