@@ -139,7 +139,7 @@ def test_a_study_extends_its_base_key_by_key(tmp_path):
     assert ablation["seeds"] == base["seeds"] and ablation["noise"] == base["noise"]
     assert ablation["starting_model"] == f"{base['output']}/pretrained/model"
     assert ablation["output"] != base["output"]  # its report must not replace the base study's
-    assert [cell["train_samples"] for cell in ablation["cells"]] == [512, 512]
+    assert [cell["train_samples"] for cell in ablation["cells"]] == [512, 512, 512]
     assert ablation["methods"]["psd-ema-strong"]["distill_alpha_max"] == 0.9 and len(ablation["methods"]) == 5
     # A file's own keys beat its base's quick ones; null removes a key.
     (tmp_path / "child.yaml").write_text(yaml.safe_dump({
