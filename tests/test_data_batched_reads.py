@@ -108,9 +108,28 @@ class FailsOnBatches:
         return self.source[index]
 
 
+class CountsReads:
+    """A source that counts its batch reads and its row reads."""
+
+    def __init__(self, source):
+        self.source, self.reads = source, {"batch": 0, "row": 0}
+
+    def __len__(self):
+        return len(self.source)
+
+    def __getitem__(self, index):
+        self.reads["batch" if isinstance(index, list) else "row"] += 1
+        return self.source[index]
+
+
 def test_a_batch_that_cannot_be_read_at_once_is_read_row_by_row(scenes):
     keys = [SampleKey(0, index) for index in range(6)]
-    expected = scenes.__getitems__(keys)
+    scenes.source, source = CountsReads(scenes.source), scenes.source
+    try:  # the fallback is for a failing batch only: a readable one is one read, however many rows it has
+        expected = scenes.__getitems__(keys)
+        assert scenes.source.reads == {"batch": 1, "row": 0}
+    finally:
+        scenes.source = source
     scenes.source, source = FailsOnBatches(scenes.source), scenes.source
     try:
         assert_same_records(scenes.__getitems__(keys), expected)
