@@ -35,8 +35,12 @@ def _resize(image: Image.Image, box: tuple[int, int, int, int], size: tuple[int,
 def normalize(images: list[Image.Image], mean, std) -> torch.Tensor:
     """A (batch, 3, height, width) float tensor of same-size images, standardised by the per-channel mean and std.
 
-    One tensor operation over the stacked batch: per image in numpy it cost a sixth of a tiny-preset batch's loading.
+    Over the stacked batch at once (per image in numpy it cost a sixth of a tiny-preset batch's loading), laid out
+    channels-first while still uint8 (a quarter of the bytes to move), then `(x / 255 - mean) / std` as one scale and
+    one shift in place: arithmetic on the channels-last view with a broadcast per channel took half of a 224 px
+    batch's loading time.
     """
-    pixels = torch.from_numpy(np.stack([np.asarray(image, dtype=np.uint8) for image in images])).permute(0, 3, 1, 2)
+    pixels = torch.from_numpy(np.stack([np.asarray(image, dtype=np.uint8) for image in images]))
+    pixels = pixels.permute(0, 3, 1, 2).contiguous().float()
     mean, std = (torch.tensor(values, dtype=torch.float32).view(1, 3, 1, 1) for values in (mean, std))
-    return ((pixels.float() / 255.0 - mean) / std).contiguous()
+    return pixels.mul_(1 / (255.0 * std)).sub_(mean / std)
