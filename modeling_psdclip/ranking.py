@@ -38,13 +38,17 @@ def true_match_ranks(queries: torch.Tensor, items: torch.Tensor, is_true, chunk_
     return torch.cat(ranks).numpy()
 
 
-def distinct_items(keys) -> tuple[torch.Tensor, torch.Tensor]:
+def text_items(keys) -> torch.Tensor:
     """Identical texts as one item: for one key per text (its normalised string, or its row of token ids in a
-    tensor), the index of each item's first text and, for every text, its item number."""
+    tensor), every text's item number."""
     if isinstance(keys, torch.Tensor):
-        item_of = torch.unique(keys, dim=0, return_inverse=True)[1]
-    else:
-        item_of = torch.as_tensor(np.unique(np.asarray(keys, dtype=str), return_inverse=True)[1].reshape(-1))
+        return torch.unique(keys, dim=0, return_inverse=True)[1]
+    return torch.as_tensor(np.unique(np.asarray(keys, dtype=str), return_inverse=True)[1].reshape(-1))
+
+
+def distinct_items(keys) -> tuple[torch.Tensor, torch.Tensor]:
+    """`text_items(keys)` and, before it, the index of each item's first text."""
+    item_of = text_items(keys)
     return first_copies(item_of), item_of
 
 

@@ -21,9 +21,9 @@ from modeling_psdclip.utils import markdown_table
 from .runner import DIAGNOSTICS as LOGGED_DIAGNOSTICS, Run
 
 SYNTHETIC_TEST, DATA_TEST = "the clean synthetic test split", "the data folder's test split"
-# Each retrieval direction's key prefix and title, and what its R@1 definition adds to the bare "Recall@1".
-DIRECTIONS = (("i2t", "image→text", " on the same split as retrieval R@1"),
-              ("t2i", "text→image", " (one query per distinct text) on the same split"))
+# Each retrieval direction's key prefix, column title, name in definitions, and what its R@1 definition adds.
+DIRECTIONS = (("i2t", "image→text", "image->text", " on the same split as retrieval R@1"),
+              ("t2i", "text→image", "text->image", " (one query per distinct text) on the same split"))
 # (key in a run's results, column title, definition); every one of them is better higher except the validation loss.
 METRICS = (
     *((f"zeroshot_{name}", f"zero-shot {name}", f"zero-shot {name} accuracy on {SYNTHETIC_TEST}")
@@ -32,8 +32,8 @@ METRICS = (
       for name, groups in (("group", "groups"), ("subgroup", "sub-groups"))),
     ("retrieval_r1", "retrieval R@1", "image-text retrieval Recall@1, mean of both directions, on the clean "
      f"synthetic validation split (synthetic cells) or {DATA_TEST} (data cells)"),
-    *((f"{prefix}_r{k}", f"{title} R@{k}", f"{title.replace('→', '->')} Recall@{k}{where if k == 1 else ''}")
-      for k in (1, 5) for prefix, title, where in DIRECTIONS),
+    *((f"{prefix}_r{k}", f"{title} R@{k}", f"{name} Recall@{k}{where if k == 1 else ''}")
+      for k in (1, 5) for prefix, title, name, where in DIRECTIONS),
     ("linear_probe_shape", "linear probe shape",
      "shape accuracy of logistic regression on image features, fitted on clean validation, on clean test"),
     ("shifted_accuracy", "shifted zero-shot",

@@ -216,7 +216,7 @@ def starting_model_folder(study: dict) -> Path:
         Path(study["output"]) / "pretrained" / "model"
 
 
-def pretrained_model(study: dict, root: Path, progress=print) -> None:
+def prepare_starting_model(study: dict, root: Path, progress=print) -> None:
     """Train the study's starting model once with its `pretrain` options, unless it is given as `starting_model`
     (then check that it is there)."""
     if study.get("starting_model"):
@@ -361,7 +361,7 @@ def run_study(config: str | Path, quick: bool = False, output: str | Path | None
     require_data_folders(runs)
     study["output"] = str(root)  # where the runs find the starting model
     if not finished_only:
-        pretrained_model(study, root, progress)
+        prepare_starting_model(study, root, progress)
     if fine_tunes(study) and starting_model_ready(study):
         study["starting_model_results"] = evaluate_starting_model(study, runs[0], root)
     results = []

@@ -93,8 +93,9 @@ def build_synthetic_dataset(
 ) -> datasets.Dataset:
     """One split of the synthetic scenes, made on first use and read from `cache_dir` afterwards.
 
-    Columns: `image` (stored as binary PPM, which reads with no decoder: see raw_images.py), `caption` (for `train`, the caption after noise), `captions` (several clean captions for
-    held-out splits, `[caption]` for `train`), the class labels `label_shape`, `label_colour`, `label_count` of the
+    Columns: `image` (stored as binary PPM, which reads with no decoder: see raw_images.py), `caption` (for
+    `train`, the caption after noise), `captions` (several clean captions for held-out splits, `[caption]` for
+    `train`), the class labels `label_shape`, `label_colour`, `label_count` of the
     main object and the number of objects (`ClassLabel`s whose names are `SHAPES`, `COLOURS`, `COUNTS`), and
     `noise` ("clean", "mismatch", "partial" or "generic"), what was done to the caption.
     """
@@ -148,8 +149,9 @@ def _example(index: int, config: SyntheticConfig) -> dict:
         captions = [describe(scene, rng) for _ in range(CAPTIONS_PER_EVAL_IMAGE)]
         noise = "clean"
     main = scene.objects[0]
-    return {"image": {"bytes": encode_ppm(image), "path": None}, "caption": captions[0], "captions": captions, "label_shape": main.shape,
-            "label_colour": main.colour, "label_count": len(scene.objects) - 1, "noise": noise}
+    return {"image": {"bytes": encode_ppm(image), "path": None}, "caption": captions[0], "captions": captions,
+            "label_shape": main.shape, "label_colour": main.colour, "label_count": len(scene.objects) - 1,
+            "noise": noise}
 
 
 def _train_caption(scene, index: int, rng: np.random.Generator, config: SyntheticConfig) -> tuple[str, str]:

@@ -31,7 +31,7 @@ from accelerate.utils import DistributedType
 
 from ..data.collate import model_inputs
 from ..modeling_psdclip import PSDLossOutput
-from ..ranking import distinct_items, distinct_text_contrastive_loss, image_carries, retrieval_ranks
+from ..ranking import distinct_items, distinct_text_contrastive_loss, image_carries, retrieval_ranks, text_items
 from .teachers import Teacher, TeacherEmbeddings, build_teacher, teacher_kwargs
 
 
@@ -194,7 +194,7 @@ def validate(accelerator: Accelerator, model, loader) -> dict:
         ids = accelerator.gather_for_metrics(ids)
         logits = output.logit_multiplier.float() * image_embeds @ text_embeds.t()
         if len(logits) > 1:  # a last batch of one pair has no other pair to contrast with: its loss is always 0
-            batch_losses.append(distinct_text_contrastive_loss(logits, distinct_items(ids)[1]).item())
+            batch_losses.append(distinct_text_contrastive_loss(logits, text_items(ids)).item())
         images.append(image_embeds.cpu())
         texts.append(text_embeds.cpu())
         token_ids.append(ids.cpu())
