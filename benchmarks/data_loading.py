@@ -8,8 +8,9 @@ read by five pipelines, on the same files and with 0, 1 and 2 `DataLoader` worke
                                   floor of every pipeline that decodes whole images
   train.py, shards / CSV          train.py's own loader (`load_image_text_dataset`, `EpochSampler`,
                                   `ImageTextCollator` with its random resized crop to 224 px, tokenizer and
-                                  normalisation) on the shards and on the CSV; a JPEG more than twice the input
-                                  size decodes at a reduced scale first (Pillow's `draft`)
+                                  normalisation) on the shards and on the CSV; a JPEG decodes at the largest
+                                  reduction (1/2, 1/4, 1/8: Pillow's `draft`) that keeps every crop at least
+                                  224 px each way
   train.py, CSV, no JPEG draft    the same on the CSV with every JPEG decoded at full scale: what drafting gains
   datasets + CLIPImageProcessor   what a transformers user writes instead, after transformers' contrastive
                                   image-text example (run_clip.py): the CSV loaded with `datasets`, captions
@@ -106,7 +107,7 @@ def decode(path: Path) -> Image.Image:
 
 def train_loader(source: Path, workers: int, batch_size: int, draft: bool = True) -> torch.utils.data.DataLoader:
     """train.py's training loader over `source`, cropping to 224 px; without `draft`, every JPEG decodes at full
-    scale (train.py drafts a JPEG more than twice the input size to a reduced scale first)."""
+    scale (train.py decodes it at a reduced scale when every crop keeps at least 224 px each way)."""
     data = load_image_text_dataset(str(source), input_size=IMAGE_SIZE if draft else None)
     return torch.utils.data.DataLoader(
         data, batch_size=batch_size, drop_last=True, num_workers=workers, sampler=EpochSampler(len(data)),

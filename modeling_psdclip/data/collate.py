@@ -4,7 +4,7 @@ import torch
 
 from .records import SKIP_REASONS
 from .sampling import AUGMENTATION_STREAM, SampleKey, sample_rng
-from .transforms import normalize, random_resized_crop
+from .transforms import CROP_RATIO, CROP_SCALE, crop_box, resized_crops
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "pixel_values")
 
@@ -28,10 +28,13 @@ class ImageTextCollator:
     `train=True` crops at random (CLIP's random resized crop, seeded by the sample key so a resumed run crops
     alike) and normalises with the image processor's mean and std; `train=False` uses the image processor
     itself (resize, centre crop, normalise). There is no flip: captions say "left" and "right".
+
+    Data loaded with an `input_size` decodes large JPEGs reduced as far as the default `crop_scale` and `crop_ratio`
+    allow (`transforms.jpeg_reduction`); smaller crops than those would be enlarged from such images.
     """
 
-    def __init__(self, processor, *, train: bool = True, seed: int = 0, crop_scale: tuple[float, float] = (0.9, 1.0),
-                 crop_ratio: tuple[float, float] = (3 / 4, 4 / 3), context_length: int | None = None):
+    def __init__(self, processor, *, train: bool = True, seed: int = 0, crop_scale: tuple[float, float] = CROP_SCALE,
+                 crop_ratio: tuple[float, float] = CROP_RATIO, context_length: int | None = None):
         self.processor = processor
         self.train = train
         self.seed = seed
@@ -57,9 +60,7 @@ class ImageTextCollator:
         if not self.train:
             return image_processor(images, return_tensors="pt")["pixel_values"]
         size = (image_processor.crop_size["height"], image_processor.crop_size["width"])
-        crops = [
-            random_resized_crop(image, sample_rng(self.seed, key or SampleKey(0, position), AUGMENTATION_STREAM),
-                                size, self.crop_scale, self.crop_ratio)
-            for position, (image, key) in enumerate(zip(images, keys))
-        ]
-        return normalize(crops, image_processor.image_mean, image_processor.image_std)
+        boxes = [crop_box(*image.size, sample_rng(self.seed, key or SampleKey(0, position), AUGMENTATION_STREAM),
+                          self.crop_scale, self.crop_ratio)
+                 for position, (image, key) in enumerate(zip(images, keys))]
+        return resized_crops(images, boxes, size, image_processor.image_mean, image_processor.image_std)

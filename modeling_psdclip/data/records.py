@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from .raw_images import same_size_ppm_pixels
+from .transforms import jpeg_reduction
 
 # Why a record was skipped; every batch reports a count for each of these.
 SKIP_REASONS = ("missing_image", "corrupt_image", "empty_caption", "undecodable_caption", "caption_not_text",
@@ -29,9 +30,6 @@ INVISIBLE_CATEGORIES = ("Cc", "Cf")
 # The largest image decoded by default, after JPEG draft scaling: 50 megapixels, 150 MB in RGB. Pillow's own bomb
 # limit only warns below 179 megapixels, and a 140 KB file can decode to more than a gigabyte.
 MAX_IMAGE_PIXELS = 50_000_000
-# A JPEG decodes at 1/2, 1/4 or 1/8 scale while both sides stay at least this many times the model's input size,
-# so that a random crop of down to a quarter of the image is still resized down, never up.
-DRAFT_MARGIN = 2
 
 
 class BadRecord(Exception):
@@ -152,7 +150,8 @@ def decode_image(value, base_dir: str | None = None, *, input_size: int | None =
     """An image given as a PIL image, a (height, width, 3) uint8 array, encoded bytes, a path, or a `datasets` Image
     dict, in RGB.
 
-    With `input_size`, a JPEG larger than `DRAFT_MARGIN` times it decodes at a reduced scale (Pillow's `draft`).
+    With `input_size`, a JPEG decodes at the largest reduction (1/2, 1/4 or 1/8, Pillow's `draft`) that keeps every
+    training crop (`transforms.crop_box` with its default scale and ratio) at least `input_size` pixels each way.
     With `max_pixels`, an image that would still decode to more pixels is a `BadRecord("image_too_large")`.
     """
     if isinstance(value, Image.Image):
@@ -170,8 +169,10 @@ def decode_image(value, base_dir: str | None = None, *, input_size: int | None =
             # Pillow warns of a decompression bomb on opening; `max_pixels` is the bound that applies here.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
-        if input_size:
-            image.draft(None, (DRAFT_MARGIN * input_size, DRAFT_MARGIN * input_size))
+        reduction = jpeg_reduction(image.width, image.height, input_size) if input_size else 1
+        if reduction > 1:
+            # Pillow decodes at the largest reduction that keeps the size asked for.
+            image.draft(None, (image.width // reduction, image.height // reduction))
         if max_pixels and image.width * image.height > max_pixels:
             raise BadRecord("image_too_large")
         image.load()

@@ -1,19 +1,30 @@
-"""Training augmentation on PIL images (torchvision, which has these, cannot be used here)."""
+"""Training augmentation: CLIP's random resized crop, sampled per image and resampled into the batch.
+
+torchvision, which has it, cannot be used here. The sampling is torchvision's RandomResizedCrop; the resampling is
+torch's antialiased bicubic on uint8 pixels, the filter Pillow's bicubic resize applies (a = -0.5, support scaled when
+shrinking), which on this CPU runs 2.4x faster than Pillow at 224 px and 5x faster when shrinking a web-sized crop.
+"""
 
 import math
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
+# open_clip's training crop: at least 90% of the image's area, aspect ratio within 3:4 and 4:3.
+CROP_SCALE = (0.9, 1.0)
+CROP_RATIO = (3 / 4, 4 / 3)
+# The reductions a JPEG decoder applies while decoding (Pillow's `draft`), largest first.
+JPEG_REDUCTIONS = (8, 4, 2)
 
-def random_resized_crop(image: Image.Image, rng: np.random.Generator, size: tuple[int, int],
-                        scale: tuple[float, float], ratio: tuple[float, float]) -> Image.Image:
-    """A random crop covering `scale` of the area with aspect ratio in `ratio`, resized to `size` (height, width).
+Box = tuple[int, int, int, int]  # left, top, right, bottom
 
-    The same sampling as torchvision's RandomResizedCrop: ten tries, then a central crop at the closest ratio.
-    """
-    width, height = image.size
+
+def crop_box(width: int, height: int, rng: np.random.Generator, scale: tuple[float, float] = CROP_SCALE,
+             ratio: tuple[float, float] = CROP_RATIO) -> Box:
+    """A random box covering `scale` of the area with aspect ratio in `ratio`: ten tries, then a central box at the
+    closest allowed ratio (torchvision's RandomResizedCrop sampling)."""
     for _ in range(10):
         area = width * height * rng.uniform(*scale)
         aspect = math.exp(rng.uniform(math.log(ratio[0]), math.log(ratio[1])))
@@ -21,26 +32,57 @@ def random_resized_crop(image: Image.Image, rng: np.random.Generator, size: tupl
         if 0 < crop_width <= width and 0 < crop_height <= height:
             left = int(rng.integers(width - crop_width + 1))
             top = int(rng.integers(height - crop_height + 1))
-            return _resize(image, (left, top, left + crop_width, top + crop_height), size)
+            return left, top, left + crop_width, top + crop_height
     aspect = min(max(width / height, ratio[0]), ratio[1])
     crop_width, crop_height = min(width, round(height * aspect)), min(height, round(width / aspect))
     left, top = (width - crop_width) // 2, (height - crop_height) // 2
-    return _resize(image, (left, top, left + crop_width, top + crop_height), size)
+    return left, top, left + crop_width, top + crop_height
 
 
-def _resize(image: Image.Image, box: tuple[int, int, int, int], size: tuple[int, int]) -> Image.Image:
-    return image.resize((size[1], size[0]), Image.Resampling.BICUBIC, box=box)
+def smallest_crop(width: int, height: int, scale: tuple[float, float] = CROP_SCALE,
+                  ratio: tuple[float, float] = CROP_RATIO) -> tuple[float, float]:
+    """A lower bound on the width and on the height of every box `crop_box` can return for an image of this size.
 
-
-def normalize(images: list[Image.Image], mean, std) -> torch.Tensor:
-    """A (batch, 3, height, width) float tensor of same-size images, standardised by the per-channel mean and std.
-
-    Over the stacked batch at once (per image in numpy it cost a sixth of a tiny-preset batch's loading), laid out
-    channels-first while still uint8 (a quarter of the bytes to move), then `(x / 255 - mean) / std` as one scale and
-    one shift in place: arithmetic on the channels-last view with a broadcast per channel took half of a 224 px
-    batch's loading time.
+    A sampled box has at least `scale[0]` of the area and fits inside the other side, so it keeps at least `scale[0]`
+    of each side (less a pixel or two of rounding); the central box keeps a whole side, or the other side times the
+    nearest allowed ratio.
     """
-    pixels = torch.from_numpy(np.stack([np.asarray(image, dtype=np.uint8) for image in images]))
-    pixels = pixels.permute(0, 3, 1, 2).contiguous().float()
-    mean, std = (torch.tensor(values, dtype=torch.float32).view(1, 3, 1, 1) for values in (mean, std))
-    return pixels.mul_(1 / (255.0 * std)).sub_(mean / std)
+    return (min(width, scale[0] * width - 2, ratio[1] * height - 1),
+            min(height, scale[0] * height - 2, width / ratio[0] - 1))
+
+
+def jpeg_reduction(width: int, height: int, input_size: int, scale: tuple[float, float] = CROP_SCALE,
+                   ratio: tuple[float, float] = CROP_RATIO) -> int:
+    """The largest reduction (8, 4, 2, else 1) at which a JPEG of this size can decode while every crop `crop_box` may
+    take of the reduced image keeps at least `input_size` pixels each way, so that crops are shrunk, never enlarged.
+
+    A decoder reducing by k outputs ceil(side / k) pixels; the reduction saves most of the decoding's work and of the
+    resize's, which both grow with the pixels.
+    """
+    for reduction in JPEG_REDUCTIONS:
+        crop_width, crop_height = smallest_crop(-(-width // reduction), -(-height // reduction), scale, ratio)
+        if min(crop_width, crop_height) >= input_size:
+            return reduction
+    return 1
+
+
+def resized_crops(images: list[Image.Image], boxes: list[Box], size: tuple[int, int], mean, std) -> torch.Tensor:
+    """A (batch, 3, height, width) float tensor: each RGB image's box resized to `size` (height, width), standardised
+    by the per-channel mean and std (`(x / 255 - mean) / std`).
+
+    Each crop is resampled in uint8 and converted into its row of the batch while it is still in cache: converting
+    the whole batch afterwards cost as much again as the resampling.
+    """
+    mean, std = (torch.tensor(values, dtype=torch.float32).view(3, 1, 1) for values in (mean, std))
+    scale, shift = 1 / (255.0 * std), mean / std
+    batch = torch.empty((len(images), 3, *size))
+    if torch.utils.data.get_worker_info() is not None:
+        # Written in shared memory from the start, as default_collate does: the worker then sends the batch to the
+        # main process without copying it there first.
+        batch.share_memory_()
+    for image, (left, top, right, bottom), row in zip(images, boxes, batch):
+        # np.array copies: torch only wraps writable memory. The channels-last view is what the uint8 kernel takes.
+        pixels = torch.from_numpy(np.array(image)).permute(2, 0, 1)[None, :, top:bottom, left:right]
+        crop = F.interpolate(pixels, size=size, mode="bicubic", antialias=True)
+        row.copy_(crop[0]).mul_(scale).sub_(shift)
+    return batch
