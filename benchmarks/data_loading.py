@@ -2,16 +2,18 @@
 
 Writes `--samples` captioned JPEGs of each size, as WebDataset `.tar` shards and as files listed in a CSV: 224 px
 squares, and web-sized ones (long side 400-1200 px, aspect ratio up to 16:9, as crawled pairs are). Each size is
-read by five pipelines, on the same files and with 0, 1 and 2 `DataLoader` workers:
+read by six pipelines, on the same files and with 0, 1 and 2 `DataLoader` workers:
 
   decode only                     Pillow decodes each file at full scale and converts it to RGB, nothing else: the
                                   floor of every pipeline that decodes whole images
   train.py, shards / CSV          train.py's own loader (`load_image_text_dataset`, `EpochSampler`,
-                                  `ImageTextCollator` with its random resized crop to 224 px, tokenizer and
-                                  normalisation) on the shards and on the CSV; a JPEG decodes at the largest
-                                  reduction (1/2, 1/4, 1/8: Pillow's `draft`) that keeps every crop at least
-                                  224 px each way
+                                  `ImageTextCollator` with its random resized crop to 224 px and tokenizer) on
+                                  the shards and on the CSV; a JPEG decodes at the largest reduction (1/2, 1/4,
+                                  1/8: Pillow's `draft`) that keeps every crop at least 224 px each way. Like
+                                  train.py's, its batches carry uint8 crops, standardised later on the accelerator
   train.py, CSV, no JPEG draft    the same on the CSV with every JPEG decoded at full scale: what drafting gains
+  train.py, shards, float pixels  the same on the shards with the crops standardised to floats in the loader, as
+                                  the collator does by default: what standardising on the accelerator saves it
   datasets + CLIPImageProcessor   what a transformers user writes instead, after transformers' contrastive
                                   image-text example (run_clip.py): the CSV loaded with `datasets`, captions
                                   tokenised once by `map` (not timed, as there), images opened by path and run
@@ -105,13 +107,15 @@ def decode(path: Path) -> Image.Image:
         return image.convert("RGB")
 
 
-def train_loader(source: Path, workers: int, batch_size: int, draft: bool = True) -> torch.utils.data.DataLoader:
-    """train.py's training loader over `source`, cropping to 224 px; without `draft`, every JPEG decodes at full
-    scale (train.py decodes it at a reduced scale when every crop keeps at least 224 px each way)."""
+def train_loader(source: Path, workers: int, batch_size: int, draft: bool = True, uint8_pixels: bool = True
+                 ) -> torch.utils.data.DataLoader:
+    """train.py's training loader over `source`, cropping to 224 px. Without `draft`, every JPEG decodes at full
+    scale (train.py decodes it at a reduced scale when every crop keeps at least 224 px each way); without
+    `uint8_pixels`, the crops come standardised to floats (train.py standardises them on the accelerator)."""
     data = load_image_text_dataset(str(source), input_size=IMAGE_SIZE if draft else None)
-    return torch.utils.data.DataLoader(
-        data, batch_size=batch_size, drop_last=True, num_workers=workers, sampler=EpochSampler(len(data)),
-        collate_fn=ImageTextCollator(build_processor(IMAGE_SIZE, CONTEXT_LENGTH), train=True))
+    collator = ImageTextCollator(build_processor(IMAGE_SIZE, CONTEXT_LENGTH), train=True, uint8_pixels=uint8_pixels)
+    return torch.utils.data.DataLoader(data, batch_size=batch_size, drop_last=True, num_workers=workers,
+                                       sampler=EpochSampler(len(data)), collate_fn=collator)
 
 
 class DecodedFiles(torch.utils.data.Dataset):
@@ -166,6 +170,7 @@ PIPELINES = {
     "train.py, CSV of files": lambda folder, *args: train_loader(folder / "files" / "pairs.csv", *args),
     "train.py, CSV, no JPEG draft": lambda folder, *args: train_loader(folder / "files" / "pairs.csv", *args,
                                                                        draft=False),
+    "train.py, shards, float pixels": lambda folder, *args: train_loader(folder / "shards", *args, uint8_pixels=False),
     "datasets + CLIPImageProcessor": lambda folder, *args: transformers_loader(folder / "files" / "pairs.csv", *args),
 }
 TRAIN_PY = ("train.py, shards", "train.py, CSV of files")

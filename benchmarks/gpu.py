@@ -271,7 +271,7 @@ def main(argv: list[str] | None = None) -> None:
         progress(f"{name}; writing {samples} JPEGs of 224 px")
         write_images(Path(scratch), samples, distinct=options.loader_distinct)
         shards = Path(scratch) / "shards"
-        batch = next(iter(train_loader(shards, 0, options.batch_size)))
+        batch = next(iter(train_loader(shards, 0, options.batch_size, uint8_pixels=False)))
         bench = Bench(accelerator, {key: value.to(accelerator.device) for key, value in batch.items()},
                       report["device"]["peak_bf16_tflops"], warmup=options.warmup_steps, rounds=options.rounds,
                       steps=options.steps)

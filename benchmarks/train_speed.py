@@ -2,7 +2,8 @@
 
 Compared, on the same model and data (tiny preset, batch 128 by default):
   bare        a bare loop on fixed tensors: forward with the loss, backward, AdamW (the compute limit)
-  train.py    train.py's own step (`TrainingStep`, clipping, AdamW) reading batches from a DataLoader
+  train.py    train.py's own step (`TrainingStep`, clipping, AdamW) reading batches from a DataLoader as
+              train.py's (uint8 crops, standardised where the model runs)
   trainer     transformers' Trainer (`PSDTrainer`, the package's collator) on the same data
 and, on pre-collated batches (so only the step is timed), CLIP against PSD with each teacher (the previous-epoch
 teacher timed in its second epoch, reading a filled bank). The methods take turns, `--steps` steps each per round;
@@ -27,7 +28,9 @@ from accelerate import Accelerator
 from transformers import TrainerCallback, TrainingArguments
 
 from modeling_psdclip import PSDCLIPConfig, PSDCLIPModel
-from modeling_psdclip.data import EpochSampler, ImageTextCollator, load_image_text_dataset, model_inputs
+from modeling_psdclip.data import (
+    EpochSampler, ImageTextCollator, load_image_text_dataset, model_inputs, with_standardized_pixels,
+)
 from modeling_psdclip.processing import build_processor
 from modeling_psdclip.training.optim import adamw
 from modeling_psdclip.training.step import TrainingStep
@@ -208,12 +211,11 @@ def main(argv=None) -> None:
     processor = build_processor(config.vision_config.image_size, config.text_config.max_position_embeddings)
     dataset = load_image_text_dataset("synthetic:train", num_samples=options.batch_size * 8,
                                       image_size=config.vision_config.image_size)
-    collator = ImageTextCollator(processor, train=True)
     loader = torch.utils.data.DataLoader(dataset, batch_size=options.batch_size, sampler=EpochSampler(len(dataset)),
-                                         drop_last=True, collate_fn=collator, num_workers=options.num_workers,
-                                         persistent_workers=options.num_workers > 0)
-
-    collated = [batch for _, batch in zip(range(options.steps), loader)]
+                                         drop_last=True, collate_fn=ImageTextCollator(processor, uint8_pixels=True),
+                                         num_workers=options.num_workers, persistent_workers=options.num_workers > 0)
+    train_py_batches = (with_standardized_pixels(batch, processor.image_processor) for batch in endless(loader))
+    collated = [batch for _, batch in zip(range(options.steps), train_py_batches)]
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else \
         f"{platform.machine()} CPU, {torch.get_num_threads()} threads"
     print(f"{options.preset} preset, batch {options.batch_size}, {device}; {options.rounds} rounds of "
@@ -222,9 +224,9 @@ def main(argv=None) -> None:
     with tempfile.TemporaryDirectory() as folder:
         loops = {"bare": BareLoop(new_model(options.preset, distill_alpha_max=0.0), collated[0], accelerator.device),
                  "train.py": StepLoop(TrainingStep(new_model(options.preset, distill_alpha_max=0.0),
-                                                   accelerator=accelerator), endless(loader)),
-                 "trainer": TrainerLoop(new_model(options.preset, distill_alpha_max=0.0), dataset, collator,
-                                        options.batch_size, options.num_workers, folder)}
+                                                   accelerator=accelerator), train_py_batches),
+                 "trainer": TrainerLoop(new_model(options.preset, distill_alpha_max=0.0), dataset,
+                                        ImageTextCollator(processor), options.batch_size, options.num_workers, folder)}
         print_table("CLIP steps (train.py and Trainer read and collate their batches)",
                     timed_rounds(loops, options.rounds, options.steps), options.batch_size, "bare")
 

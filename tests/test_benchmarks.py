@@ -29,7 +29,7 @@ from modeling_psdclip.processing import build_processor
 
 REPO = Path(__file__).resolve().parents[1]
 PIPELINES = ("decode only", "train.py, shards", "train.py, CSV of files", "train.py, CSV, no JPEG draft",
-             "datasets + CLIPImageProcessor")
+             "train.py, shards, float pixels", "datasets + CLIPImageProcessor")
 
 
 @pytest.fixture(autouse=True)

@@ -11,7 +11,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers import CLIPImageProcessor, CLIPProcessor, PreTrainedTokenizerFast
 
 from modeling_psdclip.data import (
-    SKIP_REASONS, EpochSampler, ImageTextCollator, SampleKey, load_image_text_dataset,
+    SKIP_REASONS, EpochSampler, ImageTextCollator, SampleKey, load_image_text_dataset, with_standardized_pixels,
 )
 
 CONTEXT_LENGTH = 12
@@ -75,6 +75,20 @@ def test_train_crops_keep_the_image_near_full_scale(processor):
     batch = ImageTextCollator(processor)([{"image": image, "caption": "a", "key": SampleKey(0, 0)}])
     mean, std = processor.image_processor.image_mean[2], processor.image_processor.image_std[2]
     assert torch.allclose(batch["pixel_values"][0, 2], torch.full((IMAGE_SIZE, IMAGE_SIZE), (1 - mean) / std))
+
+
+def test_uint8_crops_standardise_where_they_are_used_to_the_default_batch(processor, synthetic):
+    records = [synthetic[SampleKey(1, i)] for i in range(3)]
+    floats = ImageTextCollator(processor, seed=4)(records)
+    uint8 = ImageTextCollator(processor, seed=4, uint8_pixels=True)(records)
+    assert uint8["pixel_values"].dtype == torch.uint8 and uint8["pixel_values"].shape == floats["pixel_values"].shape
+    standardized = with_standardized_pixels(uint8, processor.image_processor)
+    assert torch.equal(standardized["pixel_values"], floats["pixel_values"])
+    assert all(torch.equal(standardized[key], floats[key]) for key in floats if key != "pixel_values")
+    assert with_standardized_pixels(floats, processor.image_processor) is floats
+    # Evaluation batches come from the image processor, in floats, either way.
+    evaluation = ImageTextCollator(processor, train=False, uint8_pixels=True)(records)
+    assert evaluation["pixel_values"].dtype == torch.float32
 
 
 def test_sampler_order_depends_on_seed_and_epoch_only():

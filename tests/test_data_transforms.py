@@ -11,7 +11,7 @@ from modeling_psdclip.data.records import decode_image
 from modeling_psdclip.data.render import render_scene
 from modeling_psdclip.data.scenes import SceneStyle, sample_scene
 from modeling_psdclip.data.transforms import (
-    CROP_RATIO, CROP_SCALE, JPEG_REDUCTIONS, crop_box, jpeg_reduction, resized_crops, smallest_crop,
+    CROP_RATIO, CROP_SCALE, JPEG_REDUCTIONS, crop_box, jpeg_reduction, resized_crops, smallest_crop, standardize,
 )
 
 
@@ -67,18 +67,20 @@ def scene(side: int) -> Image.Image:
 ])
 def test_crops_resample_as_pillows_bicubic_resize(side, box, mean_levels, max_levels):
     image = scene(side)
-    ours = resized_crops([image], [box], (224, 224), mean=[0, 0, 0], std=[1, 1, 1])[0] * 255
+    ours = resized_crops([image], [box], (224, 224))[0].float()
     pillow = np.asarray(image.resize((224, 224), Image.Resampling.BICUBIC, box=box), dtype=np.float32)
     difference = (ours - torch.from_numpy(pillow).permute(2, 0, 1)).abs()
     assert difference.mean() < mean_levels and difference.max() <= max_levels + 1e-3
 
 
-def test_crops_are_standardised_per_channel_and_laid_out_by_row():
+def test_crops_are_laid_out_by_row_and_standardised_per_channel():
     colours = [(255, 0, 51), (0, 102, 255)]
     images = [Image.new("RGB", (30, 20), colour) for colour in colours]
+    crops = resized_crops(images, [(0, 0, 30, 20), (3, 2, 20, 17)], (8, 6))
+    assert crops.shape == (2, 3, 8, 6) and crops.dtype == torch.uint8
     mean, std = [0.5, 0.25, 0.125], [0.5, 0.25, 2.0]
-    batch = resized_crops(images, [(0, 0, 30, 20), (3, 2, 20, 17)], (8, 6), mean, std)
-    assert batch.shape == (2, 3, 8, 6) and batch.dtype == torch.float32
+    batch = standardize(crops, mean, std)
+    assert batch.dtype == torch.float32
     for row, colour in zip(batch, colours):
         expected = (torch.tensor(colour) / 255 - torch.tensor(mean)) / torch.tensor(std)
         assert torch.allclose(row, expected.view(3, 1, 1).expand(3, 8, 6), atol=1e-6)

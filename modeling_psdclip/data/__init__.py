@@ -6,9 +6,13 @@ Typical use in a training loop::
     sampler = EpochSampler(len(dataset), seed=0)
     loader = DataLoader(dataset, batch_size=256, sampler=sampler, num_workers=2,
                         collate_fn=ImageTextCollator(processor, seed=0))
+
+To feed an accelerator, train.py's collator leaves the crops in uint8 (`uint8_pixels=True`, a quarter of the bytes
+for the workers to send) and standardises each batch once it is on the device:
+`batch = with_standardized_pixels(batch, processor.image_processor)`.
 """
 
-from .collate import ImageTextCollator, model_inputs
+from .collate import ImageTextCollator, model_inputs, with_standardized_pixels
 from .errors import DataError
 from .image_text import ImageTextDataset, ImageTextStream
 from .records import SKIP_REASONS, RecordColumns
@@ -21,4 +25,5 @@ __all__ = [
     "CLEAN", "COLOURS", "COUNTS", "NOISE_KINDS", "SHAPES", "SKIP_REASONS", "SPLITS", "DataError", "EpochSampler",
     "ImageTextCollator", "ImageTextDataset", "ImageTextStream", "RecordColumns", "SampleKey",
     "build_synthetic_dataset", "load_image_text_dataset", "model_inputs", "saved_to_disk", "saved_with_splits",
+    "with_standardized_pixels",
 ]

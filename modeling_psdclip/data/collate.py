@@ -4,7 +4,7 @@ import torch
 
 from .records import SKIP_REASONS
 from .sampling import AUGMENTATION_STREAM, SampleKey, sample_rng
-from .transforms import CROP_RATIO, CROP_SCALE, crop_box, resized_crops
+from .transforms import CROP_RATIO, CROP_SCALE, crop_box, resized_crops, standardize
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "pixel_values")
 
@@ -12,6 +12,15 @@ MODEL_INPUTS = ("input_ids", "attention_mask", "pixel_values")
 def model_inputs(batch: dict) -> dict:
     """The entries of a collated batch that the model's forward takes (not `pair_index` or `skipped`)."""
     return {key: batch[key] for key in MODEL_INPUTS if key in batch}
+
+
+def with_standardized_pixels(batch: dict, image_processor) -> dict:
+    """`batch` with uint8 `pixel_values` (from a collator with `uint8_pixels`) standardised where they are, by the
+    image processor's mean and std; a batch whose pixel values are already floats is returned as it is."""
+    pixels = batch.get("pixel_values")
+    if pixels is None or pixels.dtype != torch.uint8:
+        return batch
+    return {**batch, "pixel_values": standardize(pixels, image_processor.image_mean, image_processor.image_std)}
 
 
 class ImageTextCollator:
@@ -29,18 +38,24 @@ class ImageTextCollator:
     alike) and normalises with the image processor's mean and std; `train=False` uses the image processor
     itself (resize, centre crop, normalise). There is no flip: captions say "left" and "right".
 
+    `uint8_pixels=True` leaves training crops in uint8, to be standardised by `with_standardized_pixels` where the
+    batch is used: train.py does so on the accelerator, so that its loader workers neither convert the pixels nor
+    send four bytes for each.
+
     Data loaded with an `input_size` decodes large JPEGs reduced as far as the default `crop_scale` and `crop_ratio`
     allow (`transforms.jpeg_reduction`); smaller crops than those would be enlarged from such images.
     """
 
     def __init__(self, processor, *, train: bool = True, seed: int = 0, crop_scale: tuple[float, float] = CROP_SCALE,
-                 crop_ratio: tuple[float, float] = CROP_RATIO, context_length: int | None = None):
+                 crop_ratio: tuple[float, float] = CROP_RATIO, context_length: int | None = None,
+                 uint8_pixels: bool = False):
         self.processor = processor
         self.train = train
         self.seed = seed
         self.crop_scale = crop_scale
         self.crop_ratio = crop_ratio
         self.context_length = context_length or processor.tokenizer.model_max_length
+        self.uint8_pixels = uint8_pixels
 
     def __call__(self, records: list[dict]) -> dict:
         keys = [record.get("key") for record in records]
@@ -63,4 +78,5 @@ class ImageTextCollator:
         boxes = [crop_box(*image.size, sample_rng(self.seed, key or SampleKey(0, position), AUGMENTATION_STREAM),
                           self.crop_scale, self.crop_ratio)
                  for position, (image, key) in enumerate(zip(images, keys))]
-        return resized_crops(images, boxes, size, image_processor.image_mean, image_processor.image_std)
+        crops = resized_crops(images, boxes, size)
+        return crops if self.uint8_pixels else standardize(crops, image_processor.image_mean, image_processor.image_std)

@@ -66,23 +66,19 @@ def jpeg_reduction(width: int, height: int, input_size: int, scale: tuple[float,
     return 1
 
 
-def resized_crops(images: list[Image.Image], boxes: list[Box], size: tuple[int, int], mean, std) -> torch.Tensor:
-    """A (batch, 3, height, width) float tensor: each RGB image's box resized to `size` (height, width), standardised
-    by the per-channel mean and std (`(x / 255 - mean) / std`).
-
-    Each crop is resampled in uint8 and converted into its row of the batch while it is still in cache: converting
-    the whole batch afterwards cost as much again as the resampling.
-    """
-    mean, std = (torch.tensor(values, dtype=torch.float32).view(3, 1, 1) for values in (mean, std))
-    scale, shift = 1 / (255.0 * std), mean / std
-    batch = torch.empty((len(images), 3, *size))
-    if torch.utils.data.get_worker_info() is not None:
-        # Written in shared memory from the start, as default_collate does: the worker then sends the batch to the
-        # main process without copying it there first.
-        batch.share_memory_()
+def resized_crops(images: list[Image.Image], boxes: list[Box], size: tuple[int, int]) -> torch.Tensor:
+    """A (batch, 3, height, width) uint8 tensor: each RGB image's box resized to `size` (height, width)."""
+    batch = torch.empty((len(images), 3, *size), dtype=torch.uint8)
     for image, (left, top, right, bottom), row in zip(images, boxes, batch):
         # np.array copies: torch only wraps writable memory. The channels-last view is what the uint8 kernel takes.
         pixels = torch.from_numpy(np.array(image)).permute(2, 0, 1)[None, :, top:bottom, left:right]
-        crop = F.interpolate(pixels, size=size, mode="bicubic", antialias=True)
-        row.copy_(crop[0]).mul_(scale).sub_(shift)
+        row.copy_(F.interpolate(pixels, size=size, mode="bicubic", antialias=True)[0])
     return batch
+
+
+def standardize(pixels: torch.Tensor, mean, std) -> torch.Tensor:
+    """uint8 (batch, 3, height, width) pixels as floats standardised per channel, `(x / 255 - mean) / std`, where
+    they are (on the accelerator, for a training batch): one scale and one shift in place."""
+    mean, std = (torch.tensor(values, dtype=torch.float32, device=pixels.device).view(1, 3, 1, 1)
+                 for values in (mean, std))
+    return pixels.float().mul_(1 / (255.0 * std)).sub_(mean / std)

@@ -26,7 +26,10 @@ from transformers import AutoProcessor, get_cosine_schedule_with_warmup
 
 # Through the package, which registers "psdclip" with the Auto classes (AutoProcessor may need AutoConfig).
 from .. import PSDCLIPConfig, PSDCLIPModel
-from ..data import SKIP_REASONS, DataError, EpochSampler, ImageTextCollator, load_image_text_dataset, saved_with_splits
+from ..data import (
+    SKIP_REASONS, DataError, EpochSampler, ImageTextCollator, load_image_text_dataset, saved_with_splits,
+    with_standardized_pixels,
+)
 from ..export import save_clip_folder
 from ..model_folder import HubError, ModelFolderError, pickle_weights_note, push_folder_to_hub, save_model_folder
 from ..processing import build_processor
@@ -311,7 +314,7 @@ def set_up(options, accelerator: Accelerator) -> Session:
     train_loader = torch.utils.data.DataLoader(
         train_data, batch_size=micro_batch, drop_last=True, num_workers=options.num_workers,
         sampler=None if options.streaming else EpochSampler(len(train_data), seed=options.seed),
-        collate_fn=ImageTextCollator(processor, train=True, seed=options.seed))
+        collate_fn=ImageTextCollator(processor, train=True, seed=options.seed, uint8_pixels=True))
     val_loader = val_data and torch.utils.data.DataLoader(
         val_data, batch_size=micro_batch * options.accum_steps, num_workers=options.num_workers,
         collate_fn=ImageTextCollator(processor, train=False))
@@ -356,7 +359,8 @@ def step_batches(session: Session):
     """The micro-batches of each optimizer step, from where the state says training is.
 
     Owns the epochs: sets the sampler's and the teacher's epoch, skips the batches a resumed run has already
-    trained on, and rolls over to the next epoch when fewer than `accum_steps` micro-batches are left.
+    trained on, and rolls over to the next epoch when fewer than `accum_steps` micro-batches are left. The loader
+    sends uint8 crops; they are standardised here, on the accelerator.
     """
     state, options, loader = session.state, session.options, session.train_loader
     while state.step < session.total_steps:
@@ -369,7 +373,7 @@ def step_batches(session: Session):
             if len(micro_batches) < options.accum_steps:
                 break
             state.batches_in_epoch += options.accum_steps
-            yield micro_batches
+            yield [with_standardized_pixels(batch, session.processor.image_processor) for batch in micro_batches]
         if state.step < session.total_steps:
             state.epoch += 1
             state.batches_in_epoch = 0
