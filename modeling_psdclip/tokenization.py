@@ -13,6 +13,7 @@ the cleanup is a heuristic no fixed rewrite can express:
   curly quote written as an entity next to a "<" becomes a straight quote here and stays curly there.
 """
 
+import copy
 import html.entities
 import json
 from collections.abc import Iterable
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import ftfy.chardata
 import ftfy.fixes
+import torch
 from tokenizers import Regex, Tokenizer, decoders, normalizers, pre_tokenizers, processors
 from tokenizers.models import BPE
 from tokenizers.trainers import BpeTrainer
@@ -77,28 +79,84 @@ def _ftfy_character_fixes() -> list[normalizers.Normalizer]:
     return rewrites
 
 
-def clip_normalizer(lowercase: bool = True) -> normalizers.Normalizer:
-    """OpenAI CLIP's cleanup: ftfy.fix_text, html.unescape twice, whitespace collapse, lower-casing."""
-    steps = [
-        # ftfy decodes entities first; html.unescape decodes again after ftfy, so without its quote fixes.
-        *_entity_rewrites(without_semicolon=False),
-        *_ftfy_character_fixes(),
-        normalizers.Replace(Regex(ftfy.chardata.SINGLE_QUOTE_RE.pattern), "'"),
-        normalizers.Replace(Regex(ftfy.chardata.DOUBLE_QUOTE_RE.pattern), '"'),
-        normalizers.Replace(Regex(ftfy.fixes.ANSI_RE.pattern), ""),
-        normalizers.Replace(Regex(_char_class(map(chr, ftfy.chardata.CONTROL_CHARS))), ""),
-        normalizers.NFC(),
-        *_entity_rewrites(without_semicolon=True),
-        normalizers.Replace(Regex(r"\s+"), " "),
-        normalizers.Strip(),
-    ]
-    if lowercase:
-        # Python's str.lower turns a word-final capital sigma into "ς"; a per-character lowercase does not.
-        steps += [
-            normalizers.Replace(Regex(r"(?<=\p{Cased}\p{Case_Ignorable}*)Σ(?!\p{Case_Ignorable}*\p{Cased})"), "ς"),
-            normalizers.Lowercase(),
+def clip_normalizer(lowercase: bool = True, plain_ascii: bool = False) -> normalizers.Normalizer:
+    """OpenAI CLIP's cleanup: ftfy.fix_text, html.unescape twice, whitespace collapse, lower-casing.
+
+    With `plain_ascii`, only the steps that can change ASCII text without "&" (escape sequences, control characters,
+    white space, case): on such text it gives what the whole cleanup gives, in a twentieth of the time. Every other
+    step rewrites an entity, which starts with "&", or non-ASCII characters.
+    """
+    escapes = normalizers.Replace(Regex(ftfy.fixes.ANSI_RE.pattern), "")
+    controls = normalizers.Replace(Regex(_char_class(map(chr, ftfy.chardata.CONTROL_CHARS))), "")
+    spaces = [normalizers.Replace(Regex(r"\s+"), " "), normalizers.Strip()]
+    if plain_ascii:
+        steps = [escapes, controls, *spaces]
+    else:
+        steps = [
+            # ftfy decodes entities first; html.unescape decodes again after ftfy, so without its quote fixes.
+            *_entity_rewrites(without_semicolon=False),
+            *_ftfy_character_fixes(),
+            normalizers.Replace(Regex(ftfy.chardata.SINGLE_QUOTE_RE.pattern), "'"),
+            normalizers.Replace(Regex(ftfy.chardata.DOUBLE_QUOTE_RE.pattern), '"'),
+            escapes,
+            controls,
+            normalizers.NFC(),
+            *_entity_rewrites(without_semicolon=True),
+            *spaces,
         ]
+    if lowercase:
+        if not plain_ascii:
+            # Python's str.lower turns a word-final capital sigma into "ς"; a per-character lowercase does not.
+            final_sigma = r"(?<=\p{Cased}\p{Case_Ignorable}*)Σ(?!\p{Case_Ignorable}*\p{Cased})"
+            steps.append(normalizers.Replace(Regex(final_sigma), "ς"))
+        steps.append(normalizers.Lowercase())
     return normalizers.Sequence(steps)
+
+
+class CaptionTokenizer:
+    """`tokenizer(captions, padding="max_length", truncation=True, max_length=context_length, return_tensors="pt")`,
+    with the same ids in less time for a tokenizer with CLIP's cleanup: captions in plain ASCII without "&" (most
+    web captions) go through a copy of it whose normalizer keeps only the cleanup steps that can change them
+    (`clip_normalizer(plain_ascii=True)`). The whole cleanup, 469 rewrites each a pass over the text, costs 0.1-0.2 ms
+    a caption, most of what tokenizing costs. Any other tokenizer is called as it is.
+    """
+
+    def __init__(self, tokenizer, context_length: int):
+        self.tokenizer = tokenizer
+        self.context_length = context_length
+        self.plain_ascii = _plain_ascii_copy(tokenizer)
+
+    def __call__(self, captions: list[str]) -> dict[str, torch.Tensor]:
+        def tokenize(tokenizer, texts):
+            return tokenizer(texts, padding="max_length", truncation=True, max_length=self.context_length,
+                             return_tensors="pt")
+
+        plain = [caption.isascii() and "&" not in caption for caption in captions]
+        if self.plain_ascii is None or not any(plain):
+            return dict(tokenize(self.tokenizer, captions))
+        if all(plain):
+            return dict(tokenize(self.plain_ascii, captions))
+        fast = tokenize(self.plain_ascii, [caption for caption, is_plain in zip(captions, plain) if is_plain])
+        full = tokenize(self.tokenizer, [caption for caption, is_plain in zip(captions, plain) if not is_plain])
+        rows = torch.tensor(plain)
+        merged = {}
+        for name, values in fast.items():
+            merged[name] = values.new_empty((len(captions), *values.shape[1:]))
+            merged[name][rows], merged[name][~rows] = values, full[name]
+        return merged
+
+
+def _plain_ascii_copy(tokenizer):
+    """A copy of `tokenizer` with `clip_normalizer(plain_ascii=True)` if its normalizer is CLIP's cleanup, else None."""
+    normalizer = getattr(getattr(tokenizer, "backend_tokenizer", None), "normalizer", None)
+    if normalizer is None:
+        return None
+    for lowercase in (True, False):
+        if normalizer.__getstate__() == clip_normalizer(lowercase).__getstate__():
+            plain = copy.deepcopy(tokenizer)
+            plain.backend_tokenizer.normalizer = clip_normalizer(lowercase, plain_ascii=True)
+            return plain
+    return None
 
 
 def clip_vocabulary(merges: list[tuple[str, str]]) -> dict[str, int]:

@@ -32,7 +32,8 @@ def test_every_crop_is_at_least_the_smallest_crop_which_is_nearly_reached(scale)
 def test_a_jpeg_reduces_as_far_as_its_crops_stay_at_the_input_size():
     rng = np.random.default_rng(1)
     for _ in range(300):
-        width, height, input_size = int(rng.integers(100, 4000)), int(rng.integers(100, 4000)), int(rng.integers(16, 400))
+        width, height = (int(side) for side in rng.integers(100, 4000, size=2))
+        input_size = int(rng.integers(16, 400))
         reduction = jpeg_reduction(width, height, input_size)
         reduced = (-(-width // reduction), -(-height // reduction))
         assert min(smallest_crop(*reduced)) >= input_size or reduction == 1

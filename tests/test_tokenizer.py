@@ -1,13 +1,20 @@
-"""The CLIP tokenizer against OpenAI's reference ids, and CLIP-style BPE training."""
+"""The CLIP tokenizer against OpenAI's reference ids, its fast path for plain ASCII captions, and CLIP-style BPE
+training."""
 
 import importlib.util
 import json
+import random
+import string
 from pathlib import Path
 
 import pytest
+import torch
+from tokenizers import normalizers
 from transformers import AutoTokenizer
 
-from modeling_psdclip.tokenization import load_clip_tokenizer, special_token_ids, train_bpe_tokenizer
+from modeling_psdclip.tokenization import (
+    CaptionTokenizer, clip_normalizer, load_clip_tokenizer, special_token_ids, train_bpe_tokenizer,
+)
 
 FIXTURE = Path(__file__).parent / "fixtures" / "tokenizer" / "reference_ids.json"
 BOS, EOS = 49406, 49407
@@ -127,3 +134,50 @@ def test_train_bpe_tokenizer_options():
     assert cased.decode(cased("München")["input_ids"], skip_special_tokens=True) == "München"
     with pytest.raises(ValueError, match="at least 514"):
         train_bpe_tokenizer(CAPTIONS, vocab_size=300)
+
+
+def random_plain_ascii(rng: random.Random) -> str:
+    """ASCII without "&": letters of both cases, digits, punctuation, every kind of white space, control characters
+    and ANSI escape sequences."""
+    pieces = [*string.ascii_letters, *string.digits, *string.punctuation.replace("&", ""), *" \t\n\r\x0b\x0c",
+              *map(chr, [*range(0, 32), 127]), "\x1b[31m", "\x1b[0;1m", "\x1b[", "  "]
+    return "".join(rng.choice(pieces) for _ in range(rng.randrange(0, 40)))
+
+
+@pytest.mark.parametrize("lowercase", [True, False])
+def test_the_plain_ascii_cleanup_is_the_whole_cleanup_on_ascii_without_ampersands(lowercase):
+    rng = random.Random(0)
+    whole, plain = clip_normalizer(lowercase), clip_normalizer(lowercase, plain_ascii=True)
+    texts = [random_plain_ascii(rng) for _ in range(3000)] + ["A  Photo\tOF a DOG.\n", "\x1b[1mbold\x1b[0m  text "]
+    changed = 0
+    for text in texts:
+        assert plain.normalize_str(text) == whole.normalize_str(text), repr(text)
+        changed += whole.normalize_str(text) != text
+    assert changed > 2000  # the texts exercise the steps the plain cleanup keeps
+    # Outside that domain the two differ: why the fast path is only taken for such captions.
+    for text in ("caf\u00e9 &amp; bar", "Tom &amp; Jerry", "\uff21\uff22", "\u201cquoted\u201d"):
+        assert plain.normalize_str(text) != whole.normalize_str(text)
+
+
+def test_caption_tokenizer_gives_the_tokenizers_ids_for_any_mix_of_captions(tokenizer, reference_cases, tmp_path):
+    rng = random.Random(1)
+    captions = [case["text"] for case in reference_cases] + [random_plain_ascii(rng) for _ in range(200)]
+    rng.shuffle(captions)
+    tokenizer.save_pretrained(tmp_path)
+    for tokenize in (CaptionTokenizer(tokenizer, 77), CaptionTokenizer(AutoTokenizer.from_pretrained(tmp_path), 77)):
+        assert tokenize.plain_ascii is not None  # the fast path is found on a reloaded tokenizer too
+        for batch in (captions, captions[:1], [caption for caption in captions if caption.isascii()]):
+            expected = tokenizer(batch, padding="max_length", truncation=True, max_length=77, return_tensors="pt")
+            got = tokenize(batch)
+            assert set(got) == {"input_ids", "attention_mask"}
+            assert all(torch.equal(got[name], expected[name]) for name in got)
+
+
+def test_caption_tokenizer_calls_other_tokenizers_as_they_are():
+    other = train_bpe_tokenizer(["a red circle", "a blue square"] * 4, vocab_size=600, lowercase=False)
+    other.backend_tokenizer.normalizer = normalizers.Lowercase()
+    tokenize = CaptionTokenizer(other, 12)
+    assert tokenize.plain_ascii is None
+    expected = other(["A red circle", "café"], padding="max_length", truncation=True, max_length=12,
+                     return_tensors="pt")
+    assert torch.equal(tokenize(["A red circle", "café"])["input_ids"], expected["input_ids"])

@@ -2,6 +2,7 @@
 
 import torch
 
+from ..tokenization import CaptionTokenizer
 from .records import SKIP_REASONS
 from .sampling import AUGMENTATION_STREAM, SampleKey, sample_rng
 from .transforms import CROP_RATIO, CROP_SCALE, crop_box, resized_crops, standardize
@@ -56,11 +57,11 @@ class ImageTextCollator:
         self.crop_ratio = crop_ratio
         self.context_length = context_length or processor.tokenizer.model_max_length
         self.uint8_pixels = uint8_pixels
+        self.tokenize = CaptionTokenizer(processor.tokenizer, self.context_length)
 
     def __call__(self, records: list[dict]) -> dict:
         keys = [record.get("key") for record in records]
-        text = self.processor.tokenizer([record["caption"] for record in records], padding="max_length",
-                                        truncation=True, max_length=self.context_length, return_tensors="pt")
+        text = self.tokenize([record["caption"] for record in records])
         return {
             "pixel_values": self._pixel_values([record["image"] for record in records], keys),
             "input_ids": text["input_ids"],
