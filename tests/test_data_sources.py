@@ -456,11 +456,11 @@ def test_large_jpegs_decode_at_the_largest_reduction_every_training_crop_allows(
     Image.new("RGB", (2000, 1600), "red").save(tmp_path / "large.jpg", quality=90)
     (tmp_path / "pairs.csv").write_text("image,caption\nlarge.jpg,a large one\n")
     assert records(load_image_text_dataset(str(tmp_path / "pairs.csv")))[0]["image"].size == (2000, 1600)
-    # 1/8 for 100 px: the smallest crop of 250 x 200 pixels is 223 x 178.
+    # 1/8 for 100 px: every crop of 250 x 200 pixels keeps at least 223 x 179.
     drafted = records(load_image_text_dataset(str(tmp_path / "pairs.csv"), input_size=100))[0]["image"]
     assert drafted.size == (250, 200) and drafted.mode == "RGB"
     assert drafted.getpixel((125, 100))[0] > 240
-    # 1/2 for 600 px (a crop of 1000 x 800 keeps at least 898 x 718), none for 800 (1/2 would keep 718 rows).
+    # 1/2 for 600 px (a crop of 1000 x 800 keeps at least 898 x 719), none for 800 (1/2 would keep 719 rows).
     for input_size, size in ((600, (1000, 800)), (800, (2000, 1600))):
         loaded = records(load_image_text_dataset(str(tmp_path / "pairs.csv"), input_size=input_size))
         assert loaded[0]["image"].size == size

@@ -15,18 +15,19 @@ from modeling_psdclip.data.transforms import (
 )
 
 
-@pytest.mark.parametrize("scale", [CROP_SCALE, (0.5, 1.0), (0.08, 1.0)])
-def test_every_crop_is_at_least_the_smallest_crop_which_is_nearly_reached(scale):
+@pytest.mark.parametrize("scale, ratio", [(CROP_SCALE, CROP_RATIO), ((0.5, 1.0), CROP_RATIO), ((0.08, 1.0), CROP_RATIO),
+                                          (CROP_SCALE, (1 / 4, 4)), ((0.5, 1.0), (0.1, 10))])
+def test_every_crop_is_at_least_the_smallest_crop_which_is_nearly_reached(scale, ratio):
     rng = np.random.default_rng(0)
     margins = []
     for _ in range(5000):
         width, height = (int(side) for side in rng.integers(1, 1500 if rng.random() < 0.7 else 40, size=2))
-        left, top, right, bottom = crop_box(width, height, rng, scale, CROP_RATIO)
+        left, top, right, bottom = crop_box(width, height, rng, scale, ratio)
         assert 0 <= left < right <= width and 0 <= top < bottom <= height
-        bound_width, bound_height = smallest_crop(width, height, scale, CROP_RATIO)
+        bound_width, bound_height = smallest_crop(width, height, scale, ratio)
         margins += [right - left - bound_width, bottom - top - bound_height]
     assert min(margins) >= 0
-    assert min(margins) < 1.5  # a bound far below every crop would reduce JPEGs less than they can be
+    assert min(margins) < 1  # a bound far below every crop would reduce JPEGs less than they can be
 
 
 def test_a_jpeg_reduces_as_far_as_its_crops_stay_at_the_input_size():
@@ -62,16 +63,18 @@ def scene(side: int) -> Image.Image:
     return render_scene(sample_scene(rng, SceneStyle()), 224, rng).resize((side, side), Image.Resampling.BICUBIC)
 
 
-@pytest.mark.parametrize("side, box, mean_levels, max_levels", [
-    (224, (5, 7, 215, 212), 0.02, 1),  # a training crop at 224 px: enlarged by a few percent
-    (900, (40, 30, 860, 700), 0.05, 8),  # shrunk by 3.7x
-])
-def test_crops_resample_as_pillows_bicubic_resize(side, box, mean_levels, max_levels):
-    image = scene(side)
-    ours = resized_crops([image], [box], (224, 224))[0].float()
-    pillow = np.asarray(image.resize((224, 224), Image.Resampling.BICUBIC, box=box), dtype=np.float32)
-    difference = (ours - torch.from_numpy(pillow).permute(2, 0, 1)).abs()
-    assert difference.mean() < mean_levels and difference.max() <= max_levels + 1e-3
+@pytest.mark.parametrize("side", [224, 900])  # training crops enlarged by a few percent, and shrunk by about 4x
+def test_crops_resample_as_pillows_bicubic_resize(side):
+    image, rng = scene(side), np.random.default_rng(side)
+    differences = []
+    for _ in range(20):
+        box = crop_box(side, side, rng)
+        ours = resized_crops([image], [box], (224, 224))[0].float()
+        pillow = np.asarray(image.resize((224, 224), Image.Resampling.BICUBIC, box=box), dtype=np.float32)
+        differences.append((ours - torch.from_numpy(pillow).permute(2, 0, 1)).abs())
+    differences = torch.stack(differences)
+    # Rounding apart, the same values: a few pixels in a million differ by more than one grey level.
+    assert differences.mean() < 0.01 and (differences > 1).float().mean() < 1e-4 and differences.max() <= 8
 
 
 def test_crops_are_laid_out_by_row_and_standardised_per_channel():
