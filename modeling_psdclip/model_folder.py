@@ -137,9 +137,10 @@ def save_model_folder(model, processor, folder, repo_id: str | None = None, card
         shutil.rmtree(staging, ignore_errors=True)
         raise
     if folder.exists():
-        retired = folder.with_name(f".{folder.name}.retired")
-        shutil.rmtree(retired, ignore_errors=True)
-        folder.rename(retired)
+        # The old folder moves aside under a name this save has just created (a user's folder is never one), so
+        # the only thing removed is what was the model folder being replaced.
+        retired = Path(tempfile.mkdtemp(prefix=f".{folder.name}.retired.", dir=folder.parent))
+        folder.rename(retired)  # replaces the empty folder mkdtemp made
         staging.rename(folder)
         shutil.rmtree(retired)
     else:

@@ -332,9 +332,15 @@ def test_existing_folder_is_replaced_only_when_this_package_wrote_it(tmp_path):
     processor = build_processor(image_size=64, context_length=32)
     folder = save_model_folder(model, processor, tmp_path / "model")
     (folder / "metrics.json").write_text("{}")  # train.py adds it
+    # A user's folder under the name an earlier version moved the old model folder to, before deleting it.
+    (tmp_path / ".model.retired").mkdir()
+    (tmp_path / ".model.retired" / "thesis.tex").write_text("mine")
     model.config.distill_alpha_max = 0.25
     save_model_folder(model, processor, folder)
+    save_model_folder(model, processor, folder)
     assert json.loads((folder / "config.json").read_text())["distill_alpha_max"] == 0.25
+    assert (tmp_path / ".model.retired" / "thesis.tex").read_text() == "mine"
+    assert sorted(path.name for path in tmp_path.iterdir()) == [".model.retired", "model"]
     (tmp_path / "empty").mkdir()
     save_model_folder(model, processor, tmp_path / "empty")
 

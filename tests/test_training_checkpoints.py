@@ -31,12 +31,17 @@ def test_checkpoints_are_complete_or_ignored_and_only_the_last_are_kept(tmp_path
     (tmp_path / "step-00000050").mkdir()
     assert manager.complete_checkpoints()[-1] == tmp_path / "step-00000030"
     assert (tmp_path / "step-00000030" / MARKER).is_file()
-    # Resumed from step 20: the old step 30 is another history and must not be offered again.
-    manager.discard_newer_than(20)
+    # Resumed from step 20: the old step 30 is another history and must not be offered again, nor deleted.
+    aside = manager.set_aside_newer_than(20)
     assert manager.complete_checkpoints()[-1] == tmp_path / "step-00000020"
-    # The next save clears what the kill left.
-    manager.save(FakeAccelerator(), 60, {"step": 60})
-    assert sorted(path.name for path in tmp_path.iterdir()) == ["step-00000020", "step-00000060"]
+    assert aside.parent == tmp_path and aside.name.startswith("superseded-after-step-00000020-")
+    assert (aside / "step-00000030" / "model.safetensors").read_bytes() == b"weights"
+    assert manager.set_aside_newer_than(20) is None  # nothing left to move
+    # The next saves clear what the kill left, and rotation counts only the checkpoints in the run's history.
+    for step in (60, 70):
+        manager.save(FakeAccelerator(), step, {"step": step})
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["step-00000060", "step-00000070", aside.name]
+    assert (aside / "step-00000030" / MARKER).is_file()
 
 
 class DiskFullAccelerator(FakeAccelerator):

@@ -179,6 +179,20 @@ def test_resume_unpickles_no_state_of_its_own(tmp_path, env, micro_folder):
     assert json.loads((checkpoint / "train_state.json").read_text())["train"]["step"] == 2
 
 
+def test_resume_from_an_earlier_checkpoint_moves_the_later_ones_aside_and_deletes_none(tmp_path, env, micro_folder):
+    steps = ["--max-steps", "3", "--checkpoint-every", "1", "--keep-checkpoints", "3"]
+    run(micro_args(micro_folder, tmp_path, *steps), env)
+    checkpoints = tmp_path / "run" / "checkpoints"
+    before = {name: (checkpoints / name / "model.safetensors").read_bytes() for name in ("step-00000002",
+                                                                                          "step-00000003")}
+    done = run(micro_args(micro_folder, tmp_path, *steps, "--resume", str(checkpoints / "step-00000001")), env)
+    aside = [path for path in checkpoints.iterdir() if path.name.startswith("superseded-after-step-00000001-")]
+    assert len(aside) == 1 and f"moved to {aside[0]}" in done.stderr
+    assert {name: (aside[0] / name / "model.safetensors").read_bytes() for name in before} == before
+    assert sorted(path.name for path in checkpoints.iterdir() if path.name.startswith("step-")) == [
+        "step-00000001", "step-00000002", "step-00000003"]
+
+
 def test_resume_refuses_changed_options_and_survives_a_torn_log_and_a_corrupt_newest_checkpoint(
         tmp_path, env, micro_folder):
     # The run is resumed with more --max-steps than it started with; alpha's schedule follows the total steps, so

@@ -16,6 +16,7 @@ import json
 import os
 import re
 import shutil
+import tempfile
 from pathlib import Path
 
 import torch
@@ -79,14 +80,22 @@ class CheckpointManager:
         found = [path for path in self.root.iterdir() if STEP_FOLDER.fullmatch(path.name) and is_complete(path)]
         return sorted(found, key=step_of)
 
-    def discard_newer_than(self, step: int) -> None:
-        """Remove the complete checkpoints past `step` (main process, after resuming from an earlier one).
+    def set_aside_newer_than(self, step: int) -> Path | None:
+        """Move the complete checkpoints past `step` into a new `superseded-after-step-NNNNNNNN-*` folder (main
+        process, after resuming from an earlier one); returns that folder, or None when there were none.
 
-        The resumed run writes a new history; `latest` must never lead back into the old one.
+        The resumed run writes a new history, so `latest` must never lead back into the old one; but those
+        checkpoints were not written by this run, so they are moved, never deleted, and rotation never counts them.
         """
-        for checkpoint in self.complete_checkpoints():
-            if step_of(checkpoint) > step:
-                remove_checkpoint(checkpoint)
+        later = [checkpoint for checkpoint in self.complete_checkpoints() if step_of(checkpoint) > step]
+        if not later:
+            return None
+        aside = Path(tempfile.mkdtemp(prefix=f"superseded-after-step-{step:08d}-", dir=self.root))
+        aside.chmod(0o755)
+        for checkpoint in later:
+            os.rename(checkpoint, aside / checkpoint.name)
+        fsync_directory(self.root)
+        return aside
 
     def save(self, accelerator: Accelerator, step: int, state: dict,
              tensors: dict[str, dict[str, torch.Tensor]] | None = None) -> Path:

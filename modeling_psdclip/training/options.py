@@ -109,7 +109,8 @@ class TrainingOptions:
     checkpoint_every: int = option(100, "save a resumable checkpoint every N steps; 0 disables")
     keep_checkpoints: int = option(2, "keep the last K checkpoints")
     resume: str | None = option(None, "'latest' (newest complete checkpoint in --run-dir, or a fresh start if "
-                                      "none) or a checkpoint folder")
+                                      "none) or a checkpoint folder; from an earlier one, the later checkpoints are "
+                                      "moved, not deleted, to a superseded-after-step-* folder beside them")
     log_every: int = option(10, "log training metrics every N steps")
     eval_every: int = option(160, "validate every N steps (and at the end); 0: only at the end")
     report_to: str = option("tensorboard", "Accelerate trackers, comma-separated ('none' for the JSONL log only)")

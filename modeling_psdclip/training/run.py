@@ -349,8 +349,10 @@ def set_up(options, accelerator: Accelerator) -> Session:
     if resume_candidates:
         resumed_from = resume(accelerator, resume_candidates, options, state, step)
         logger.info(f"resumed from {resumed_from} at step {state.step}", main_process_only=True)
-        if accelerator.is_main_process:
-            checkpoints.discard_newer_than(state.step)
+        aside = checkpoints.set_aside_newer_than(state.step) if accelerator.is_main_process else None
+        if aside is not None:
+            logger.warning(f"the checkpoints after step {state.step} belong to the run's earlier history: moved to "
+                           f"{aside}, so --resume latest continues this one", main_process_only=True)
     return Session(options, accelerator, model, processor, optimizer, scheduler, train_loader, val_loader, step,
                    checkpoints, state, total_steps, steps_per_epoch, flops_per_sample, data_description)
 
