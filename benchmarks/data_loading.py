@@ -195,7 +195,7 @@ def clip_flops_per_sample(preset: str = "vit-b-32") -> float:
     """train.py's FLOPs estimate of one CLIP training sample of `preset`."""
     with torch.device("meta"):
         model = PSDCLIPModel(PSDCLIPConfig.from_preset(preset, distill_alpha_max=0.0))
-    return training_flops_per_sample(model, feature_caching=False, ema_teacher=False)
+    return training_flops_per_sample(model, feature_caching=False, teacher_forward_passes=0)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -131,7 +131,7 @@ def clip_step(bench: Bench, compiled: bool) -> dict:
         torch.cuda.reset_peak_memory_stats(device)
     model = bench.model(distill_alpha_max=0.0)
     psd = bench.accelerator.unwrap_model(model)
-    flops = training_flops_per_sample(psd, feature_caching=False, ema_teacher=False)
+    flops = training_flops_per_sample(psd, feature_caching=False, teacher_forward_passes=0)
     if compiled:
         model = torch.compile(model, **TorchDynamoPlugin(backend="inductor").to_kwargs())
     loop = StepLoop(TrainingStep.build(model, bench.accelerator), itertools.repeat(bench.batch))

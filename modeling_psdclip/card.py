@@ -51,8 +51,12 @@ def validation_results(metrics: dict, dataset: str) -> list[EvalResult]:
 def training_metadata(config, data: dict | None = None) -> dict:
     """The card metadata's `psdclip` block: the objective, its settings and the training data, which a clip
     export's config.json does not hold."""
+    # The teacher's class says which settings of its own it reads; imported here, since only a card that is being
+    # written needs it, and the training package loads Accelerate.
+    from .training.teachers import teacher_class
+
     settings = ("distill_teacher", "distill_alpha_max", "distill_schedule", "distill_fraction", "distill_temperature",
-                *(("distill_ema_decay",) if config.distill_teacher == "ema" else ()), "logit_scale_max")
+                "distill_alpha_per_pair", *teacher_class(config.distill_teacher).card_settings, "logit_scale_max")
     return {"objective": OBJECTIVE, **{name: getattr(config, name) for name in settings},
             **({"data": data} if data else {})}
 

@@ -15,7 +15,7 @@ from transformers import CLIPConfig  # noqa: E402
 
 
 DISTILL_SCHEDULES = ("linear", "constant")
-DISTILL_TEACHERS = ("previous_epoch", "ema", "uniform")
+DISTILL_TEACHERS = ("previous_epoch", "ema", "start", "uniform")
 
 
 def towers(text_width: int, text_heads: int, vision_width: int, vision_heads: int, layers: int,
@@ -65,11 +65,17 @@ class PSDCLIPConfig(CLIPConfig):
     distill_teacher (`str`, defaults to `"ema"`):
         Where the teacher comes from during training: `"previous_epoch"` (the embeddings the model produced for
         each pair in the previous epoch, stored as it trains: no extra compute) or `"ema"` (a momentum copy of the
-        model's weights run on the same batch: one extra forward), or `"uniform"` (no teacher: a uniform target, so
-        the soft part is label smoothing with the same alpha schedule and drawn rows; the control that PSD's gains
-        are measured against). Only training reads it; inference never builds a teacher.
+        model's weights run on the same batch: one extra forward), `"start"` (the model as training started, never
+        moved: distilling from it only keeps the start, the control of a method that stays near it) or `"uniform"`
+        (no teacher: a uniform target, so the soft part is label smoothing with the same alpha schedule and drawn
+        rows; the control that PSD's gains are measured against). Only training reads it; inference never builds a
+        teacher.
     distill_ema_decay (`float`, defaults to 0.99):
         Decay of the `"ema"` teacher's moving average, updated once per optimizer step, in [0, 1).
+    distill_alpha_per_pair (`bool`, defaults to `False`):
+        Scale a drawn row's alpha by the teacher's doubt in that row's own pair, `1 - q`, with `q` the teacher's
+        probability of the pair: a pair the teacher finds likely keeps its one-hot target, one it doubts follows
+        the teacher.
     distill_seed (`int`, defaults to 0):
         Seed of the per-step draw of distilled rows; with the step number it fixes the draw, so a resumed run
         repeats it.
@@ -85,6 +91,7 @@ class PSDCLIPConfig(CLIPConfig):
     distill_temperature: float | int = 1.0
     distill_teacher: str = "ema"
     distill_ema_decay: float | int = 0.99
+    distill_alpha_per_pair: bool = False
     distill_seed: int = 0
     logit_scale_max: float | int = 100.0
 

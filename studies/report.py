@@ -40,6 +40,11 @@ METRICS = (
      "mean shape accuracy over the sketch, unseen_texture and unseen_shade splits"),
     ("effective_robustness", "effective robustness", "shifted zero-shot above the line fitted through all the "
      "study's models that have it (needs three)"),
+    *((f"old_{key}", f"old {title}", f"{title} in the starting model's world (what fine-tuning forgets)")
+      for key, title in (("retrieval_r1", "retrieval R@1"), ("i2t_r1", "image→text R@1"), ("t2i_r1", "text→image R@1"),
+                         ("zeroshot_shape", "zero-shot shape"))),
+    ("wise_ft_coefficient", "WiSE-FT coefficient", "the weight of the fine-tuned model that WiSE-FT chose (0: the "
+     "start)"),
     ("noisy_pair_auroc", "noisy-pair AUROC", "AUROC of 1 - paired probability at finding the corrupted pairs among "
      "the run's own noisy training pairs"),
     ("val_loss", "val loss", "CLIP loss on the clean validation split at the end (lower is better)"),
@@ -145,12 +150,13 @@ def write_study_report(study: dict, results: list[dict], output: str | Path, tit
 
     flops = {method: [r["training_flops"] for (c, m), runs in grouped.items() if m == method
                       for r in runs.values() if r.get("training_flops")] for method in methods}
-    if all(flops.values()):
+    flops = {method: values for method, values in flops.items() if values}  # methods that train nothing have none
+    if flops.get("clip"):
         clip_flops = np.mean(flops["clip"])
         lines.append("## Training compute\n")
         lines.append(table(["method", "training FLOPs per run (cell mean)", "relative to CLIP"],
-                           [[m, f"{np.mean(flops[m]):.3g}", f"{np.mean(flops[m]) / clip_flops:.2f}x"]
-                            for m in methods]))
+                           [[m, f"{np.mean(values):.3g}", f"{np.mean(values) / clip_flops:.2f}x"]
+                            for m, values in flops.items()]))
 
     for cell in cells:
         lines.append(f"## {cell}\n")
@@ -164,7 +170,7 @@ def write_study_report(study: dict, results: list[dict], output: str | Path, tit
                                 for key, _, _ in metrics] for method in methods if method != control]
             lines.append(table(header, rows))
         lines.append("\nTeacher diagnostics, mean over the distilling steps (mean ± std over seeds):\n")
-        rows = [[method] + [summary_cell([r["diagnostics"].get(name) for r in grouped[cell, method].values()])
+        rows = [[method] + [summary_cell([r.get("diagnostics", {}).get(name) for r in grouped[cell, method].values()])
                             for name in DIAGNOSTICS] for method in methods]
         lines.append(table(["method"] + list(DIAGNOSTICS), rows) + "\n")
 
@@ -174,6 +180,8 @@ def write_study_report(study: dict, results: list[dict], output: str | Path, tit
         figures.append(diagnostics_figure(grouped, cells, methods, output / "diagnostics.png"))
     if robust:
         figures.append(robustness_figure(robust, baseline, output / "robustness.png"))
+    if any("old_retrieval_r1" in record for record in results):
+        figures.append(forgetting_figure(grouped, cells, methods, output / "learning_and_forgetting.png"))
     lines.append("## Figures\n")
     lines += [f"![{path.stem}]({path.name})\n" for path in figures]
     report = output / "report.md"
@@ -201,11 +209,28 @@ def metric_figure(grouped: dict, cells: list[str], methods: list[str], metrics: 
     return save_figure(figure, path, dpi=110)
 
 
+def forgetting_figure(grouped: dict, cells: list[str], methods: list[str], path: Path) -> Path:
+    """Per cell, each method's retrieval R@1 in the new world (what it learned) against the old world's (what it
+    kept), mean over seeds with the seeds' std as error bars."""
+    figure, axes = plt.subplots(1, len(cells), figsize=(4.4 * len(cells), 4), squeeze=False)
+    for axis, cell in zip(axes[0], cells):
+        for method in methods:
+            runs = [r for r in grouped[cell, method].values() if "old_retrieval_r1" in r]
+            if runs:
+                (new, new_std), (old, old_std) = (mean_std([r[key] for r in runs])
+                                                  for key in ("retrieval_r1", "old_retrieval_r1"))
+                axis.errorbar(old, new, xerr=old_std, yerr=new_std, marker="o", capsize=3, label=method)
+        axis.set_xlabel("old world retrieval R@1 (kept)")
+        axis.set_title(cell, fontsize=9)
+    axes[0][0].set_ylabel("new world retrieval R@1 (learned)")
+    return save_with_legend(figure, axes, path)
+
+
 def val_loss_figure(grouped: dict, cells: list[str], methods: list[str], path: Path) -> Path:
     """Validation loss against step per cell, mean over seeds, one line per method."""
     figure, axes = plt.subplots(1, len(cells), figsize=(4 * len(cells), 3.6), squeeze=False)
     for axis, cell in zip(axes[0], cells):
-        plot_mean_curves(axis, grouped, cell, methods, lambda record: record["val_loss_curve"])
+        plot_mean_curves(axis, grouped, cell, methods, lambda record: record.get("val_loss_curve"))
         axis.set_title(cell, fontsize=9)
     axes[0][0].set_ylabel("clean validation loss")
     return save_with_legend(figure, axes, path)

@@ -46,6 +46,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import torch
 import yaml
 
 from modeling_psdclip.utils import first_line, write_json_atomically
@@ -79,15 +80,18 @@ class Run:
     train_samples: int | None
     seed: int
     data: str | None = None  # a data cell's folder; None for the built-in synthetic data
+    world: str = "standard"  # the synthetic world a synthetic cell trains on and is evaluated in
 
     @property
     def name(self) -> str:
         data = Path(self.data).name if self.data else self.train_samples
-        return f"{self.noise}-{data}-{self.method}-seed{self.seed}"
+        world = f"{self.world}-" if self.world != "standard" else ""
+        return f"{self.noise}-{world}{data}-{self.method}-seed{self.seed}"
 
     @property
     def cell(self) -> str:
-        return f"{self.noise} noise, {Path(self.data).name if self.data else f'{self.train_samples} pairs'}"
+        world = f" of {self.world}" if self.world != "standard" else ""
+        return f"{self.noise} noise, {Path(self.data).name if self.data else f'{self.train_samples} pairs{world}'}"
 
 
 def read_study_file(path: Path, quick: bool, extending: tuple[Path, ...] = ()) -> dict:
@@ -142,6 +146,8 @@ def load_study(path: str | Path, quick: bool = False) -> dict:
                                  "train_samples (synthetic data) or a data folder")
     if "clip" not in study["methods"]:
         raise EvalInputError(f"study {path}: the methods need a 'clip' baseline to compare with")
+    for name, method in study["methods"].items():
+        check_evaluated_method(path, study, name, method)
     names = [run.name for run in planned_runs(study)]
     repeated = next((name for name in names if names.count(name) > 1), None)
     if repeated:  # runs share their folder by name, so a second would take the first one's results
@@ -153,8 +159,29 @@ def load_study(path: str | Path, quick: bool = False) -> dict:
     return study
 
 
+EVALUATED = {"start": set(), "wise_ft": {"of", "choose_on"}}  # methods that train nothing, and their keys
+WISE_FT_CHOICES = ("noisy", "clean")
+
+
+def check_evaluated_method(path, study: dict, name: str, method) -> None:
+    """A method that trains nothing (`evaluate: start` or `evaluate: wise_ft` with `of` and `choose_on`) names
+    nothing else, and only on a study that fine-tunes."""
+    if not isinstance(method, dict) or "evaluate" not in method:
+        return
+    kind = method["evaluate"]
+    if kind not in EVALUATED or set(method) != {"evaluate", *EVALUATED[kind]}:
+        raise EvalInputError(f"study {path}: method {name!r} must be {{evaluate: start}} or {{evaluate: wise_ft, of: "
+                             "METHOD, choose_on: noisy|clean}}")
+    if not fine_tunes(study):
+        raise EvalInputError(f"study {path}: method {name!r} needs a starting model (pretrain or starting_model)")
+    if kind == "wise_ft" and ("evaluate" in study["methods"].get(method["of"], {"evaluate": None})
+                              or method["choose_on"] not in WISE_FT_CHOICES):
+        raise EvalInputError(f"study {path}: method {name!r} interpolates towards {method['of']!r}, which must be a "
+                             f"trained method of the study, chosen on one of {', '.join(WISE_FT_CHOICES)}")
+
+
 def planned_runs(study: dict) -> list[Run]:
-    return [Run(method, cell["noise"], cell.get("train_samples"), seed, cell.get("data"))
+    return [Run(method, cell["noise"], cell.get("train_samples"), seed, cell.get("data"), cell.get("world", "standard"))
             for cell in study["cells"] for seed in study["seeds"] for method in study["methods"]]
 
 
@@ -174,7 +201,7 @@ def synthetic_noise(study: dict, run: Run) -> dict:
 
 def train_options(study: dict, run: Run, folder: Path) -> dict:
     data = {"data": run.data, "val_data": run.data} if run.data else \
-        {"train_samples": run.train_samples, **synthetic_noise(study, run)}
+        {"train_samples": run.train_samples, "synthetic_world": run.world, **synthetic_noise(study, run)}
     starting = {"init_from": str(starting_model_folder(study))} if fine_tunes(study) else {}
     return {**study["train"], **starting, **study["noise"][run.noise], **study["methods"][run.method], **data,
             "seed": run.seed, "output_dir": str(folder / "model"), "run_dir": str(folder / "run"),
@@ -263,26 +290,52 @@ def evaluate_starting_model(study: dict, run: Run, root: Path) -> dict:
     return {key: value for key, value in cached.items() if key not in stamp}
 
 
+def eval_settings(study: dict) -> dict:
+    return {"num_samples": 1000, "noisy_pairs": 2000, "batch_size": 256, "linear_probe": True, "shifted": True,
+            **study["eval"]}
+
+
+def load_model(study: dict, model_folder: Path, name: str) -> EmbeddingModel:
+    return EmbeddingModel.from_pretrained(model_folder, name=name, batch_size=eval_settings(study)["batch_size"],
+                                          progress=False)
+
+
 def measure(study: dict, run: Run, model_folder: Path, name: str) -> dict:
     """The evaluation tasks of `run`'s cell on the model in `model_folder`."""
-    settings = {"num_samples": 1000, "noisy_pairs": 2000, "batch_size": 256, "linear_probe": True, "shifted": True,
-                **study["eval"]}
-    model = EmbeddingModel.from_pretrained(model_folder, name=name, batch_size=settings["batch_size"], progress=False)
-    return evaluate_on_folder(model, run) if run.data else evaluate_on_synthetic(model, study, run, settings)
+    return measure_model(study, run, load_model(study, model_folder, name))
+
+
+def measure_model(study: dict, run: Run, model: EmbeddingModel) -> dict:
+    return evaluate_on_folder(model, run) if run.data else \
+        evaluate_on_synthetic(model, study, run, eval_settings(study))
+
+
+def synthetic_split(model: EmbeddingModel, settings: dict, split: str, attribute: str = "shape", **options) -> EvalData:
+    """A built-in split at the model's input size, `num_samples` of it unless `options` say otherwise."""
+    options.setdefault("num_samples", settings["num_samples"])
+    return load_eval_data(f"synthetic:{split}", label_column=f"label_{attribute}",
+                          image_size=model.model.config.vision_config.image_size, **options)
+
+
+def old_world(study: dict) -> str:
+    """The world the starting model was trained in (its `pretrain` options'; a given starting model's is not known
+    and taken as the standard one)."""
+    return (study.get("pretrain") or {}).get("synthetic_world", "standard")
 
 
 def evaluate_on_synthetic(model: EmbeddingModel, study: dict, run: Run, settings: dict) -> dict:
-    image_size = model.model.config.vision_config.image_size
-
     def data(split, attribute="shape", **options):
-        options.setdefault("num_samples", settings["num_samples"])
-        return load_eval_data(f"synthetic:{split}", label_column=f"label_{attribute}", image_size=image_size,
-                              **options)
+        return synthetic_split(model, settings, split, attribute, **{"world": run.world, **options})
 
     test = {attribute: data("test", attribute) for attribute in ATTRIBUTES}
     results = zero_shot_accuracies(model, test)
     val = data("val")
     results.update(retrieval_recalls(model, val))
+    if fine_tunes(study) and old_world(study) != run.world:
+        # What fine-tuning in a new world forgets of the old one, measured the same way.
+        old = {attribute: data("test", attribute, world=old_world(study)) for attribute in ATTRIBUTES}
+        results.update({f"old_{key}": value for key, value in [*zero_shot_accuracies(model, old).items(),
+                        *retrieval_recalls(model, data("val", world=old_world(study))).items()]})
     if settings["linear_probe"]:
         results["linear_probe_shape"] = linear_probe(model, val, test["shape"], seed=run.seed)["top1_accuracy"]
     if settings["shifted"]:
@@ -346,6 +399,54 @@ def training_record(folder: Path) -> dict:
             "training_flops": trained.get("training_flops"), "train_wall_time_s": trained.get("wall_time_s")}
 
 
+# WiSE-FT's coefficients: 0 is the starting model, 1 the fine-tuned one.
+WISE_FT_COEFFICIENTS = tuple(step / 10 for step in range(11))
+NOISY_VALIDATION_SEED = 10_000  # apart from every run's seed: pairs no run trained on
+
+
+def evaluate_without_training(study: dict, run: Run, root: Path) -> dict:
+    """The measures of a method that trains nothing (its `evaluate`): the starting model itself, or WiSE-FT."""
+    method = study["methods"][run.method]
+    if method["evaluate"] == "start":
+        return measure(study, run, starting_model_folder(study), run.name)
+    return wise_ft(study, run, root, method)
+
+
+def wise_ft(study: dict, run: Run, root: Path, method: dict) -> dict:
+    """WiSE-FT (Wortsman et al., CVPR 2022): the weights `(1 - c) start + c fine-tuned`, with the fine-tuned model
+    the `of` method's run of the same cell and seed, and c the one of `WISE_FT_COEFFICIENTS` with the best mean
+    retrieval R@1 on `choose_on` data: `noisy`, held-out pairs drawn like the fine-tuning pairs (noise included,
+    what a user has), or `clean`, the held-out split the study reports (the oracle)."""
+    fine_tuned_run = Run(method["of"], run.noise, run.train_samples, run.seed, run.data, run.world)
+    folder = root / "runs" / fine_tuned_run.name / "model"
+    if not (folder / "metrics.json").is_file():
+        raise EvalInputError(f"run {run.name} interpolates towards {fine_tuned_run.name}, which has not finished: "
+                             f"list the method {method['of']!r} before {run.method!r}")
+    model = load_model(study, folder, run.name)
+    start = load_model(study, starting_model_folder(study), "starting model").model.state_dict()
+    fine_tuned = {name: tensor.clone() for name, tensor in model.model.state_dict().items()}
+    settings = eval_settings(study)
+    if method["choose_on"] == "clean":
+        choice_data = synthetic_split(model, settings, "val", world=run.world)
+    else:
+        noise = {key: value for key, value in synthetic_noise(study, run).items() if key.startswith("p_")}
+        choice_data = synthetic_split(model, settings, "train", world=run.world, seed=NOISY_VALIDATION_SEED + run.seed,
+                                      **noise)
+
+    def interpolate(coefficient: float) -> None:
+        model.model.load_state_dict({name: torch.lerp(start[name].float(), tensor.float(), coefficient).to(tensor.dtype)
+                                     for name, tensor in fine_tuned.items()})
+
+    scores = {}
+    for coefficient in WISE_FT_COEFFICIENTS:
+        interpolate(coefficient)
+        scores[coefficient] = retrieval_recalls(model, choice_data)["retrieval_r1"]
+    chosen = max(scores, key=scores.get)  # the first of equal scores: the one nearest the start
+    interpolate(chosen)
+    return {**measure_model(study, run, model), "wise_ft_coefficient": chosen,
+            "wise_ft_choice_scores": [[c, score] for c, score in scores.items()]}
+
+
 def mean_of(values: list) -> float | None:
     finite = [value for value in values if value is not None and math.isfinite(value)]
     return sum(finite) / len(finite) if finite else None
@@ -373,10 +474,16 @@ def run_study(config: str | Path, quick: bool = False, output: str | Path | None
             continue
         if record is None or record.get("version") != EVAL_VERSION:
             started = time.perf_counter()
-            if not (folder / "model" / "metrics.json").is_file():
-                progress(f"[{number}/{len(runs)}] training {run.name}")
-                train(study, run, folder)
-            record = {"version": EVAL_VERSION, "run": asdict(run), **evaluate(study, run, folder)}
+            if "evaluate" in study["methods"][run.method]:
+                progress(f"[{number}/{len(runs)}] evaluating {run.name} (no training)")
+                measured = evaluate_without_training(study, run, root)
+            else:
+                if not (folder / "model" / "metrics.json").is_file():
+                    progress(f"[{number}/{len(runs)}] training {run.name}")
+                    train(study, run, folder)
+                measured = evaluate(study, run, folder)
+            record = {"version": EVAL_VERSION, "run": asdict(run), **measured}
+            folder.mkdir(parents=True, exist_ok=True)
             write_json_atomically(evaluated, record)
             progress(f"[{number}/{len(runs)}] {run.name} done in {time.perf_counter() - started:.0f} s")
         results.append(record)

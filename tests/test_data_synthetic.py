@@ -126,8 +126,31 @@ def test_cache_is_reused(tmp_path, monkeypatch):
     assert len([p for p in tmp_path.iterdir() if not p.name.startswith(".")]) == 1
 
 
+def test_worlds_restyle_every_split_and_hold_shapes_and_their_words_apart(cache):
+    """A fine-tuning benchmark's two worlds: the starting model's never shows (or names) the shapes of the other."""
+    standard = build_synthetic_dataset("train", 300, p_mismatch=0.3, p_partial=0.3, image_size=16, cache_dir=cache)
+    again = build_synthetic_dataset("train", 300, p_mismatch=0.3, p_partial=0.3, image_size=16, world="standard",
+                                    cache_dir=cache / "again")
+    assert again["caption"] == standard["caption"]  # the standard world is the scenes as they always were
+    shape_words = {name: index for index, name in enumerate(SHAPES)}
+    for world, shapes in (("familiar_shapes", {0, 1, 2, 3, 4}), ("novel_shapes", {5, 6, 7})):
+        for split in ("train", "val", "test"):
+            noise = {"p_mismatch": 0.3, "p_partial": 0.3} if split == "train" else {}
+            dataset = build_synthetic_dataset(split, 300, image_size=16, world=world, cache_dir=cache, **noise)
+            assert set(dataset["label_shape"]) == shapes, (world, split)
+            named = {shape_words[word.rstrip("s").replace("crosse", "cross")]
+                     for captions in dataset["captions"] for caption in captions for word in caption.split()
+                     if word.rstrip("s").replace("crosse", "cross") in shape_words}
+            assert named == shapes, (world, split)  # mismatched and partly wrong captions included
+    sketch = build_synthetic_dataset("train", 40, world="sketch", cache_dir=cache)
+    assert saturated_pixels(sketch) < 0.6 * saturated_pixels(build_synthetic_dataset("train", 40, cache_dir=cache))
+    starts = {caption.split(" of ")[0] for caption in sketch["caption"] if " of " in caption}
+    assert starts and starts <= {"a sketch", "an outline drawing", "a line drawing"}  # sketch captions only
+
+
 @pytest.mark.parametrize("arguments", [
     {"split": "holdout"},
+    {"split": "train", "world": "underwater"},
     {"split": "train", "p_mismatch": 0.7, "p_generic": 0.7},
     {"split": "val", "p_generic": 0.1},
     {"split": "train", "num_samples": 0},

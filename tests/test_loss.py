@@ -219,3 +219,41 @@ def test_diagnostics():
     # The teacher equal to the student agrees on every row's first choice.
     out = loss_fn(embeds, embeds, torch.tensor(10.0), embeds, embeds)
     assert out.teacher_agreement.item() == 1.0
+
+
+def test_per_pair_alpha_follows_the_teacher_where_it_doubts_the_pair_by_hand_and_in_its_gradient():
+    """With `distill_alpha_per_pair`, row r's weight is a (1 - q_r), q_r the teacher's probability of r's own pair:
+    a pair the teacher is sure of keeps its one-hot target, one it doubts follows the teacher. q_r is part of the
+    target (no gradient), so d loss / d z_r is still softmax(z_r) - y_r."""
+    scale, alpha, tau = 2.0, 0.6, 0.5
+    loss_fn = PSDContrastiveLoss(micro_config(distill_alpha_max=alpha, distill_fraction=1.0, distill_temperature=tau,
+                                              distill_schedule="constant", distill_alpha_per_pair=True))
+    images, texts = unit(IMAGES), unit(TEXTS)
+    teacher = scale * unit(TEACHER_IMAGES) @ unit(TEACHER_TEXTS).t()
+    student = scale * images @ texts.t()
+    out = loss_fn(images, texts, torch.tensor(scale, dtype=torch.float64), unit(TEACHER_IMAGES), unit(TEACHER_TEXTS))
+    expected = 0.0
+    for z, t in ((student, teacher), (student.t(), teacher.t())):
+        for row in range(3):
+            teacher_row = [math.exp(value / tau) for value in t[row].tolist()]
+            doubt = 1 - teacher_row[row] / sum(teacher_row)
+            expected += soft_ce_by_hand(z[row].tolist(), row, t[row].tolist(), alpha * doubt, tau) / 6
+    assert out.loss.item() == pytest.approx(expected, rel=1e-6)
+    plain = constant_loss(alpha, tau=tau)(images, texts, torch.tensor(scale, dtype=torch.float64), unit(TEACHER_IMAGES),
+                                          unit(TEACHER_TEXTS))
+    assert out.loss_soft.item() < plain.loss_soft.item()  # every pair's own probability is above 0
+
+    torch.manual_seed(1)
+    logits = torch.randn(5, 5, dtype=torch.float64, requires_grad=True)
+    teacher_logits = 3 * torch.randn(5, 5, dtype=torch.float64)
+    weights = torch.full((5,), alpha, dtype=torch.float64)
+    everywhere = torch.ones(5, dtype=torch.bool)
+    part = direction_loss(logits, teacher_logits, torch.arange(5), weights, everywhere, everywhere, tau, True)
+    (part.hard + part.soft).backward()
+    with torch.no_grad():
+        teacher_probs = torch.softmax(teacher_logits / tau, dim=-1)
+        row_weights = alpha * (1 - teacher_probs.diagonal())
+        target = (1 - row_weights[:, None]) * torch.eye(5, dtype=torch.float64) + row_weights[:, None] * teacher_probs
+        expected_grad = (torch.softmax(logits, dim=-1) - target) / 5
+    torch.testing.assert_close(logits.grad, expected_grad)
+    assert row_weights.min() < 0.9 * alpha  # the draw gave some pair enough teacher confidence to matter

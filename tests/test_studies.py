@@ -130,6 +130,56 @@ def test_micro_noisy_correspondence_study_fine_tunes_one_starting_model(tmp_path
     assert again["i2t_r1"] == runs[0]["i2t_r1"]  # the same run, seed and starting model: the same model
 
 
+def test_micro_shift_study_learns_in_a_new_world_and_measures_what_it_forgets(tmp_path, micro_folder):
+    """The shipped fine-tuning-shift study at micro size: the start trained in the standard world, runs fine-tuned on
+    sketches; the methods that train nothing (the start, WiSE-FT with either choice of its coefficient) beside
+    trained ones; every run measured in the new world and the old."""
+    study = yaml.safe_load((REPO / "studies" / "fine_tuning_shift.yaml").read_text())
+    micro = {"batch_size": 16, "max_steps": 4, "eval_every": 2, "val_samples": 32, "warmup_steps": 1, "log_every": 2}
+    names = ("clip", "start", "wise-ft", "wise-ft-oracle", "frozen-start", "psd-ema-confidence")
+    study.update({
+        "output": str(tmp_path / "out"), "seeds": [0], "cells": [{"noise": "60%", "train_samples": 48,
+                                                                  "world": "sketch"}],
+        "methods": {name: study["methods"][name] for name in names},
+        "pretrain": {**study["pretrain"], **micro, "init_from": str(micro_folder), "train_samples": 64,
+                     "checkpoint_every": 0},
+        "train": {**study["train"], **micro},
+        "eval": {**study["eval"], "num_samples": 32, "noisy_pairs": 24, "batch_size": 64},
+    })
+    study.pop("quick")
+    config = tmp_path / "shift.yaml"
+    config.write_text(yaml.safe_dump(study, sort_keys=False))
+    assert main(["--config", str(config)]) == 0
+    out = tmp_path / "out"
+    runs = {run["run"]["method"]: run for run in json.loads((out / "results.json").read_text())["runs"]}
+    assert list(runs) == list(names)
+    trained = yaml.safe_load((out / "runs" / "60%-sketch-48-clip-seed0" / "train.yaml").read_text())
+    assert trained["synthetic_world"] == "sketch" and trained["p_mismatch"] == 0.6
+    assert not (out / "runs" / "60%-sketch-48-start-seed0" / "model").exists()  # evaluated, never trained
+    for run in runs.values():
+        assert all(0 <= run[key] <= 1 for key in ("i2t_r1", "t2i_r1", "old_i2t_r1", "old_t2i_r1", "old_zeroshot_shape"))
+    starting = json.loads((out / "pretrained" / "eval.json").read_text())
+    assert runs["start"]["i2t_r1"] == starting["i2t_r1"] and runs["start"]["old_i2t_r1"] == starting["old_i2t_r1"]
+    for name, choice in (("wise-ft", "noisy"), ("wise-ft-oracle", "clean")):
+        scores = dict(runs[name]["wise_ft_choice_scores"])
+        assert sorted(scores) == [step / 10 for step in range(11)]
+        assert scores[runs[name]["wise_ft_coefficient"]] == max(scores.values())
+    # The oracle chooses on the split it is reported on: nothing on the grid scores above it there.
+    assert runs["wise-ft-oracle"]["retrieval_r1"] == max(dict(runs["wise-ft-oracle"]["wise_ft_choice_scores"]).values())
+    at_one = runs["wise-ft-oracle"]["wise_ft_choice_scores"][-1][1]  # coefficient 1 is CLIP's fine-tuned model
+    assert at_one == pytest.approx(runs["clip"]["retrieval_r1"], abs=1e-6)
+    assert runs["frozen-start"]["diagnostics"]["teacher_share"] == 1.0
+    report = (out / "report.md").read_text()
+    assert "old retrieval R@1" in report and "WiSE-FT coefficient" in report
+    assert (out / "learning_and_forgetting.png").stat().st_size > 0
+
+    broken = {**study, "methods": {"clip": study["methods"]["clip"], "wise": {"evaluate": "wise_ft", "of": "start",
+                                                                             "choose_on": "noisy"}}}
+    config.write_text(yaml.safe_dump(broken))
+    with pytest.raises(EvalInputError, match="must be a trained method"):
+        load_study(config)
+
+
 def test_a_study_extends_its_base_key_by_key(tmp_path):
     """The shipped ablation names only its methods, cells and output; the rest comes from its base, with `train`,
     `eval` and the quick size merged key by key. A base chain that loops is a one-line error."""

@@ -51,7 +51,7 @@ def test_help_lists_every_option_with_its_default():
     done = subprocess.run([sys.executable, TRAIN, "--help"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0
     for text in ("--accum-steps", "--resume", "--push-to-hub", "--mixed-precision", "(default: 128)",
-                 "{small,tiny,vit-b-16,vit-b-32}", "{previous_epoch,ema,uniform}"):
+                 "{small,tiny,vit-b-16,vit-b-32}", "{previous_epoch,ema,start,uniform}"):
         assert text in done.stdout
 
 

@@ -1,13 +1,19 @@
-"""The teachers: the previous-epoch bank, the EMA copy, and the choice between them."""
+"""The teachers: the previous-epoch bank, the EMA copy, the frozen start, the registry that builds them, and a new
+teacher added as one registered class."""
 
 import numpy as np
 import pytest
 import torch
 from accelerate import Accelerator
 
-from modeling_psdclip import PSDCLIPModel
+from modeling_psdclip import PSDCLIPModel, configuration_psdclip
+from modeling_psdclip.card import training_metadata
+from modeling_psdclip.training import options
+from modeling_psdclip.training.optim import training_flops_per_sample
+from modeling_psdclip.training.step import TrainingStep
 from modeling_psdclip.training.teachers import (
-    EMATeacher, PreviousEpochTeacher, TeacherEmbeddings, UniformTeacher, build_teacher,
+    TEACHERS, EMATeacher, PreviousEpochTeacher, StartTeacher, Teacher, TeacherEmbeddings, UniformTeacher,
+    active_teacher_class, build_teacher, register_teacher,
 )
 from tests.support import micro_config, random_batch
 
@@ -118,6 +124,8 @@ def test_teacher_choice_and_its_one_line_refusals(tmp_path):
     assert isinstance(build_teacher(model.config, model, accelerator, tmp_path, num_pairs=None), EMATeacher)
     model.config.distill_teacher = "uniform"
     assert isinstance(build_teacher(model.config, model, accelerator, tmp_path, num_pairs=None), UniformTeacher)
+    model.config.distill_teacher = "start"
+    assert isinstance(build_teacher(model.config, model, accelerator, tmp_path, num_pairs=None), StartTeacher)
     with pytest.raises(ValueError, match="distill_teacher"):
         micro_config(distill_teacher="same_step")
 
@@ -128,3 +136,76 @@ def test_micro_batch_teachers_concatenate():
     joined = TeacherEmbeddings.concatenate([a, b])
     assert joined.image.shape == (3, 3) and joined.mask.tolist() == [True, False, True]
     assert TeacherEmbeddings.concatenate([a, None]) is None
+
+
+def test_the_registry_builds_exactly_the_teachers_the_config_and_the_options_offer():
+    assert sorted(TEACHERS) == sorted(configuration_psdclip.DISTILL_TEACHERS) == sorted(options.DISTILL_TEACHERS)
+    for name, teacher in TEACHERS.items():
+        assert issubclass(teacher, Teacher) and teacher.name == name
+        config = micro_config(distill_teacher=name)
+        assert active_teacher_class(config) is teacher
+        assert set(teacher.card_settings) <= set(training_metadata(config))
+    assert active_teacher_class(micro_config(distill_teacher="ema", distill_alpha_max=0.0)) is None
+
+
+def test_start_teacher_stays_the_starting_model_and_keeps_it_across_a_resume():
+    torch.manual_seed(0)
+    accelerator = Accelerator(cpu=True)
+    model = PSDCLIPModel(micro_config(distill_teacher="start"))
+    teacher = build_teacher(model.config, model, accelerator, None, num_pairs=None)
+    start = {name: parameter.detach().clone() for name, parameter in model.named_parameters()}
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(1.0)
+    teacher.after_optimizer_step(model)
+    assert all(torch.equal(parameter, start[name]) for name, parameter in teacher.model.named_parameters())
+    resumed = build_teacher(model.config, model, accelerator, None, num_pairs=None)  # built from the moved student
+    resumed.load_state_dict(teacher.state_dict())
+    assert all(torch.equal(parameter, start[name]) for name, parameter in resumed.model.named_parameters())
+    assert active_teacher_class(model.config).extra_forward_passes == 1
+
+
+def test_a_new_teacher_is_one_registered_class_and_trains(monkeypatch):
+    """What adding a teacher takes: a class registered here (and its name among the config's choices, which remote
+    code reads). The loop, the FLOPs estimate and the card learn what they need from the class."""
+    calls = []
+
+    class FixedTeacher(Teacher):
+        """Embeddings of a fixed random model of the pairs, drawn once: a teacher that knows nothing."""
+        name = "fixed"
+        extra_forward_passes = 2
+        card_settings = ("distill_temperature",)
+
+        def __init__(self, dim):
+            self.image, self.text = (torch.nn.functional.normalize(torch.randn(4, dim), dim=-1) for _ in range(2))
+
+        @classmethod
+        def build(cls, config, model, accelerator, *, bank_folder, num_pairs, resume):
+            return cls(config.projection_dim)
+
+        def embeddings(self, batch):
+            return TeacherEmbeddings(self.image, self.text)
+
+        def after_optimizer_step(self, model):
+            calls.append("step")
+
+    monkeypatch.setattr(configuration_psdclip, "DISTILL_TEACHERS", (*configuration_psdclip.DISTILL_TEACHERS, "fixed"))
+    monkeypatch.setitem(TEACHERS, "fixed", FixedTeacher)
+    register_teacher(FixedTeacher)
+    torch.manual_seed(0)
+    config = micro_config(distill_teacher="fixed", distill_schedule="constant", distill_fraction=1.0)
+    model = PSDCLIPModel(config)
+    step = TrainingStep.build(model, Accelerator(cpu=True))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    for number in range(2):
+        step.set_progress(number, 2)
+        _, parts = step.forward_backward([random_batch(config, 4, seed=number)])
+        optimizer.step()
+        optimizer.zero_grad()
+        step.after_optimizer_step()
+        assert parts["teacher_share"] == 1.0 and parts["loss_soft"] > 0
+    assert calls == ["step", "step"]
+    clip_flops = training_flops_per_sample(model, feature_caching=False, teacher_forward_passes=0)
+    assert training_flops_per_sample(model, False, active_teacher_class(config).extra_forward_passes) == \
+        clip_flops * 5 / 3
+    assert training_metadata(config)["distill_temperature"] == config.distill_temperature

@@ -128,6 +128,7 @@ class SceneStyle:
     textures: tuple[str, ...] = TRAIN_TEXTURES
     shades: tuple[int, ...] = (0, 1, 2)
     sketch: bool = False
+    shapes: tuple[int, ...] = tuple(range(len(SHAPE_TYPES)))  # indices into SHAPE_TYPES
 
 
 def _pick(rng: np.random.Generator, options):
@@ -152,7 +153,7 @@ def sample_scene(rng: np.random.Generator, style: SceneStyle) -> Scene:
 
 def _sample_object(rng: np.random.Generator, style: SceneStyle, position: str, size: str | None) -> SceneObject:
     return SceneObject(
-        shape=int(rng.integers(len(SHAPE_TYPES))),
+        shape=int(_pick(rng, style.shapes)),
         colour=int(rng.integers(len(COLOUR_TYPES))),
         shade=int(_pick(rng, style.shades)),
         size=size or _pick(rng, ("small", "large")),
@@ -161,12 +162,13 @@ def _sample_object(rng: np.random.Generator, style: SceneStyle, position: str, s
     )
 
 
-def with_wrong_attribute(scene: Scene, rng: np.random.Generator) -> tuple[Scene, str]:
-    """The scene with the main object's colour or shape changed: what a partly wrong caption describes."""
+def with_wrong_attribute(scene: Scene, rng: np.random.Generator, style: SceneStyle) -> tuple[Scene, str]:
+    """The scene with the main object's colour or shape changed, to another of the style's: what a partly wrong
+    caption describes."""
     main = scene.objects[0]
     attribute = _pick(rng, ("colour", "shape"))
-    options = len(COLOUR_TYPES) if attribute == "colour" else len(SHAPE_TYPES)
-    wrong = (getattr(main, attribute) + int(rng.integers(1, options))) % options
+    options = tuple(range(len(COLOUR_TYPES))) if attribute == "colour" or len(style.shapes) < 2 else style.shapes
+    wrong = options[(options.index(getattr(main, attribute)) + int(rng.integers(1, len(options)))) % len(options)]
     return replace(scene, objects=(replace(main, **{attribute: wrong}),) + scene.objects[1:]), attribute
 
 

@@ -31,6 +31,16 @@ SPLIT_STYLES = {
     "unseen_shade": SceneStyle(shades=(3,)),
 }
 SPLITS = tuple(SPLIT_STYLES)
+# What every split of a world changes in its style: fine-tuning benchmarks train a starting model in one world and
+# fine-tune it in another. `familiar_shapes` never shows the three shapes (nor their words) that make up
+# `novel_shapes`; `sketch` draws every split as outlines, with sketch captions.
+FAMILIAR_SHAPES = tuple(range(5))  # circle, square, triangle, star, ring
+WORLDS = {
+    "standard": {},
+    "sketch": {"sketch": True},
+    "familiar_shapes": {"shapes": FAMILIAR_SHAPES},
+    "novel_shapes": {"shapes": tuple(range(len(FAMILIAR_SHAPES), len(SHAPES)))},  # cross, diamond, hexagon
+}
 CLEAN = "clean"  # the noise label of an untouched pair, in the `noise` column of this and every built data set
 NOISE_KINDS = (CLEAN, "mismatch", "partial", "generic")
 CAPTIONS_PER_EVAL_IMAGE = 5  # several captions per held-out image, as retrieval benchmarks have
@@ -57,10 +67,13 @@ class SyntheticConfig:
     p_mismatch: float
     p_partial: float
     p_generic: float
+    world: str = "standard"
 
     def validate(self):
         if self.split not in SPLIT_STYLES:
             raise DataError(f"unknown synthetic split {self.split!r}; choose one of {', '.join(SPLITS)}")
+        if self.world not in WORLDS:
+            raise DataError(f"unknown synthetic world {self.world!r}; choose one of {', '.join(WORLDS)}")
         if self.num_samples < 1 or self.image_size < 8:
             raise DataError(f"a synthetic split needs num_samples >= 1 and image_size >= 8, got {self.num_samples} "
                             f"and {self.image_size}")
@@ -69,6 +82,10 @@ class SyntheticConfig:
             raise DataError(f"noise probabilities must lie in [0, 1] and sum to at most 1, got {noise}")
         if self.split != "train" and any(noise):
             raise DataError(f"caption noise applies to the train split only, not {self.split!r}")
+
+    @property
+    def style(self) -> SceneStyle:
+        return dataclasses.replace(SPLIT_STYLES[self.split], **WORLDS[self.world])
 
     def rng(self, index: int) -> np.random.Generator:
         # Seeding by (seed, split, index) makes each image independent of the others and of the split size,
@@ -88,6 +105,7 @@ def build_synthetic_dataset(
     p_mismatch: float = 0.0,
     p_partial: float = 0.0,
     p_generic: float = 0.0,
+    world: str = "standard",
     cache_dir: str | os.PathLike | None = None,
     num_proc: int | None = None,
 ) -> datasets.Dataset:
@@ -97,9 +115,10 @@ def build_synthetic_dataset(
     `train`, the caption after noise), `captions` (several clean captions for held-out splits, `[caption]` for
     `train`), the class labels `label_shape`, `label_colour`, `label_count` of the
     main object and the number of objects (`ClassLabel`s whose names are `SHAPES`, `COLOURS`, `COUNTS`), and
-    `noise` ("clean", "mismatch", "partial" or "generic"), what was done to the caption.
+    `noise` ("clean", "mismatch", "partial" or "generic"), what was done to the caption. `world` (one of `WORLDS`)
+    changes the style of every split: the labels keep all the class names.
     """
-    config = SyntheticConfig(split, num_samples, seed, image_size, p_mismatch, p_partial, p_generic)
+    config = SyntheticConfig(split, num_samples, seed, image_size, p_mismatch, p_partial, p_generic, world)
     config.validate()
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     path = root / config.cache_name()
@@ -140,7 +159,7 @@ def _generate(shards: list[list[int]], config: SyntheticConfig):
 
 def _example(index: int, config: SyntheticConfig) -> dict:
     rng = config.rng(index)
-    scene = sample_scene(rng, SPLIT_STYLES[config.split])
+    scene = sample_scene(rng, config.style)
     image = render_scene(scene, config.image_size, rng)
     if config.split == "train":
         caption, noise = _train_caption(scene, index, rng, config)
@@ -159,10 +178,10 @@ def _train_caption(scene, index: int, rng: np.random.Generator, config: Syntheti
     if draw < config.p_mismatch and config.num_samples > 1:
         other = (index + 1 + int(rng.integers(config.num_samples - 1))) % config.num_samples
         # The other image's scene is the first thing drawn from its generator.
-        return describe(sample_scene(config.rng(other), SPLIT_STYLES[config.split]), rng), "mismatch"
+        return describe(sample_scene(config.rng(other), config.style), rng), "mismatch"
     draw -= config.p_mismatch
     if draw < config.p_partial:
-        wrong_scene, attribute = with_wrong_attribute(scene, rng)
+        wrong_scene, attribute = with_wrong_attribute(scene, rng, config.style)
         return describe(wrong_scene, rng, name_colour=attribute == "colour"), "partial"
     draw -= config.p_partial
     if draw < config.p_generic:

@@ -23,11 +23,11 @@ def adamw(parameters, device: torch.device, **settings) -> torch.optim.AdamW:
     return torch.optim.AdamW(parameters, fused=device.type in ("cpu", "cuda"), **settings)
 
 
-def training_flops_per_sample(model: PSDCLIPModel, feature_caching: bool, ema_teacher: bool) -> float:
+def training_flops_per_sample(model: PSDCLIPModel, feature_caching: bool, teacher_forward_passes: int) -> float:
     """Approximate FLOPs of one training sample: 2 per weight per token forward, twice that backward.
 
     Embedding lookups cost nothing and attention's quadratic term is left out, as in nanoGPT's estimate.
-    Feature caching adds one more forward, and so does an EMA teacher.
+    Feature caching adds one more forward, and a teacher its `extra_forward_passes` (one for the EMA teacher).
     """
     def matmul_weights(module):
         tables = sum(m.weight.numel() for m in module.modules() if isinstance(m, torch.nn.Embedding))
@@ -38,5 +38,5 @@ def training_flops_per_sample(model: PSDCLIPModel, feature_caching: bool, ema_te
     forward = 2 * (matmul_weights(model.vision_model) + model.visual_projection.weight.numel()) * image_tokens
     forward += 2 * (matmul_weights(model.text_model) + model.text_projection.weight.numel()) * \
         text.max_position_embeddings
-    return forward * (3 + feature_caching + ema_teacher)
+    return forward * (3 + feature_caching + teacher_forward_passes)
 

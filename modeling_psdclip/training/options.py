@@ -63,6 +63,8 @@ class TrainingOptions:
                                          choices=DISTILL_TEACHERS)
     distill_ema_decay: float | None = option(None, "decay of the ema teacher's weight average, in [0, 1) "
                                                    "(default: model's)")
+    distill_alpha_per_pair: bool | None = option(None, "scale each drawn row's alpha by the teacher's doubt in its "
+                                                       "pair, 1 - its probability (default: model's)")
     # Data.
     data: str = option("synthetic", "training data: 'synthetic' (built-in captioned scenes), an imagefolder, "
                                     "CSV/TSV/JSONL, parquet/arrow, save_to_disk or webdataset path, or a `datasets` name; "
@@ -78,6 +80,8 @@ class TrainingOptions:
     p_mismatch: float = option(0.2, "synthetic data: probability a caption describes another scene")
     p_partial: float = option(0.2, "synthetic data: probability one attribute of a caption is wrong")
     p_generic: float = option(0.1, "synthetic data: probability a caption is generic (fits many scenes)")
+    synthetic_world: str = option("standard", "synthetic data: the world every split draws from (standard, or "
+                                              "another style or set of shapes, to fine-tune on a new distribution)")
     image_size: int | None = option(None, "input resolution in pixels (default: the model's)")
     # modeling_psdclip.data.records.MAX_IMAGE_PIXELS, written out: importing the data package loads torch, which the
     # options must not wait for (tests/test_layout.py checks the two agree).

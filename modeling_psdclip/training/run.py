@@ -40,6 +40,7 @@ from .optim import adamw, parameter_groups, training_flops_per_sample
 from .options import OptionError, TrainingOptions, flag, tracker_names
 from .run_lock import hold_run_dir
 from .step import TrainingStep, feature_caching_unsupported, validate
+from .teachers import active_teacher_class
 from .stops import STOPS, describe_stop, sigterm_interrupts
 
 logger = get_logger("train")
@@ -128,7 +129,7 @@ def build_model_and_processor(options):
     """A new model from `--preset` or the one in `--init-from`, with the distillation options applied."""
     overrides = {name: getattr(options, name) for name in
                  ("distill_alpha_max", "distill_fraction", "distill_schedule", "distill_temperature",
-                  "distill_teacher", "distill_ema_decay")
+                  "distill_teacher", "distill_ema_decay", "distill_alpha_per_pair")
                  if getattr(options, name) is not None}
     overrides["distill_seed"] = options.seed
     if options.init_from is None:
@@ -166,7 +167,7 @@ def build_datasets(options, image_size: int):
     def load(flag: str, source: str, split: str, **kwargs):
         if source == "synthetic":
             kwargs.update(num_samples=options.train_samples if flag == "--data" else options.val_samples,
-                          image_size=image_size)
+                          image_size=image_size, world=options.synthetic_world)
             source = "synthetic:train" if flag == "--data" else "synthetic:val"
         try:
             return load_image_text_dataset(source, split=split, image_column=options.image_column,
@@ -186,7 +187,9 @@ def build_datasets(options, image_size: int):
         if val_source else None
     if val is not None and len(val) < 2:
         raise OptionError(f"--val-data: {val_source} has {len(val)} record; the validation loss needs at least 2")
-    description = {"training data": "built-in synthetic captioned scenes" if synthetic else options.data,
+    scenes = "built-in synthetic captioned scenes" + \
+        (f" ({options.synthetic_world} world)" if options.synthetic_world != "standard" else "")
+    description = {"training data": scenes if synthetic else options.data,
                    "training records": len(train) if not options.streaming else "streamed",
                    **(noise if synthetic else {}),
                    "validation data": "clean synthetic split" if val_source == "synthetic" else val_source or "none",
@@ -321,8 +324,9 @@ def set_up(options, accelerator: Accelerator) -> Session:
 
     if options.gradient_checkpointing:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-    ema = model.config.distill_teacher == "ema" and model.config.distill_alpha_max > 0
-    flops_per_sample = training_flops_per_sample(model, feature_caching=options.accum_steps > 1, ema_teacher=ema)
+    teacher = active_teacher_class(model.config)
+    flops_per_sample = training_flops_per_sample(model, feature_caching=options.accum_steps > 1,
+                                                 teacher_forward_passes=teacher.extra_forward_passes if teacher else 0)
     optimizer = adamw(parameter_groups(model, options.weight_decay), accelerator.device, lr=options.lr,
                       betas=(options.adam_beta1, options.adam_beta2), eps=options.adam_eps)
     steps_per_epoch = None if options.streaming else \

@@ -71,8 +71,6 @@ class TrainingStep:
         that is there. Raises ValueError with a one-line reason when the teacher cannot work here."""
         accelerator = accelerator or Accelerator()
         config = accelerator.unwrap_model(model).config
-        if bank_folder is None and config.distill_alpha_max > 0 and config.distill_teacher == "previous_epoch":
-            raise ValueError("the previous_epoch teacher needs a folder for its bank of embeddings")
         teacher = build_teacher(config, model, accelerator, bank_folder, num_pairs, resume=resume)
         return cls(model, teacher, accelerator)
 

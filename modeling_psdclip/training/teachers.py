@@ -4,20 +4,25 @@ The loss needs, for the pairs of a batch, a teacher's L2-normalised image and ca
 into teacher logits over the global batch (README, "Objective"). The teacher must be a different function of the
 data than the student at this step: the student's own logits give a soft term with zero gradient.
 
+A teacher is a subclass of `Teacher` registered under the name `distill_teacher` gives it (`@register_teacher`);
+the class declares what the rest of training must know of it (the extra forward passes it costs, the config
+settings its card lists, whether each epoch's end needs a checkpoint, its first taught epoch) and how it is built.
+Adding one is one class here plus its name in `configuration_psdclip.DISTILL_TEACHERS`, which remote code reads.
+
 - `PreviousEpochTeacher` (PS-KD): the model of epoch e-1 teaches epoch e through the embeddings it produced for each
   pair, stored in a bank as it trained. No extra forward pass.
 - `EMATeacher` (ALBEF's momentum distillation, MoCo, DINO): a moving average of the weights, run without gradient on
   the same batch. One extra forward pass; works with streamed data and single-epoch runs.
+- `StartTeacher`: the model as training started, never moved: the control of "distillation only keeps the start".
 - `UniformTeacher`: no teacher at all, a uniform target in its place: label smoothing with PSD's alpha schedule and
   drawn rows. The control arm: PSD is credited only with what it does beyond it.
 
-Both have the same interface, which `TrainingStep` (training/step.py), the one caller, drives:
+`TrainingStep` (training/step.py), the one caller, drives every teacher the same way:
 
     teacher.start_epoch(epoch)                      # every process, before each epoch
     targets = teacher.embeddings(batch)             # TeacherEmbeddings or None; model(**batch, **targets.as_kwargs())
     teacher.record(batch, image_embeds, text_embeds)   # after a finite step's forward (every process)
     teacher.after_optimizer_step(model)             # once per optimizer step, not per micro-batch
-    teacher.needs_checkpoint_at_epoch_end, teacher.first_taught_epoch   # what the loop must know of it
 """
 
 import copy
@@ -25,6 +30,7 @@ import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -71,7 +77,58 @@ def pair_indices(batch: dict) -> torch.Tensor:
     return batch["pair_index"]
 
 
-class PreviousEpochTeacher:
+class Teacher:
+    """What every teacher has, with the behaviour of one that holds no state and records nothing.
+
+    Subclasses set `name` and implement `build` and `embeddings`; they override the rest only where they differ.
+    Every method is collective under several processes: every process calls it.
+    """
+
+    name: ClassVar[str]
+    extra_forward_passes: ClassVar[int] = 0  # no-grad forwards a step costs, for the FLOPs estimate
+    card_settings: ClassVar[tuple[str, ...]] = ()  # config settings of its own that a model card lists
+    first_taught_epoch: ClassVar[int] = 0
+    # Whether each epoch's end needs a checkpoint: true when a resume must never go back across one.
+    needs_checkpoint_at_epoch_end: ClassVar[bool] = False
+
+    @classmethod
+    def build(cls, config: PSDCLIPConfig, model, accelerator: Accelerator, *, bank_folder: Path | None,
+              num_pairs: int | None, resume: bool) -> "Teacher":
+        """The teacher for `model` (as the loop holds it); ValueError with a one-line reason when it cannot work
+        here. `bank_folder`, `num_pairs` (None for streamed data) and `resume` describe the run."""
+        raise NotImplementedError
+
+    def start_epoch(self, epoch: int) -> None:
+        pass
+
+    def embeddings(self, batch: dict) -> TeacherEmbeddings | None:
+        raise NotImplementedError
+
+    def record(self, batch: dict, image_embeds: torch.Tensor, text_embeds: torch.Tensor) -> None:
+        pass
+
+    def after_optimizer_step(self, model) -> None:
+        pass
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """What a checkpoint keeps of the teacher, as tensors."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        pass
+
+
+TEACHERS: dict[str, type[Teacher]] = {}
+
+
+def register_teacher(teacher: type[Teacher]) -> type[Teacher]:
+    """Class decorator: make `teacher` the one `distill_teacher: <teacher.name>` builds."""
+    TEACHERS[teacher.name] = teacher
+    return teacher
+
+
+@register_teacher
+class PreviousEpochTeacher(Teacher):
     """Embeddings of every pair from the previous epoch, in memory-mapped fp16 banks in the run directory.
 
     While epoch e trains, each pair's normalised image and caption embeddings are written at its dataset index into
@@ -84,11 +141,21 @@ class PreviousEpochTeacher:
     every process reads the same contents whether or not machines share the run directory.
     """
 
+    name = "previous_epoch"
     FILES = ("image", "text", "epoch")
     first_taught_epoch = 1  # the first epoch has no previous one
     # The next epoch overwrites the bank an earlier checkpoint's epoch reads: a resume must never go back across an
     # epoch's end, so each one is checkpointed.
     needs_checkpoint_at_epoch_end = True
+
+    @classmethod
+    def build(cls, config, model, accelerator, *, bank_folder, num_pairs, resume):
+        if num_pairs is None:
+            raise ValueError("the previous_epoch teacher stores embeddings by pair index, which streamed data does "
+                             "not have: use the ema teacher")
+        if bank_folder is None:
+            raise ValueError("the previous_epoch teacher needs a folder for its bank of embeddings")
+        return cls(bank_folder, num_pairs, config.projection_dim, accelerator, resume=resume)
 
     def __init__(self, folder: str | Path, num_pairs: int, dim: int, accelerator: Accelerator, resume: bool):
         self.folder = Path(folder)
@@ -153,18 +220,11 @@ class PreviousEpochTeacher:
             self.banks["image"][write, rows] = images
             self.banks["text"][write, rows] = texts
             self.banks["epoch"][write, rows] = self.epoch
-
-    def after_optimizer_step(self, model) -> None:
-        pass
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return {}  # The banks live in the run directory; the epoch comes from the loop's own state.
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        pass
+    # Its state_dict is empty: the banks live in the run directory, and the epoch comes from the loop's own state.
 
 
-class EMATeacher:
+@register_teacher
+class EMATeacher(Teacher):
     """A momentum copy of the towers and projections: `ema = decay * ema + (1 - decay) * student` every step.
 
     It starts equal to the student (so the first steps distil nothing, and alpha starts at 0 anyway) and runs in
@@ -172,29 +232,28 @@ class EMATeacher:
     parameters are the same everywhere after each DDP step.
     """
 
-    first_taught_epoch = 0
-    needs_checkpoint_at_epoch_end = False
+    name = "ema"
+    extra_forward_passes = 1
+    card_settings = ("distill_ema_decay",)
 
     def __init__(self, model: PSDCLIPModel, decay: float, accelerator: Accelerator | None = None):
         accelerator = accelerator or Accelerator()  # a plain loop: one process, no mixed precision
         if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
-            raise ValueError("the ema teacher needs the full weights on every process, which FSDP and DeepSpeed "
-                             "shard: use the previous_epoch teacher there")
+            raise ValueError(f"the {self.name} teacher needs the full weights on every process, which FSDP and "
+                             "DeepSpeed shard: use the previous_epoch teacher there")
         self.model = copy.deepcopy(accelerator.unwrap_model(model)).eval().requires_grad_(False)
         self.decay = decay
         self.accelerator = accelerator
 
-    def start_epoch(self, epoch: int) -> None:
-        pass
+    @classmethod
+    def build(cls, config, model, accelerator, *, bank_folder, num_pairs, resume):
+        return cls(model, config.distill_ema_decay, accelerator)
 
     @torch.no_grad()
     def embeddings(self, batch: dict) -> TeacherEmbeddings:
         with self.accelerator.autocast():
             output = self.model(**model_inputs(batch), return_loss=False)
         return TeacherEmbeddings(output.image_embeds, output.text_embeds)
-
-    def record(self, batch: dict, image_embeds: torch.Tensor, text_embeds: torch.Tensor) -> None:
-        pass
 
     @torch.no_grad()
     def after_optimizer_step(self, model) -> None:
@@ -213,41 +272,44 @@ class EMATeacher:
             raise ValueError(f"the checkpoint's ema teacher lacks {sorted(parameters & set(missing))[0]}")
 
 
-class UniformTeacher:
+@register_teacher
+class StartTeacher(EMATeacher):
+    """The model as training started, never moved (an EMA teacher with decay 1): distilling from it only keeps the
+    student near its start, which is what PSD must beat. Its weights are in checkpoints, so a resumed run keeps the
+    start it began from."""
+
+    name = "start"
+    card_settings = ()
+
+    @classmethod
+    def build(cls, config, model, accelerator, *, bank_folder, num_pairs, resume):
+        return cls(model, 1.0, accelerator)
+
+    def after_optimizer_step(self, model) -> None:
+        pass
+
+
+@register_teacher
+class UniformTeacher(Teacher):
     """Label smoothing in a teacher's place: zero embeddings give equal teacher logits, so `softmax(T / tau)` is
     uniform over the global batch and a drawn row's target is `(1 - a) onehot + a / N`, with the alpha schedule and
     row draw of PSD. No extra compute and no state."""
 
-    first_taught_epoch = 0
-    needs_checkpoint_at_epoch_end = False
+    name = "uniform"
 
     def __init__(self, dim: int):
         self.dim = dim
 
-    def start_epoch(self, epoch: int) -> None:
-        pass
+    @classmethod
+    def build(cls, config, model, accelerator, *, bank_folder, num_pairs, resume):
+        return cls(config.projection_dim)
 
     def embeddings(self, batch: dict) -> TeacherEmbeddings:
         zeros = batch["input_ids"].new_zeros((len(batch["input_ids"]), self.dim), dtype=torch.float32)
         return TeacherEmbeddings(zeros, zeros)
 
-    def record(self, batch: dict, image_embeds: torch.Tensor, text_embeds: torch.Tensor) -> None:
-        pass
 
-    def after_optimizer_step(self, model) -> None:
-        pass
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        pass
-
-
-Teacher = PreviousEpochTeacher | EMATeacher | UniformTeacher
-
-
-def build_teacher(config: PSDCLIPConfig, model, accelerator: Accelerator, bank_folder: str | Path,
+def build_teacher(config: PSDCLIPConfig, model, accelerator: Accelerator, bank_folder: str | Path | None,
                   num_pairs: int | None, resume: bool = False) -> Teacher | None:
     """The teacher `config.distill_teacher` names, or None for plain CLIP (`distill_alpha_max == 0`).
 
@@ -256,15 +318,22 @@ def build_teacher(config: PSDCLIPConfig, model, accelerator: Accelerator, bank_f
     """
     if config.distill_alpha_max == 0:
         return None
-    if config.distill_teacher == "ema":
-        return EMATeacher(model, config.distill_ema_decay, accelerator)
-    if config.distill_teacher == "uniform":
-        return UniformTeacher(config.projection_dim)
-    if num_pairs is None:
-        raise ValueError("the previous_epoch teacher stores embeddings by pair index, which streamed data does "
-                         "not have: use the ema teacher")
-    return PreviousEpochTeacher(bank_folder, num_pairs, config.projection_dim, accelerator, resume=resume)
+    return teacher_class(config.distill_teacher).build(
+        config, model, accelerator, bank_folder=Path(bank_folder) if bank_folder is not None else None,
+        num_pairs=num_pairs, resume=resume)
 
 
-__all__ = ["EMATeacher", "PreviousEpochTeacher", "Teacher", "TeacherEmbeddings", "UniformTeacher", "build_teacher",
+def teacher_class(name: str) -> type[Teacher]:
+    if name not in TEACHERS:
+        raise ValueError(f"no teacher is registered as {name!r} (registered: {', '.join(TEACHERS)})")
+    return TEACHERS[name]
+
+
+def active_teacher_class(config: PSDCLIPConfig) -> type[Teacher] | None:
+    """The class of the teacher a training run with `config` builds (None for plain CLIP), without building it."""
+    return teacher_class(config.distill_teacher) if config.distill_alpha_max > 0 else None
+
+
+__all__ = ["EMATeacher", "PreviousEpochTeacher", "StartTeacher", "TEACHERS", "Teacher", "TeacherEmbeddings",
+           "UniformTeacher", "active_teacher_class", "build_teacher", "register_teacher", "teacher_class",
            "teacher_kwargs"]
