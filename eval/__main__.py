@@ -2,8 +2,7 @@
 
 Tasks: zeroshot, linear-probe, retrieval, robustness, noisy-pairs. Writes `<output>/<task>.json`, `<task>.md`,
 figures, and (unless --no-card) the results into each model folder's README.md. Mistakes in the command exit with
-status 2 and a one-line error. Aliases kept for one release: `build-openmoji OUT` is
-`python -m modeling_psdclip.data.openmoji OUT`, and `study --config FILE` is `python -m studies --config FILE`.
+status 2 and a one-line error.
 
 The options are parsed before the tasks (torch, transformers, datasets, scikit-learn) are imported, so `--help`
 and a mistyped option answer at once.
@@ -20,7 +19,6 @@ from modeling_psdclip.utils import OneLineErrorParser, first_line
 from .errors import EvalInputError
 
 PROG = "python -m eval"
-ALIASES = {"build-openmoji": "python -m modeling_psdclip.data.openmoji", "study": "python -m studies"}
 
 
 def positive_int(text: str) -> int:
@@ -33,8 +31,7 @@ def positive_int(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineErrorParser(prog=PROG, description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    tasks = parser.add_subparsers(dest="task", required=True, parser_class=OneLineErrorParser,
-                                  metavar="{zeroshot,linear-probe,retrieval,robustness,noisy-pairs,build-openmoji,study}")
+    tasks = parser.add_subparsers(dest="task", required=True, parser_class=OneLineErrorParser)
 
     common = OneLineErrorParser(add_help=False)
     common.add_argument("--model", action="append", required=True, metavar="FOLDER",
@@ -82,22 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
     noisy.add_argument("--pool-size", type=int, default=None,
                        help="pairs each paired probability is computed among; 0 = all (default: "
                             "eval.noisy_pairs.DEFAULT_POOL_SIZE, 256)")
-    # Aliases of other commands: main() hands their arguments on before this parser reads them.
-    for alias, command in ALIASES.items():
-        tasks.add_parser(alias, help=f"alias of `{command}` (kept for one release)", add_help=False)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["build-openmoji"]:
-        from modeling_psdclip.data.openmoji import main as build_openmoji
-
-        return build_openmoji(argv[1:], prog=f"{PROG} build-openmoji")
-    if argv[:1] == ["study"]:
-        from studies.__main__ import main as study
-
-        return study(argv[1:], prog=f"{PROG} study")
     args = build_parser().parse_args(argv)
     from modeling_psdclip.card import update_model_card
 
