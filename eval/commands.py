@@ -107,7 +107,3 @@ def run_robustness(args):
         (folder, "zero-shot-image-classification", "Robustness", name, shift)
         for (folder, _), entry in zip(models, results["models"]) for name, shift in entry["shifted"].items()]
     return results, rows, cards
-
-
-TASKS = {"zeroshot": run_zeroshot, "linear-probe": run_linear_probe, "retrieval": run_retrieval,
-         "robustness": run_robustness, "noisy-pairs": run_noisy_pairs}
