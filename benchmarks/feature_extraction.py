@@ -1,6 +1,6 @@
 """Speed of feature extraction: `python -m benchmarks.feature_extraction [--num-images 10000] [--image-size 64]`.
 
-Times `EmbeddingModel.encode_images` (preprocessing + forward, batched under inference mode) on a randomly
+Times `ImageTextEmbedder.encode_images` (preprocessing + forward, batched under inference mode) on a randomly
 initialised PSD-CLIP model of the given preset, over images made beforehand so that making them is not timed.
 Weights do not change the cost, so a random model measures what a trained one would.
 """
@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 from transformers import CLIPImageProcessor
 
-from eval.model import EmbeddingModel
+from modeling_psdclip.embedding import ImageTextEmbedder
 
 
 def random_images(count: int, size: int, seed: int = 0) -> list[Image.Image]:
@@ -31,7 +31,7 @@ def benchmark(num_images: int = 10_000, image_size: int = 64, preset: str = "tin
     size = {"height": image_size, "width": image_size}
     # Only images are encoded, so the image half of the processor is all that is needed.
     processor = CLIPImageProcessor(size={"shortest_edge": image_size}, crop_size=size)
-    model = EmbeddingModel(PSDCLIPModel(config), processor, name=preset, batch_size=batch_size)
+    model = ImageTextEmbedder(PSDCLIPModel(config), processor, name=preset, batch_size=batch_size)
     images = random_images(num_images, image_size)
     start = time.perf_counter()
     features = model.encode_images(images)

@@ -9,7 +9,7 @@ from modeling_psdclip.utils import lazy_names
 
 _EXPORTS = {
     "EvalData": "data", "load_eval_data": "data", "EvalInputError": "errors", "linear_probe": "linear_probe",
-    "EmbeddingModel": "model", "ImageTextEncoder": "model", "noisy_pair_detection": "noisy_pairs",
+    "EmbeddingModel": "model", "noisy_pair_detection": "noisy_pairs",
     "paired_probabilities": "noisy_pairs", "write_suspects_csv": "noisy_pairs", "retrieval": "retrieval",
     "robustness": "robustness", "zero_shot_classification": "zeroshot", "zero_shot_classifier": "zeroshot",
 }

@@ -1,9 +1,7 @@
 """Command line: `python -m eval TASK --model FOLDER [--model FOLDER ...] --data SOURCE [options]`.
 
-Tasks: zeroshot, linear-probe, retrieval, robustness, noisy-pairs. Writes `<output>/<task>.json`, `<task>.md`,
-figures, and (unless --no-card) the results into each model folder's README.md. Mistakes in the command exit with
-status 2 and a one-line error. Aliases kept for one release: `build-openmoji OUT` is
-`python -m modeling_psdclip.data.openmoji OUT`, and `study --config FILE` is `python -m studies --config FILE`.
+Each task (`TASKS`) writes `<output>/<task>.json`, `<task>.md`, figures, and (unless --no-card) the results into each
+model folder's README.md. Mistakes in the command exit with status 2 and a one-line error.
 
 The options are parsed before the tasks (torch, transformers, datasets, scikit-learn) are imported, so `--help`
 and a mistyped option answer at once.
@@ -20,7 +18,15 @@ from modeling_psdclip.utils import OneLineErrorParser, first_line
 from .errors import EvalInputError
 
 PROG = "python -m eval"
-ALIASES = {"build-openmoji": "python -m modeling_psdclip.data.openmoji", "study": "python -m studies"}
+# The tasks: name -> (help, the function of eval.commands that runs it, looked up once the options are parsed so that
+# `--help` imports no task).
+TASKS = {
+    "zeroshot": ("zero-shot classification", "run_zeroshot"),
+    "linear-probe": ("logistic regression on image features", "run_linear_probe"),
+    "retrieval": ("image-text retrieval Recall@1/5/10", "run_retrieval"),
+    "robustness": ("accuracy under distribution shift", "run_robustness"),
+    "noisy-pairs": ("rank suspected mismatched pairs", "run_noisy_pairs"),
+}
 
 
 def positive_int(text: str) -> int:
@@ -33,8 +39,7 @@ def positive_int(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineErrorParser(prog=PROG, description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    tasks = parser.add_subparsers(dest="task", required=True, parser_class=OneLineErrorParser,
-                                  metavar="{zeroshot,linear-probe,retrieval,robustness,noisy-pairs,build-openmoji,study}")
+    tasks = parser.add_subparsers(dest="task", required=True, parser_class=OneLineErrorParser)
 
     common = OneLineErrorParser(add_help=False)
     common.add_argument("--model", action="append", required=True, metavar="FOLDER",
@@ -62,46 +67,29 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--trust-remote-code", action="store_true",
                         help="run the Python files a --model folder carries (auto_map); only for folders you trust. "
                              "PSD-CLIP and stock CLIP folders never need it")
-    templates = OneLineErrorParser(add_help=False)
-    templates.add_argument("--templates", default=None, metavar="SET_OR_FILE",
-                           help="imagenet80 (default unless the data ships templates), simple, or a file")
-
-    tasks.add_parser("zeroshot", parents=[common, templates], help="zero-shot classification")
-    probe = tasks.add_parser("linear-probe", parents=[common], help="logistic regression on image features")
-    probe.add_argument("--test-data", required=True, metavar="SOURCE")
-    probe.add_argument("--val-data", metavar="SOURCE", help="default: a stratified 20%% of --data")
-    retrieve = tasks.add_parser("retrieval", parents=[common], help="image-text retrieval Recall@1/5/10")
+    task = {name: tasks.add_parser(name, parents=[common], help=summary) for name, (summary, _) in TASKS.items()}
+    for name in ("zeroshot", "robustness"):
+        task[name].add_argument("--templates", default=None, metavar="SET_OR_FILE",
+                                help="imagenet80 (default unless the data ships templates), simple, or a file")
+    task["linear-probe"].add_argument("--test-data", required=True, metavar="SOURCE")
+    task["linear-probe"].add_argument("--val-data", metavar="SOURCE", help="default: a stratified 20%% of --data")
     # Checked by the task (eval.retrieval.PROTOCOLS), so that parsing the options imports no task.
-    retrieve.add_argument("--protocol", default="distinct_texts",
-                          help="distinct_texts: identical caption texts are one item (default); clip_benchmark: "
-                               "every caption its own item, as CLIP_benchmark counts")
-    robust = tasks.add_parser("robustness", parents=[common, templates], help="accuracy under distribution shift")
-    robust.add_argument("--shifted", action="append", required=True, metavar="SOURCE",
-                        help="shifted data set; repeat for several")
-    noisy = tasks.add_parser("noisy-pairs", parents=[common], help="rank suspected mismatched pairs")
-    noisy.add_argument("--pool-size", type=int, default=None,
-                       help="pairs each paired probability is computed among; 0 = all (default: "
-                            "eval.noisy_pairs.DEFAULT_POOL_SIZE, 256)")
-    # Aliases of other commands: main() hands their arguments on before this parser reads them.
-    for alias, command in ALIASES.items():
-        tasks.add_parser(alias, help=f"alias of `{command}` (kept for one release)", add_help=False)
+    task["retrieval"].add_argument("--protocol", default="distinct_texts",
+                                   help="distinct_texts: identical caption texts are one item (default); "
+                                        "clip_benchmark: every caption its own item, as CLIP_benchmark counts")
+    task["robustness"].add_argument("--shifted", action="append", required=True, metavar="SOURCE",
+                                    help="shifted data set; repeat for several")
+    task["noisy-pairs"].add_argument("--pool-size", type=int, default=None,
+                                     help="pairs each paired probability is computed among; 0 = all (default: "
+                                          "eval.noisy_pairs.DEFAULT_POOL_SIZE, 256)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["build-openmoji"]:
-        from modeling_psdclip.data.openmoji import main as build_openmoji
-
-        return build_openmoji(argv[1:], prog=f"{PROG} build-openmoji")
-    if argv[:1] == ["study"]:
-        from studies.__main__ import main as study
-
-        return study(argv[1:], prog=f"{PROG} study")
     args = build_parser().parse_args(argv)
     from modeling_psdclip.card import update_model_card
 
-    from .commands import TASKS
+    from . import commands
     from .model import input_size, require_model_folder
     from .report import write_report
 
@@ -111,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.image_size is None:  # synthetic scenes drawn at the size the model reads
             args.image_size = input_size(args.model[0])
         require_output_folder(args.output)
-        results, rows, cards = TASKS[args.task](args)
+        results, rows, cards = getattr(commands, TASKS[args.task][1])(args)
         paths = write_report(args.output, args.task, results, rows)
     except EvalInputError as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)

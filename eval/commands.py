@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from modeling_psdclip.data import caption_noise
+
 from .data import CLEAN, EvalData, load_eval_data
 from .errors import EvalInputError
 from .linear_probe import linear_probe
@@ -19,9 +21,8 @@ from .zeroshot import zero_shot_classification
 
 
 def load_data(args, source: str) -> EvalData:
-    noise = {"p_mismatch": args.p_mismatch, "p_partial": args.p_partial, "p_generic": args.p_generic}
     data = load_eval_data(source, label_column=args.label_column, num_samples=args.num_samples, seed=args.seed,
-                          image_size=args.image_size, **{key: value for key, value in noise.items() if value})
+                          image_size=args.image_size, **caption_noise(args))
     if args.classnames:
         names = read_lines(args.classnames, "class name")
         if data.class_names is not None and len(names) != len(data.class_names):
@@ -107,7 +108,3 @@ def run_robustness(args):
         (folder, "zero-shot-image-classification", "Robustness", name, shift)
         for (folder, _), entry in zip(models, results["models"]) for name, shift in entry["shifted"].items()]
     return results, rows, cards
-
-
-TASKS = {"zeroshot": run_zeroshot, "linear-probe": run_linear_probe, "retrieval": run_retrieval,
-         "robustness": run_robustness, "noisy-pairs": run_noisy_pairs}

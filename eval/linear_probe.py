@@ -6,19 +6,19 @@ import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
 
+from modeling_psdclip.embedding import ImageTextEmbedder
 from modeling_psdclip.ranking import label_ranks
 
 from .data import EvalData
 from .errors import EvalInputError
 from .metrics import load_metric
-from .model import ImageTextEncoder
 
 # The CLIP paper sweeps the inverse regularisation over 1e-6..1e6 on a log scale; one value per decade keeps
 # 13 fits affordable on a CPU. Pass `c_values` for a finer sweep.
 DEFAULT_C_VALUES = tuple(np.logspace(-6, 6, 13))
 
 
-def linear_probe(model: ImageTextEncoder, train: EvalData, test: EvalData, val: EvalData | None = None,
+def linear_probe(model: ImageTextEmbedder, train: EvalData, test: EvalData, val: EvalData | None = None,
                  c_values=DEFAULT_C_VALUES, val_fraction: float = 0.2, seed: int = 0, max_iter: int = 1000) -> dict:
     """Choose C by validation top-1 accuracy, refit on train+val with it, and score on test.
 

@@ -1,13 +1,13 @@
-"""One interface for every model the tasks evaluate: images and texts in, L2-normalised embeddings out."""
+"""Loading the models the tasks evaluate, with eval's errors. Every task takes the package's `ImageTextEmbedder`
+(images and texts in, L2-normalised embeddings out), or anything with its `name`, `encode_images`, `encode_texts` and
+`logit_multiplier`."""
 
 from __future__ import annotations
 
 import json
 import sys
 from pathlib import Path
-from typing import Protocol, Sequence
 
-import torch
 from safetensors import SafetensorError
 
 from modeling_psdclip.utils import first_line
@@ -15,19 +15,6 @@ from modeling_psdclip.embedding import ImageTextEmbedder, UntrustedCodeError
 from modeling_psdclip.model_folder import pickle_weights_note
 
 from .errors import EvalInputError
-
-
-class ImageTextEncoder(Protocol):
-    """What a task needs from a model. `EmbeddingModel` implements it; tests implement it with fakes."""
-
-    name: str
-
-    def encode_images(self, images: Sequence) -> torch.Tensor: ...
-
-    def encode_texts(self, texts: Sequence[str]) -> torch.Tensor: ...
-
-    @property
-    def logit_multiplier(self) -> float: ...
 
 
 def require_model_folder(folder: str | Path) -> Path:

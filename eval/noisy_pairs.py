@@ -22,9 +22,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from modeling_psdclip.embedding import ImageTextEmbedder
+
 from .data import CLEAN, EvalData
 from .metrics import load_metric
-from .model import ImageTextEncoder
 
 DEFAULT_POOL_SIZE = 256
 
@@ -44,7 +45,7 @@ def paired_probabilities(image_features: torch.Tensor, text_features: torch.Tens
     return probabilities
 
 
-def noisy_pair_detection(model: ImageTextEncoder, data: EvalData, pool_size: int | None = DEFAULT_POOL_SIZE,
+def noisy_pair_detection(model: ImageTextEmbedder, data: EvalData, pool_size: int | None = DEFAULT_POOL_SIZE,
                          seed: int = 0) -> tuple[dict, np.ndarray]:
     """Paired probability of every (image, first caption) pair, and how well 1 - p separates the pairs whose
     `noise` label is not "clean" (AUROC, average precision, precision at the true noise rate) when the data

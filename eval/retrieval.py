@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import torch
 
+from modeling_psdclip.embedding import ImageTextEmbedder
 from modeling_psdclip.ranking import distinct_items, image_carries, retrieval_ranks
 from modeling_psdclip.tokenization import clip_normalizer
 
 from .data import EvalData
 from .errors import EvalInputError
 from .metrics import load_metric
-from .model import ImageTextEncoder
 
 # "distinct_texts": identical caption texts (after CLIP's text normalisation) are one item. "clip_benchmark": every
 # caption is its own item and an image->text hit needs the image's own copy, as CLIP_benchmark counts (it assumes
@@ -18,7 +18,7 @@ from .model import ImageTextEncoder
 PROTOCOLS = ("distinct_texts", "clip_benchmark")
 
 
-def retrieval(model: ImageTextEncoder, data: EvalData, k: tuple[int, ...] = (1, 5, 10),
+def retrieval(model: ImageTextEmbedder, data: EvalData, k: tuple[int, ...] = (1, 5, 10),
               protocol: str = "distinct_texts") -> dict:
     """Image->text and text->image Recall@k. Image->text counts a hit when any of the image's caption texts is in
     the top k; text->image (one query per distinct text) when any image carrying that text is. Ties count against

@@ -13,9 +13,10 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import expit, logit
 
+from modeling_psdclip.embedding import ImageTextEmbedder
+
 from .data import EvalData
 from .errors import EvalInputError
-from .model import ImageTextEncoder
 from .zeroshot import zero_shot_classification
 
 # Accuracies are clipped away from 0 and 1 before the logit so that a perfect or null score stays finite.
@@ -41,7 +42,7 @@ def baseline_prediction(baseline: tuple[float, float], in_accuracy):
     return expit(slope * _logit(in_accuracy) + intercept)
 
 
-def robustness(models: list[ImageTextEncoder], in_distribution: EvalData, shifted: list[EvalData],
+def robustness(models: list[ImageTextEmbedder], in_distribution: EvalData, shifted: list[EvalData],
                templates: list[str] | None = None) -> dict:
     """Zero-shot top-1 accuracy of every model on `in_distribution` and each `shifted` set, with per set (and
     for the average over the shifted sets) the drop and the effective robustness against the joint fit."""

@@ -5,22 +5,22 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from modeling_psdclip.embedding import ImageTextEmbedder
 from modeling_psdclip.ranking import label_ranks
 
 from .data import EvalData
 from .metrics import load_metric
-from .model import ImageTextEncoder
 from .templates import TEMPLATE_SETS, fill_template
 
 
-def zero_shot_classifier(model: ImageTextEncoder, class_names: list[str], templates: list[str]) -> torch.Tensor:
+def zero_shot_classifier(model: ImageTextEmbedder, class_names: list[str], templates: list[str]) -> torch.Tensor:
     """One weight row per class: its prompts' normalised text embeddings averaged, then renormalised."""
     prompts = [fill_template(template, name) for name in class_names for template in templates]
     embeddings = model.encode_texts(prompts).view(len(class_names), len(templates), -1)
     return F.normalize(embeddings.mean(dim=1), dim=-1)
 
 
-def zero_shot_classification(model: ImageTextEncoder, data: EvalData, templates: list[str] | None = None,
+def zero_shot_classification(model: ImageTextEmbedder, data: EvalData, templates: list[str] | None = None,
                              image_features: torch.Tensor | None = None) -> dict:
     """Top-1 and top-5 accuracy and mean per-class recall of the zero-shot classifier on `data`.
 

@@ -70,7 +70,7 @@ def clip_card(card: ModelCard, config: PSDCLIPConfig, model_path: str) -> ModelC
 
 def save_clip_folder(model: PSDCLIPModel, processor, folder, repo_id: str | None = None,
                      card: ModelCard | None = None, **card_fields) -> Path:
-    """`hub.save_model_folder` in the clip format: `model` as a `CLIPModel`, its processor, and a card.
+    """`model_folder.save_model_folder` in the clip format: `model` as a `CLIPModel`, its processor, and a card.
 
     The card is `card` (a PSD-CLIP folder's) made into the export's by `clip_card`, or else rendered from
     `card_fields` as `save_model_folder` renders it; its usage names `repo_id`, else the folder's name.

@@ -3,5 +3,5 @@
     python -m studies --config studies/noise.yaml [--quick] [--output DIR]
 
 The YAML files beside this package define the studies; `runner` trains and evaluates their runs (resumably), and
-`report` writes the comparison (tables with paired intervals, figures). `python -m eval study` is an alias.
+`report` writes the comparison (tables with paired intervals, figures).
 """

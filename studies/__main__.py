@@ -1,5 +1,5 @@
-"""`python -m studies --config FILE [--quick] [--output DIR]` (also `python -m eval study`, `psdclip-study`): train and
-evaluate every run of a study not finished yet, then write its report. A mistake exits with status 2 and one line.
+"""`python -m studies --config FILE [--quick] [--output DIR]` (also `psdclip-study`): train and evaluate
+every run of a study not finished yet, then write its report. A mistake exits with status 2 and one line.
 
 The options are parsed before training and evaluation are imported, so `--help` answers at once.
 """
@@ -12,8 +12,8 @@ from modeling_psdclip.utils import OneLineErrorParser, status_of
 PROG = "python -m studies"
 
 
-def build_parser(prog: str = PROG) -> OneLineErrorParser:
-    parser = OneLineErrorParser(prog=prog, description="Train and evaluate a matrix of runs (methods x noise x data "
+def build_parser() -> OneLineErrorParser:
+    parser = OneLineErrorParser(prog=PROG, description="Train and evaluate a matrix of runs (methods x noise x data "
                                 "x seeds) and write its report.")
     parser.add_argument("--config", required=True, metavar="FILE",
                         help="the study's YAML file, e.g. studies/noise.yaml (or a shipped study's name: noise)")
@@ -31,8 +31,8 @@ def study_file(config: str) -> str:
     return str(shipped) if not Path(config).exists() and shipped.is_file() else config
 
 
-def main(argv: list[str] | None = None, prog: str = PROG) -> int:
-    args = build_parser(prog).parse_args(argv)
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     args.config = study_file(args.config)
     from eval.errors import EvalInputError
 
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
         study, results = run_study(args.config, quick=args.quick, output=args.output, finished_only=args.finished_only)
         print(f"report: {write_study_report(study, results, args.output or study['output'])}")
 
-    return status_of(prog, run, EvalInputError)
+    return status_of(PROG, run, EvalInputError)
 
 
 if __name__ == "__main__":

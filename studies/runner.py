@@ -10,10 +10,11 @@ logged are collected. A finished run is never redone: a killed study continues w
 - A synthetic cell ({noise, train_samples}) trains on the built-in scenes with the noise level's options and is
   evaluated on the built-in splits: zero-shot shape, colour and count on clean test, retrieval on clean val, a
   linear probe on shape, zero-shot on the shifted splits, noisy-pair detection on the run's own noisy pairs.
-- A data cell ({noise, data}) trains on the `train` split of a folder built by `python -m eval build-openmoji`
-  (validating on its `validation` split); its noise level only names the cell and adds train options. It is
-  evaluated with zero-shot group and subgroup and retrieval on the folder's `test` split (emoji unseen in
-  training), and noisy-pair detection on its `train` split, whose `noise` column marks the mismatched captions.
+- A data cell ({noise, data}) trains on the `train` split of a folder built by
+  `python -m modeling_psdclip.data.openmoji` (validating on its `validation` split); its noise level only names the
+  cell and adds train options. It is evaluated with zero-shot group and subgroup and retrieval on the folder's
+  `test` split (emoji unseen in training), and noisy-pair detection on its `train` split, whose `noise` column marks
+  the mismatched captions.
 
 The study's YAML file holds `output`, `seeds`, `methods` ({name: train options}), `noise` ({name: train options}),
 `cells`, `train` (options of every run), `eval` (`num_samples`, `noisy_pairs`: synthetic sizes; `batch_size`;
@@ -189,7 +190,7 @@ def require_data_folders(runs: list[Run]) -> None:
     """Fail before any training when a data cell's folder has not been built."""
     for data in dict.fromkeys(run.data for run in runs if run.data):
         if not saved_with_splits(data):
-            raise EvalInputError(f"data folder {data} is not built: python -m eval build-openmoji {data} "
+            raise EvalInputError(f"data folder {data} is not built: python -m modeling_psdclip.data.openmoji {data} "
                                  "--p-mismatch P (the study file's header gives P)")
 
 

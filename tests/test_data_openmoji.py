@@ -4,9 +4,8 @@ import datasets
 import pytest
 
 from eval import load_eval_data
-from eval.__main__ import main
 from modeling_psdclip.data import DataError
-from modeling_psdclip.data.openmoji import build_openmoji, read_emoji_test
+from modeling_psdclip.data.openmoji import build_openmoji, main, read_emoji_test
 from tests.support import EMOJI_TEST, write_svgs
 
 pytest.importorskip("resvg_py")
@@ -59,8 +58,9 @@ def test_build_with_mismatched_train_captions(tmp_path, capsys):
         with pytest.raises(DataError, match=r"p_mismatch must lie in \[0, 1\)"):
             build_openmoji(tmp_path / "bad", p_mismatch=wrong, **options)
     capsys.readouterr()
-    assert main(["build-openmoji", str(tmp_path / "bad"), "--p-mismatch", "1"]) == 2
-    assert capsys.readouterr().err == "python -m eval build-openmoji: error: p_mismatch must lie in [0, 1), got 1.0\n"
+    assert main([str(tmp_path / "bad"), "--p-mismatch", "1"]) == 2
+    assert capsys.readouterr().err == ("python -m modeling_psdclip.data.openmoji: error: p_mismatch must lie in [0, 1), "
+                                       "got 1.0\n")
 
 
 def test_build_from_the_installed_openmoji_artwork(tmp_path):

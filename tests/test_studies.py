@@ -1,5 +1,5 @@
 """The study end to end on micro configurations (synthetic and OpenMoji cells): trains in-process through the
-training package, evaluates, reports, resumes; `python -m eval study` still runs it."""
+training package, evaluates, reports, resumes."""
 
 import json
 import math
@@ -12,7 +12,6 @@ import yaml
 from transformers import AutoProcessor
 from transformers.models.clip.modeling_clip import image_text_contrastive_loss
 
-from eval.__main__ import main as eval_main
 from eval.errors import EvalInputError
 from modeling_psdclip.data.openmoji import build_openmoji
 from studies.__main__ import main
@@ -76,7 +75,7 @@ def test_micro_study_trains_evaluates_reports_and_resumes(micro_study, capsys):
     assert not ema_run.exists()
     assert [run["run"]["method"] for run in json.loads((out / "results.json").read_text())["runs"]] == ["clip"]
     capsys.readouterr()
-    assert eval_main(["study", "--config", str(config), "--quick"]) == 0  # the alias
+    assert main(["--config", str(config), "--quick"]) == 0
     printed = capsys.readouterr().out
     assert "training heavy-64-psd-ema-seed0" in printed and "training heavy-64-clip-seed0" not in printed
     assert (out / "runs" / "heavy-64-clip-seed0" / "eval.json").stat().st_mtime_ns == kept
@@ -229,7 +228,7 @@ def test_micro_openmoji_study_trains_on_the_folder_and_reports_its_metrics(tmp_p
     config = tmp_path / "openmoji.yaml"
     config.write_text(yaml.safe_dump(study))
     assert main(["--config", str(config)]) == 2
-    assert f"python -m eval build-openmoji {tmp_path / 'not-built'} --p-mismatch P" in capsys.readouterr().err
+    assert f"python -m modeling_psdclip.data.openmoji {tmp_path / 'not-built'} --p-mismatch P" in capsys.readouterr().err
 
     config.write_text(yaml.safe_dump({**study, "cells": [{"noise": "heavy", "data": str(data)}]}))
     assert main(["--config", str(config)]) == 0

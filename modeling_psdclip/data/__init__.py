@@ -18,12 +18,12 @@ from .image_text import ImageTextDataset, ImageTextStream
 from .records import SKIP_REASONS, RecordColumns
 from .sampling import EpochSampler, SampleKey
 from .scenes import COLOURS, COUNTS, SHAPES
-from .sources import load_image_text_dataset, saved_to_disk, saved_with_splits
+from .sources import caption_noise, load_image_text_dataset, saved_to_disk, saved_with_splits
 from .synthetic import CLEAN, NOISE_KINDS, SPLITS, WORLDS, build_synthetic_dataset
 
 __all__ = [
-    "CLEAN", "COLOURS", "COUNTS", "NOISE_KINDS", "SHAPES", "SKIP_REASONS", "SPLITS", "WORLDS", "DataError", "EpochSampler",
-    "ImageTextCollator", "ImageTextDataset", "ImageTextStream", "RecordColumns", "SampleKey",
-    "build_synthetic_dataset", "load_image_text_dataset", "model_inputs", "saved_to_disk", "saved_with_splits",
-    "with_standardized_pixels",
+    "CLEAN", "COLOURS", "COUNTS", "NOISE_KINDS", "SHAPES", "SKIP_REASONS", "SPLITS", "WORLDS", "DataError",
+    "EpochSampler", "ImageTextCollator", "ImageTextDataset", "ImageTextStream", "RecordColumns", "SampleKey",
+    "build_synthetic_dataset", "caption_noise", "load_image_text_dataset", "model_inputs", "saved_to_disk",
+    "saved_with_splits", "with_standardized_pixels",
 ]

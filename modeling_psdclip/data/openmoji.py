@@ -12,7 +12,7 @@ Split per emoji (stratified by group: 70% train, 10% validation, 20% test), so r
 is measured on emoji never seen in training. The folder is a `DatasetDict.save_to_disk`, which both
 `python -m eval ... --data FOLDER:test` and training read.
 
-    python -m modeling_psdclip.data.openmoji OUT [--image-size 64] [--p-mismatch P]   # or python -m eval build-openmoji
+    python -m modeling_psdclip.data.openmoji OUT [--image-size 64] [--p-mismatch P]
 """
 
 from __future__ import annotations
@@ -191,15 +191,15 @@ def split_by_emoji(count: int, groups: list[str], seed: int) -> dict[str, np.nda
 PROG = "python -m modeling_psdclip.data.openmoji"
 
 
-def main(argv: list[str] | None = None, prog: str = PROG) -> int:
+def main(argv: list[str] | None = None) -> int:
     """Build the benchmark into a folder; a mistake is one line and exit status 2."""
-    parser = OneLineErrorParser(prog=prog, description="Build the OpenMoji image-text benchmark into a folder.")
+    parser = OneLineErrorParser(prog=PROG, description="Build the OpenMoji image-text benchmark into a folder.")
     parser.add_argument("out", type=Path)
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--p-mismatch", type=float, default=0.0,
                         help="share of train rows given another train row's captions (noise label 'mismatch')")
     args = parser.parse_args(argv)
-    return status_of(prog, lambda: print(build_openmoji(args.out, image_size=args.image_size,
+    return status_of(PROG, lambda: print(build_openmoji(args.out, image_size=args.image_size,
                                                         p_mismatch=args.p_mismatch)), DataError)
 
 

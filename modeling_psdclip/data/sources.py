@@ -85,6 +85,12 @@ def load_image_text_dataset(
     return ImageTextDataset(raw, columns, seed)
 
 
+def caption_noise(options) -> dict[str, float]:
+    """The caption-noise probabilities `build_synthetic_dataset` takes, read from parsed options that name them as it
+    does (train.py's and `python -m eval`'s)."""
+    return {name: getattr(options, name) for name in ("p_mismatch", "p_partial", "p_generic")}
+
+
 def split_source(source: str) -> tuple[str, str | None]:
     """`SOURCE:SPLIT` as (SOURCE, SPLIT), any other source as (source, None): `synthetic:val`, `PATH:SPLIT` when PATH
     exists and `PATH:SPLIT` does not (a name may hold a colon), a Hub dataset `NAME:SPLIT` (names hold none)."""

@@ -27,8 +27,8 @@ from transformers import AutoProcessor, get_cosine_schedule_with_warmup
 # Through the package, which registers "psdclip" with the Auto classes (AutoProcessor may need AutoConfig).
 from .. import PSDCLIPConfig, PSDCLIPModel
 from ..data import (
-    SKIP_REASONS, DataError, EpochSampler, ImageTextCollator, load_image_text_dataset, saved_with_splits,
-    with_standardized_pixels,
+    SKIP_REASONS, DataError, EpochSampler, ImageTextCollator, caption_noise, load_image_text_dataset,
+    saved_with_splits, with_standardized_pixels,
 )
 from ..export import save_clip_folder
 from ..model_folder import HubError, ModelFolderError, pickle_weights_note, push_folder_to_hub, save_model_folder
@@ -177,7 +177,7 @@ def build_datasets(options, image_size: int):
             raise OptionError(f"{flag}: {first_line(error)}") from error
 
     synthetic = options.data == "synthetic"
-    noise = {"p_mismatch": options.p_mismatch, "p_partial": options.p_partial, "p_generic": options.p_generic}
+    noise = caption_noise(options)
     train = load("--data", options.data, "train", streaming=options.streaming, **(noise if synthetic else {}))
     # The built-in validation split is clean: it measures alignment, not how well the noise was fitted.
     val_source = options.val_data or ("synthetic" if synthetic else None)

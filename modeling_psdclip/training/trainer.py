@@ -44,8 +44,6 @@ class StepCallback(TrainerCallback):
             self.trainer.psd_step.after_optimizer_step()
 
 
-TeacherCallback = StepCallback  # its former name, kept for one release
-
 
 class PSDTrainer(Trainer):
     """`Trainer` for PSD-CLIP with the teacher `model.config.distill_teacher` names.
@@ -106,4 +104,4 @@ class PSDTrainer(Trainer):
             self.psd_step.load_state_dict(load_file(Path(checkpoint) / TEACHER_FILE))
 
 
-__all__ = ["PSDProgressCallback", "PSDTrainer", "StepCallback", "TeacherCallback"]
+__all__ = ["PSDProgressCallback", "PSDTrainer", "StepCallback"]
