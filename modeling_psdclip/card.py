@@ -56,7 +56,7 @@ def training_metadata(config, data: dict | None = None) -> dict:
     from .training.teachers import teacher_class
 
     settings = ("distill_teacher", "distill_alpha_max", "distill_schedule", "distill_fraction", "distill_temperature",
-                "distill_alpha_per_pair", *teacher_class(config.distill_teacher).card_settings, "logit_scale_max")
+                "distill_target", *teacher_class(config.distill_teacher).card_settings, "logit_scale_max")
     return {"objective": OBJECTIVE, **{name: getattr(config, name) for name in settings},
             **({"data": data} if data else {})}
 

@@ -16,6 +16,7 @@ from transformers import CLIPConfig  # noqa: E402
 
 DISTILL_SCHEDULES = ("linear", "constant")
 DISTILL_TEACHERS = ("previous_epoch", "ema", "start", "uniform")
+DISTILL_TARGETS = ("mix", "mix_by_doubt", "reweight")
 
 
 def towers(text_width: int, text_heads: int, vision_width: int, vision_heads: int, layers: int,
@@ -72,10 +73,12 @@ class PSDCLIPConfig(CLIPConfig):
         teacher.
     distill_ema_decay (`float`, defaults to 0.99):
         Decay of the `"ema"` teacher's moving average, updated once per optimizer step, in [0, 1).
-    distill_alpha_per_pair (`bool`, defaults to `False`):
-        Scale a drawn row's alpha by the teacher's doubt in that row's own pair, `1 - q`, with `q` the teacher's
-        probability of the pair: a pair the teacher finds likely keeps its one-hot target, one it doubts follows
-        the teacher.
+    distill_target (`str`, defaults to `"mix"`):
+        What the teacher does to a drawn row: `"mix"` mixes its distribution into the target by alpha;
+        `"mix_by_doubt"` the same with alpha scaled by the teacher's doubt in the row's own pair, `1 - q` (`q` the
+        teacher's probability of the pair: a pair it finds likely keeps its one-hot target, one it doubts follows
+        the teacher); `"reweight"` keeps the one-hot target and weights the row's loss by `1 - alpha + alpha * q`
+        (the per-pair weights of noisy-correspondence learning, NCR and NPC).
     distill_seed (`int`, defaults to 0):
         Seed of the per-step draw of distilled rows; with the step number it fixes the draw, so a resumed run
         repeats it.
@@ -91,7 +94,7 @@ class PSDCLIPConfig(CLIPConfig):
     distill_temperature: float | int = 1.0
     distill_teacher: str = "ema"
     distill_ema_decay: float | int = 0.99
-    distill_alpha_per_pair: bool = False
+    distill_target: str = "mix"
     distill_seed: int = 0
     logit_scale_max: float | int = 100.0
 
@@ -112,6 +115,8 @@ class PSDCLIPConfig(CLIPConfig):
                 raise ValueError(f"{name} must be in [0, 1], got {value}")
         if self.distill_schedule not in DISTILL_SCHEDULES:
             raise ValueError(f"distill_schedule must be one of {DISTILL_SCHEDULES}, got {self.distill_schedule!r}")
+        if self.distill_target not in DISTILL_TARGETS:
+            raise ValueError(f"distill_target must be one of {DISTILL_TARGETS}, got {self.distill_target!r}")
         if self.distill_teacher not in DISTILL_TEACHERS:
             raise ValueError(f"distill_teacher must be one of {DISTILL_TEACHERS}, got {self.distill_teacher!r}")
         if not 0.0 <= self.distill_ema_decay < 1.0:
@@ -135,4 +140,4 @@ class PSDCLIPConfig(CLIPConfig):
         return cls(text_config=text_config, vision_config=vision_config, **overrides)
 
 
-__all__ = ["DISTILL_SCHEDULES", "DISTILL_TEACHERS", "PRESETS", "PSDCLIPConfig"]
+__all__ = ["DISTILL_SCHEDULES", "DISTILL_TARGETS", "DISTILL_TEACHERS", "PRESETS", "PSDCLIPConfig"]

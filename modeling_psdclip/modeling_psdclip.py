@@ -112,13 +112,17 @@ def teacher_distribution(teacher_logits: torch.Tensor, column_has_teacher: torch
 
 
 def direction_loss(logits, teacher_logits, labels, weights, row_has_teacher, column_has_teacher, temperature,
-                   per_pair=False):
+                   target="mix"):
     """Soft-target cross-entropy of rows of student logits against all columns, and the teacher diagnostics.
 
-    Row r's target is `(1 - w_r) * onehot(r) + w_r * softmax(T_r / tau)`, with `w_r = 0` for rows without a
-    teacher; `per_pair` scales `w_r` by `1 - q_r`, the teacher's doubt in the row's own pair (`q_r` its
-    probability; a constant of the target, like the teacher). Split as `(1 - w_r) * CE(z_r, onehot) + w_r *
-    CE(z_r, teacher_r)`, its gradient with respect to `z_r` is `softmax(z_r) - target_r` (per row, before the mean).
+    With `q_r` the teacher's probability of row r's own pair (a constant, like the teacher), and `w_r = 0` for
+    rows without a teacher, `target` (`distill_target`) is
+    - `"mix"`: row r's target is `(1 - w_r) * onehot(r) + w_r * softmax(T_r / tau)`;
+    - `"mix_by_doubt"`: the same with `w_r` scaled by `1 - q_r`, the teacher's doubt in the pair;
+    - `"reweight"`: no soft target; the one-hot loss of row r weighted by `1 - w_r + w_r * q_r`.
+    Split as `(1 - w_r) * CE(z_r, onehot) + w_r * CE(z_r, teacher_r)`, the mixed targets' gradient with respect to
+    `z_r` is `softmax(z_r) - target_r`, and the reweighted one `(1 - w_r + w_r q_r) (softmax(z_r) - onehot(r))`
+    (per row, before the mean).
     """
     hard = F.cross_entropy(logits, labels, reduction="none")
     if teacher_logits is None:
@@ -128,12 +132,16 @@ def direction_loss(logits, teacher_logits, labels, weights, row_has_teacher, col
     # Rows without a teacher have weight 0; zero their (possibly NaN) distribution so 0 * NaN cannot appear.
     teacher = torch.where(row_has_teacher[:, None], teacher, 0.0)
     paired = teacher.gather(1, labels[:, None]).squeeze(1)
-    if per_pair:
+    if target == "mix_by_doubt":
         weights = weights * (1 - paired)
+    if target == "reweight":  # the per-pair loss weights of noisy-correspondence learning (NCR, NPC)
+        hard_weights, weights = 1 - weights + weights * paired, torch.zeros_like(weights)
+    else:
+        hard_weights = 1 - weights
     soft = F.cross_entropy(logits, teacher, reduction="none")
     has = row_has_teacher.float()
     return DirectionLoss(
-        hard=((1 - weights) * hard).mean(),
+        hard=(hard_weights * hard).mean(),
         soft=(weights * soft).mean(),
         teacher_share=has.mean(),
         teacher_entropy=masked_mean(-torch.special.xlogy(teacher, teacher).sum(-1), has),
@@ -148,8 +156,9 @@ class PSDContrastiveLoss(nn.Module):
     Student logits `Z = s * U V^T` over the global batch (all processes' rows); teacher logits `T = s * U' V'^T`
     from the teacher's embeddings of the same pairs, with the student's scale s (no gradient). For row r:
         target = (1 - w_r) * onehot(r) + w_r * softmax(T_r / tau),   w_r = a(t) if r is drawn and has a teacher
-                                                                     (times 1 - q_r with `distill_alpha_per_pair`)
         loss_r = cross_entropy(Z_r, target)
+    (`distill_target` chooses this mix, the mix with w_r scaled by the teacher's doubt in the pair, or per-pair
+    weights on the one-hot loss instead; see `direction_loss`.)
     averaged over rows and over the two directions. Without a teacher, with a = 0 or with no drawn rows this is
     CLIP's InfoNCE exactly.
 
@@ -164,7 +173,7 @@ class PSDContrastiveLoss(nn.Module):
         self.schedule = config.distill_schedule
         self.temperature = config.distill_temperature
         self.seed = config.distill_seed
-        self.per_pair = config.distill_alpha_per_pair
+        self.target = config.distill_target
         self.step = 0
         self.total_steps = 0
 
@@ -232,9 +241,9 @@ class PSDContrastiveLoss(nn.Module):
                 teacher_image_to_text = teacher_text_to_image = row_has_teacher = column_has_teacher = None
                 image_weights = text_weights = None
             image_side = direction_loss(logits_image_to_text, teacher_image_to_text, labels, image_weights,
-                                        row_has_teacher, column_has_teacher, self.temperature, self.per_pair)
+                                        row_has_teacher, column_has_teacher, self.temperature, self.target)
             text_side = direction_loss(logits_text_to_image, teacher_text_to_image, labels, text_weights,
-                                       row_has_teacher, column_has_teacher, self.temperature, self.per_pair)
+                                       row_has_teacher, column_has_teacher, self.temperature, self.target)
         both = DirectionLoss(*((a + b) / 2 for a, b in zip(image_side, text_side)))
         return PSDLossOutput(
             loss=both.hard + both.soft,

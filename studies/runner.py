@@ -38,6 +38,7 @@ output). Like `output`, `starting_model` is a path from the folder the study run
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -49,6 +50,7 @@ from pathlib import Path
 
 import torch
 import yaml
+from safetensors.torch import load_file
 
 from modeling_psdclip.utils import first_line, write_json_atomically
 from modeling_psdclip.data import saved_with_splits
@@ -67,7 +69,7 @@ STUDY_KEYS = {"output", "seeds", "methods", "noise", "cells", "train", "eval", "
 MERGED_KEYS = ("train", "eval", "pretrain")
 ATTRIBUTES = ("shape", "colour", "count")
 SHIFTED_SPLITS = ("sketch", "unseen_texture", "unseen_shade")
-DATA_LABELS = ("group", "subgroup")  # the class columns of a build-openmoji folder
+DATA_LABELS = ("group", "subgroup")  # the class columns of a folder built by modeling_psdclip.data.openmoji
 DIAGNOSTICS = ("train/teacher_share", "train/teacher_entropy", "train/paired_probability", "train/teacher_agreement",
                "train/loss_soft", "train/logit_multiplier")
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
@@ -160,8 +162,9 @@ def load_study(path: str | Path, quick: bool = False) -> dict:
     return study
 
 
-EVALUATED = {"start": set(), "wise_ft": {"of", "choose_on"}}  # methods that train nothing, and their keys
-WISE_FT_CHOICES = ("noisy", "clean")
+# Methods that train nothing, and their keys.
+EVALUATED = {"start": set(), "wise_ft": {"of", "choose_on"}, "early_stopping": {"of", "choose_on"}}
+CHOICE_DATA = ("noisy", "clean")
 
 
 def check_evaluated_method(path, study: dict, name: str, method) -> None:
@@ -171,14 +174,14 @@ def check_evaluated_method(path, study: dict, name: str, method) -> None:
         return
     kind = method["evaluate"]
     if kind not in EVALUATED or set(method) != {"evaluate", *EVALUATED[kind]}:
-        raise EvalInputError(f"study {path}: method {name!r} must be {{evaluate: start}} or {{evaluate: wise_ft, of: "
-                             "METHOD, choose_on: noisy|clean}}")
+        raise EvalInputError(f"study {path}: method {name!r} must be {{evaluate: start}} or {{evaluate: wise_ft or "
+                             "early_stopping, of: METHOD, choose_on: noisy or clean}}")
     if not fine_tunes(study):
         raise EvalInputError(f"study {path}: method {name!r} needs a starting model (pretrain or starting_model)")
-    if kind == "wise_ft" and ("evaluate" in study["methods"].get(method["of"], {"evaluate": None})
-                              or method["choose_on"] not in WISE_FT_CHOICES):
-        raise EvalInputError(f"study {path}: method {name!r} interpolates towards {method['of']!r}, which must be a "
-                             f"trained method of the study, chosen on one of {', '.join(WISE_FT_CHOICES)}")
+    if kind != "start" and ("evaluate" in study["methods"].get(method["of"], {"evaluate": None})
+                            or method["choose_on"] not in CHOICE_DATA):
+        raise EvalInputError(f"study {path}: method {name!r} builds on {method['of']!r}, which must be a trained "
+                             f"method of the study, and chooses on one of {', '.join(CHOICE_DATA)}")
 
 
 def planned_runs(study: dict) -> list[Run]:
@@ -410,42 +413,72 @@ def evaluate_without_training(study: dict, run: Run, root: Path) -> dict:
     method = study["methods"][run.method]
     if method["evaluate"] == "start":
         return measure(study, run, starting_model_folder(study), run.name)
-    return wise_ft(study, run, root, method)
+    return {"wise_ft": wise_ft, "early_stopping": early_stopping}[method["evaluate"]](study, run, root, method)
 
 
-def wise_ft(study: dict, run: Run, root: Path, method: dict) -> dict:
-    """WiSE-FT (Wortsman et al., CVPR 2022): the weights `(1 - c) start + c fine-tuned`, with the fine-tuned model
-    the `of` method's run of the same cell and seed, and c the one of `WISE_FT_COEFFICIENTS` with the best mean
-    retrieval R@1 on `choose_on` data: `noisy`, held-out pairs drawn like the fine-tuning pairs (noise included,
-    what a user has), or `clean`, the held-out split the study reports (the oracle)."""
+def fine_tuned_model(study: dict, run: Run, root: Path, method: dict) -> tuple[EmbeddingModel, Path]:
+    """The `of` method's model of `run`'s cell and seed, and its run folder."""
     fine_tuned_run = Run(method["of"], run.noise, run.train_samples, run.seed, run.data, run.world)
-    folder = root / "runs" / fine_tuned_run.name / "model"
-    if not (folder / "metrics.json").is_file():
-        raise EvalInputError(f"run {run.name} interpolates towards {fine_tuned_run.name}, which has not finished: "
-                             f"list the method {method['of']!r} before {run.method!r}")
-    model = load_model(study, folder, run.name)
-    start = load_model(study, starting_model_folder(study), "starting model").model.state_dict()
-    fine_tuned = {name: tensor.clone() for name, tensor in model.model.state_dict().items()}
+    folder = root / "runs" / fine_tuned_run.name
+    if not (folder / "model" / "metrics.json").is_file():
+        raise EvalInputError(f"run {run.name} needs {fine_tuned_run.name}, which has not finished: list the method "
+                             f"{method['of']!r} before {run.method!r}")
+    return load_model(study, folder / "model", run.name), folder
+
+
+def choose_weights(study: dict, run: Run, model: EmbeddingModel, candidates: dict, choose_on: str) -> tuple:
+    """Load into `model` the candidate weights (`{key: function giving a state dict}`) with the best mean retrieval
+    R@1 on `choose_on` data: `noisy`, held-out pairs drawn like the fine-tuning pairs (noise included: what a user
+    has), or `clean`, the held-out split the study reports (an oracle). Returns the key chosen (the first of equal
+    scores, so list the candidates nearest the start first) and every candidate's score."""
     settings = eval_settings(study)
-    if method["choose_on"] == "clean":
+    if choose_on == "clean":
         choice_data = synthetic_split(model, settings, "val", world=run.world)
     else:
         noise = {key: value for key, value in synthetic_noise(study, run).items() if key.startswith("p_")}
         choice_data = synthetic_split(model, settings, "train", world=run.world, seed=NOISY_VALIDATION_SEED + run.seed,
                                       **noise)
-
-    def interpolate(coefficient: float) -> None:
-        model.model.load_state_dict({name: torch.lerp(start[name].float(), tensor.float(), coefficient).to(tensor.dtype)
-                                     for name, tensor in fine_tuned.items()})
-
     scores = {}
-    for coefficient in WISE_FT_COEFFICIENTS:
-        interpolate(coefficient)
-        scores[coefficient] = retrieval_recalls(model, choice_data)["retrieval_r1"]
-    chosen = max(scores, key=scores.get)  # the first of equal scores: the one nearest the start
-    interpolate(chosen)
-    return {**measure_model(study, run, model), "wise_ft_coefficient": chosen,
-            "wise_ft_choice_scores": [[c, score] for c, score in scores.items()]}
+    for key, weights in candidates.items():
+        model.model.load_state_dict(weights())
+        scores[key] = retrieval_recalls(model, choice_data)["retrieval_r1"]
+    chosen = max(scores, key=scores.get)
+    model.model.load_state_dict(candidates[chosen]())
+    return chosen, [[key, score] for key, score in scores.items()]
+
+
+def wise_ft(study: dict, run: Run, root: Path, method: dict) -> dict:
+    """WiSE-FT (Wortsman et al., CVPR 2022): the weights `(1 - c) start + c fine-tuned`, with the fine-tuned model
+    the `of` method's run of the same cell and seed, and c the one of `WISE_FT_COEFFICIENTS` that `choose_weights`
+    picks on the method's `choose_on` data."""
+    model, _ = fine_tuned_model(study, run, root, method)
+    start = load_model(study, starting_model_folder(study), "starting model").model.state_dict()
+    fine_tuned = {name: tensor.clone() for name, tensor in model.model.state_dict().items()}
+    candidates = {coefficient: functools.partial(interpolated, start, fine_tuned, coefficient)
+                  for coefficient in WISE_FT_COEFFICIENTS}
+    chosen, scores = choose_weights(study, run, model, candidates, method["choose_on"])
+    return {**measure_model(study, run, model), "wise_ft_coefficient": chosen, "choice_scores": scores}
+
+
+def interpolated(start: dict, end: dict, coefficient: float) -> dict:
+    return {name: torch.lerp(start[name].float(), tensor.float(), coefficient).to(tensor.dtype)
+            for name, tensor in end.items()}
+
+
+def early_stopping(study: dict, run: Run, root: Path, method: dict) -> dict:
+    """Early stopping: of the `of` method's run, the checkpoint (or final model) that `choose_weights` picks on the
+    method's `choose_on` data. The `of` method must keep its checkpoints (`checkpoint_every`, `keep_checkpoints`)."""
+    model, folder = fine_tuned_model(study, run, root, method)
+    final = {name: tensor.clone() for name, tensor in model.model.state_dict().items()}
+    checkpoints = sorted((folder / "run" / "checkpoints").glob("step-*"))
+    if not checkpoints:
+        raise EvalInputError(f"run {run.name} chooses among the checkpoints of {folder}, which kept none: give the "
+                             f"method {method['of']!r} checkpoint_every and keep_checkpoints")
+    candidates = {int(path.name.removeprefix("step-")): functools.partial(load_file, path / "model.safetensors")
+                  for path in checkpoints}
+    candidates.setdefault(json.loads((folder / "model" / "metrics.json").read_text())["steps"], lambda: final)
+    chosen, scores = choose_weights(study, run, model, candidates, method["choose_on"])
+    return {**measure_model(study, run, model), "stopped_at_step": chosen, "choice_scores": scores}
 
 
 def mean_of(values: list) -> float | None:

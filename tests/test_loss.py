@@ -221,13 +221,13 @@ def test_diagnostics():
     assert out.teacher_agreement.item() == 1.0
 
 
-def test_per_pair_alpha_follows_the_teacher_where_it_doubts_the_pair_by_hand_and_in_its_gradient():
-    """With `distill_alpha_per_pair`, row r's weight is a (1 - q_r), q_r the teacher's probability of r's own pair:
+def test_mix_by_doubt_follows_the_teacher_where_it_doubts_the_pair_by_hand_and_in_its_gradient():
+    """With `distill_target: mix_by_doubt`, row r's weight is a (1 - q_r), q_r the teacher's probability of r's own pair:
     a pair the teacher is sure of keeps its one-hot target, one it doubts follows the teacher. q_r is part of the
     target (no gradient), so d loss / d z_r is still softmax(z_r) - y_r."""
     scale, alpha, tau = 2.0, 0.6, 0.5
     loss_fn = PSDContrastiveLoss(micro_config(distill_alpha_max=alpha, distill_fraction=1.0, distill_temperature=tau,
-                                              distill_schedule="constant", distill_alpha_per_pair=True))
+                                              distill_schedule="constant", distill_target="mix_by_doubt"))
     images, texts = unit(IMAGES), unit(TEXTS)
     teacher = scale * unit(TEACHER_IMAGES) @ unit(TEACHER_TEXTS).t()
     student = scale * images @ texts.t()
@@ -248,7 +248,8 @@ def test_per_pair_alpha_follows_the_teacher_where_it_doubts_the_pair_by_hand_and
     teacher_logits = 3 * torch.randn(5, 5, dtype=torch.float64)
     weights = torch.full((5,), alpha, dtype=torch.float64)
     everywhere = torch.ones(5, dtype=torch.bool)
-    part = direction_loss(logits, teacher_logits, torch.arange(5), weights, everywhere, everywhere, tau, True)
+    part = direction_loss(logits, teacher_logits, torch.arange(5), weights, everywhere, everywhere, tau,
+                          "mix_by_doubt")
     (part.hard + part.soft).backward()
     with torch.no_grad():
         teacher_probs = torch.softmax(teacher_logits / tau, dim=-1)
@@ -257,3 +258,26 @@ def test_per_pair_alpha_follows_the_teacher_where_it_doubts_the_pair_by_hand_and
         expected_grad = (torch.softmax(logits, dim=-1) - target) / 5
     torch.testing.assert_close(logits.grad, expected_grad)
     assert row_weights.min() < 0.9 * alpha  # the draw gave some pair enough teacher confidence to matter
+
+
+def test_reweight_weights_the_one_hot_loss_by_the_teachers_belief_in_the_pair_and_its_gradient():
+    """`distill_target: reweight` (NCR/NPC's per-pair weights): no soft target, row r's one-hot loss weighted by
+    1 - w_r + w_r q_r, so d loss / d z_r = (1 - w_r + w_r q_r) (softmax(z_r) - onehot(r)); a pair the teacher
+    doubts (q near 0) loses a share w_r of its pull, and rows not drawn keep CLIP's."""
+    torch.manual_seed(2)
+    tau = 0.8
+    logits = torch.randn(5, 5, dtype=torch.float64, requires_grad=True)
+    teacher_logits = 3 * torch.randn(5, 5, dtype=torch.float64)
+    weights = torch.tensor([0.7, 0.0, 0.7, 0.7, 0.0], dtype=torch.float64)
+    everywhere = torch.ones(5, dtype=torch.bool)
+    part = direction_loss(logits, teacher_logits, torch.arange(5), weights, everywhere, everywhere, tau, "reweight")
+    assert part.soft.item() == 0.0
+    (part.hard + part.soft).backward()
+    with torch.no_grad():
+        belief = torch.softmax(teacher_logits / tau, dim=-1).diagonal()
+        row_weights = 1 - weights + weights * belief
+        expected = row_weights[:, None] * (torch.softmax(logits, dim=-1) - torch.eye(5, dtype=torch.float64)) / 5
+        by_hand = (row_weights * -torch.log_softmax(logits, -1).diagonal()).mean()
+    torch.testing.assert_close(part.hard, by_hand)
+    torch.testing.assert_close(logits.grad, expected)
+    assert row_weights[1] == 1 and row_weights[0] < 1  # undrawn rows are CLIP's; drawn ones lose weight

@@ -135,7 +135,7 @@ def test_micro_shift_study_learns_in_a_new_world_and_measures_what_it_forgets(tm
     trained ones; every run measured in the new world and the old."""
     study = yaml.safe_load((REPO / "studies" / "fine_tuning_shift.yaml").read_text())
     micro = {"batch_size": 16, "max_steps": 4, "eval_every": 2, "val_samples": 32, "warmup_steps": 1, "log_every": 2}
-    names = ("clip", "start", "wise-ft", "wise-ft-oracle", "frozen-start", "psd-ema-confidence")
+    names = ("clip", "start", "wise-ft", "wise-ft-oracle", "clip-early-stop", "frozen-start", "reweight-ema", "psd-ema-doubt")
     study.update({
         "output": str(tmp_path / "out"), "seeds": [0], "cells": [{"noise": "60%", "train_samples": 48,
                                                                   "world": "sketch"}],
@@ -145,6 +145,7 @@ def test_micro_shift_study_learns_in_a_new_world_and_measures_what_it_forgets(tm
         "train": {**study["train"], **micro},
         "eval": {**study["eval"], "num_samples": 32, "noisy_pairs": 24, "batch_size": 64},
     })
+    study["methods"]["clip"]["checkpoint_every"] = 2
     study.pop("quick")
     config = tmp_path / "shift.yaml"
     config.write_text(yaml.safe_dump(study, sort_keys=False))
@@ -160,14 +161,19 @@ def test_micro_shift_study_learns_in_a_new_world_and_measures_what_it_forgets(tm
     starting = json.loads((out / "pretrained" / "eval.json").read_text())
     assert runs["start"]["i2t_r1"] == starting["i2t_r1"] and runs["start"]["old_i2t_r1"] == starting["old_i2t_r1"]
     for name, choice in (("wise-ft", "noisy"), ("wise-ft-oracle", "clean")):
-        scores = dict(runs[name]["wise_ft_choice_scores"])
+        scores = dict(runs[name]["choice_scores"])
         assert sorted(scores) == [step / 10 for step in range(11)]
         assert scores[runs[name]["wise_ft_coefficient"]] == max(scores.values())
     # The oracle chooses on the split it is reported on: nothing on the grid scores above it there.
-    assert runs["wise-ft-oracle"]["retrieval_r1"] == max(dict(runs["wise-ft-oracle"]["wise_ft_choice_scores"]).values())
-    at_one = runs["wise-ft-oracle"]["wise_ft_choice_scores"][-1][1]  # coefficient 1 is CLIP's fine-tuned model
+    assert runs["wise-ft-oracle"]["retrieval_r1"] == max(dict(runs["wise-ft-oracle"]["choice_scores"]).values())
+    at_one = runs["wise-ft-oracle"]["choice_scores"][-1][1]  # coefficient 1 is CLIP's fine-tuned model
     assert at_one == pytest.approx(runs["clip"]["retrieval_r1"], abs=1e-6)
+    # Early stopping chose among CLIP's kept checkpoints (micro size: every 2 steps) and its final model.
+    assert [step for step, _ in runs["clip-early-stop"]["choice_scores"]] == [2, 4]
+    stopped = dict(runs["clip-early-stop"]["choice_scores"])
+    assert stopped[runs["clip-early-stop"]["stopped_at_step"]] == max(stopped.values())
     assert runs["frozen-start"]["diagnostics"]["teacher_share"] == 1.0
+    assert runs["reweight-ema"]["diagnostics"]["loss_soft"] == 0.0 < runs["psd-ema-doubt"]["diagnostics"]["loss_soft"]
     report = (out / "report.md").read_text()
     assert "old retrieval R@1" in report and "WiSE-FT coefficient" in report
     assert (out / "learning_and_forgetting.png").stat().st_size > 0

@@ -51,13 +51,13 @@ def test_help_lists_every_option_with_its_default():
     done = subprocess.run([sys.executable, TRAIN, "--help"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0
     for text in ("--accum-steps", "--resume", "--push-to-hub", "--mixed-precision", "(default: 128)",
-                 "{small,tiny,vit-b-16,vit-b-32}", "{previous_epoch,ema,start,uniform}"):
+                 "{small,tiny,vit-b-16,vit-b-32}", "{previous_epoch,ema,start,uniform}", "{mix,mix_by_doubt,reweight}"):
         assert text in done.stdout
 
 
 def test_choices_read_from_the_configuration_source_are_the_configurations_own():
-    from modeling_psdclip.configuration_psdclip import DISTILL_SCHEDULES, DISTILL_TEACHERS, PRESETS
+    from modeling_psdclip.configuration_psdclip import DISTILL_SCHEDULES, DISTILL_TARGETS, DISTILL_TEACHERS, PRESETS
     from modeling_psdclip.training.options import CHOICES
 
     assert CHOICES == {"PRESETS": tuple(PRESETS), "DISTILL_SCHEDULES": DISTILL_SCHEDULES,
-                       "DISTILL_TEACHERS": DISTILL_TEACHERS}
+                       "DISTILL_TARGETS": DISTILL_TARGETS, "DISTILL_TEACHERS": DISTILL_TEACHERS}

@@ -21,7 +21,7 @@ from ..utils import OneLineErrorParser, cannot_create_in, fail, first_line
 
 
 def configuration_choices() -> dict[str, tuple[str, ...]]:
-    """The names of `PRESETS`, `DISTILL_SCHEDULES` and `DISTILL_TEACHERS` as configuration_psdclip.py defines them,
+    """The names of `PRESETS` and the `DISTILL_*` choices as configuration_psdclip.py defines them,
     read from its source: importing it loads transformers and torch (seconds), which the options must not wait for.
     (That file is copied beside saved weights as remote code, so it cannot import them from a lighter module.)"""
     tree = ast.parse((Path(__file__).resolve().parents[1] / "configuration_psdclip.py").read_text(encoding="utf-8"))
@@ -31,14 +31,14 @@ def configuration_choices() -> dict[str, tuple[str, ...]]:
             name = node.targets[0].id
             if name == "PRESETS":
                 found[name] = tuple(key.value for key in node.value.keys)
-            elif name in ("DISTILL_SCHEDULES", "DISTILL_TEACHERS"):
+            elif name in ("DISTILL_SCHEDULES", "DISTILL_TARGETS", "DISTILL_TEACHERS"):
                 found[name] = tuple(ast.literal_eval(node.value))
     return found
 
 
 CHOICES = configuration_choices()
-PRESET_NAMES, DISTILL_SCHEDULES, DISTILL_TEACHERS = (CHOICES[name] for name in
-                                                    ("PRESETS", "DISTILL_SCHEDULES", "DISTILL_TEACHERS"))
+PRESET_NAMES, DISTILL_SCHEDULES, DISTILL_TARGETS, DISTILL_TEACHERS = (
+    CHOICES[name] for name in ("PRESETS", "DISTILL_SCHEDULES", "DISTILL_TARGETS", "DISTILL_TEACHERS"))
 
 
 def option(default, help: str, **argparse_kwargs):
@@ -63,8 +63,10 @@ class TrainingOptions:
                                          choices=DISTILL_TEACHERS)
     distill_ema_decay: float | None = option(None, "decay of the ema teacher's weight average, in [0, 1) "
                                                    "(default: model's)")
-    distill_alpha_per_pair: bool | None = option(None, "scale each drawn row's alpha by the teacher's doubt in its "
-                                                       "pair, 1 - its probability (default: model's)")
+    distill_target: str | None = option(None, "what the teacher does to a drawn row: mix its distribution into the "
+                                              "target by alpha, mix_by_doubt (alpha times 1 - its probability of the "
+                                              "pair), or reweight the one-hot loss by 1 - alpha + alpha times that "
+                                              "probability (default: model's)", choices=DISTILL_TARGETS)
     # Data.
     data: str = option("synthetic", "training data: 'synthetic' (built-in captioned scenes), an imagefolder, "
                                     "CSV/TSV/JSONL, parquet/arrow, save_to_disk or webdataset path, or a `datasets` name; "

@@ -129,7 +129,7 @@ def build_model_and_processor(options):
     """A new model from `--preset` or the one in `--init-from`, with the distillation options applied."""
     overrides = {name: getattr(options, name) for name in
                  ("distill_alpha_max", "distill_fraction", "distill_schedule", "distill_temperature",
-                  "distill_teacher", "distill_ema_decay", "distill_alpha_per_pair")
+                  "distill_teacher", "distill_ema_decay", "distill_target")
                  if getattr(options, name) is not None}
     overrides["distill_seed"] = options.seed
     if options.init_from is None:
