@@ -44,6 +44,7 @@ from accelerate.utils import TorchDynamoPlugin
 from benchmarks.data_loading import samples_per_second, train_loader, write_images
 from benchmarks.train_speed import StepLoop, new_model, teacher_loops, timed_rounds
 from modeling_psdclip.data import model_inputs
+from modeling_psdclip.modeling_psdclip import TrainingProgress
 from modeling_psdclip.training.optim import training_flops_per_sample
 from modeling_psdclip.training.step import TrainingStep
 from modeling_psdclip.utils import OneLineErrorParser, fail, first_line, write_json_atomically
@@ -122,7 +123,7 @@ def precision(bench: Bench) -> dict:
     difference = abs(bf16 - fp32)
     return {"loss_fp32": fp32, "loss_bf16": bf16, "difference": difference, "tolerance": LOSS_TOLERANCE,
             "within_tolerance": difference <= LOSS_TOLERANCE, "logit_scale": model.config.logit_scale_max,
-            "distill_alpha": model.psd_loss.alpha, "distill_fraction": model.config.distill_fraction}
+            "distill_alpha": model.psd_loss.alpha(TrainingProgress()), "distill_fraction": model.config.distill_fraction}
 
 
 def clip_step(bench: Bench, compiled: bool) -> dict:

@@ -31,6 +31,7 @@ from modeling_psdclip import PSDCLIPConfig, PSDCLIPModel
 from modeling_psdclip.data import (
     EpochSampler, ImageTextCollator, load_image_text_dataset, model_inputs, with_standardized_pixels,
 )
+from modeling_psdclip.modeling_psdclip import TrainingProgress
 from modeling_psdclip.processing import build_processor
 from modeling_psdclip.training.optim import adamw
 from modeling_psdclip.training.step import TrainingStep
@@ -64,7 +65,7 @@ class StepLoop:
         synchronize(self.step.accelerator.device)
         started = time.perf_counter()
         for _ in range(steps):
-            self.step.forward_backward([next(self.batches)])
+            self.step.forward_backward([next(self.batches)], TrainingProgress())  # the cost is alpha's and step's alike
             torch.nn.utils.clip_grad_norm_(self.step.model.parameters(), 1.0)
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)

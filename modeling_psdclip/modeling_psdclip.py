@@ -24,6 +24,8 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import CLIPModel
 from transformers.models.clip.modeling_clip import CLIPOutput
+from transformers.processing_utils import Unpack
+from transformers.utils import TransformersKwargs
 from transformers.utils.generic import can_return_tuple
 
 from .configuration_psdclip import PSDCLIPConfig
@@ -91,8 +93,11 @@ def gather_without_grad(features: torch.Tensor) -> torch.Tensor:
 
 
 class DirectionLoss(NamedTuple):
-    """One direction of the loss (images against captions, or captions against images), means over its rows."""
+    """One direction of the loss (images against captions, or captions against images), means over its rows:
+    `loss` is the soft-target cross-entropy, `hard` and `soft` its parts weighted by the one-hot targets and by the
+    teacher's distribution (`loss = hard + soft`, cross-entropy being linear in the target)."""
 
+    loss: torch.Tensor
     hard: torch.Tensor
     soft: torch.Tensor
     teacher_share: torch.Tensor
@@ -119,35 +124,66 @@ def direction_loss(logits, teacher_logits, labels, weights, row_has_teacher, col
     rows without a teacher, `target` (`distill_target`) is
     - `"mix"`: row r's target is `(1 - w_r) * onehot(r) + w_r * softmax(T_r / tau)`;
     - `"mix_by_doubt"`: the same with `w_r` scaled by `1 - q_r`, the teacher's doubt in the pair;
-    - `"reweight"`: no soft target; the one-hot loss of row r weighted by `1 - w_r + w_r * q_r`.
-    Split as `(1 - w_r) * CE(z_r, onehot) + w_r * CE(z_r, teacher_r)`, the mixed targets' gradient with respect to
-    `z_r` is `softmax(z_r) - target_r`, and the reweighted one `(1 - w_r + w_r q_r) (softmax(z_r) - onehot(r))`
-    (per row, before the mean).
+    - `"reweight"`: the one-hot target, and row r's loss weighted by `1 - w_r + w_r * q_r`.
+    The gradient of a mixed target's loss with respect to `z_r` is `softmax(z_r) - target_r`, and of the
+    reweighted one `(1 - w_r + w_r q_r) (softmax(z_r) - onehot(r))` (per row, before the mean).
     """
     hard = F.cross_entropy(logits, labels, reduction="none")
     if teacher_logits is None:
         zero, undefined = logits.new_zeros(()), logits.new_full((), float("nan"))
-        return DirectionLoss(hard.mean(), zero, zero, undefined, undefined, undefined)
+        return DirectionLoss(hard.mean(), hard.mean(), zero, zero, undefined, undefined, undefined)
     teacher = teacher_distribution(teacher_logits, column_has_teacher, temperature)
     # Rows without a teacher have weight 0; zero their (possibly NaN) distribution so 0 * NaN cannot appear.
     teacher = torch.where(row_has_teacher[:, None], teacher, 0.0)
     paired = teacher.gather(1, labels[:, None]).squeeze(1)
+    row_scale = torch.ones_like(weights)
     if target == "mix_by_doubt":
         weights = weights * (1 - paired)
-    if target == "reweight":  # the per-pair loss weights of noisy-correspondence learning (NCR, NPC)
-        hard_weights, weights = 1 - weights + weights * paired, torch.zeros_like(weights)
-    else:
-        hard_weights = 1 - weights
+    elif target == "reweight":  # the per-pair loss weights of noisy-correspondence learning (NCR, NPC)
+        row_scale, weights = 1 - weights + weights * paired, torch.zeros_like(weights)
+    onehot = F.one_hot(labels, logits.shape[-1]).to(logits.dtype)
+    targets = (1 - weights[:, None]) * onehot + weights[:, None] * teacher
     soft = F.cross_entropy(logits, teacher, reduction="none")
     has = row_has_teacher.float()
     return DirectionLoss(
-        hard=(hard_weights * hard).mean(),
-        soft=(weights * soft).mean(),
+        loss=(row_scale * F.cross_entropy(logits, targets, reduction="none")).mean(),
+        hard=(row_scale * (1 - weights) * hard).mean(),
+        soft=(row_scale * weights * soft).mean(),
         teacher_share=has.mean(),
         teacher_entropy=masked_mean(-torch.special.xlogy(teacher, teacher).sum(-1), has),
         paired_probability=masked_mean(paired, has),
         teacher_agreement=masked_mean((logits.detach().argmax(-1) == teacher.argmax(-1)).float(), has),
     )
+
+
+class TrainingProgress(NamedTuple):
+    """Where training is: optimizer step `step` of `total_steps`. It sets alpha and, with the seed, the draw."""
+
+    step: int = 0
+    total_steps: int = 0
+
+
+def distill_alpha(alpha_max: float, schedule: str, progress: TrainingProgress) -> float:
+    """a(t): `alpha_max * min(1, t / T)` (`"linear"`, 0 while T is unknown) or `alpha_max` (`"constant"`)."""
+    if schedule == "constant":
+        return alpha_max
+    if progress.total_steps <= 0:
+        return 0.0
+    return alpha_max * min(1.0, progress.step / progress.total_steps)
+
+
+def draw_distilled_rows(seed: int, step: int, fraction: float, num_rows: int,
+                        device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Masks over the global image rows and caption rows, drawn independently from (seed, step): the same on every
+    process, and again when a resumed run repeats the step."""
+    rng = np.random.default_rng([seed, step])
+    num_drawn = round(fraction * num_rows)
+    masks = []
+    for _ in range(2):
+        mask = torch.zeros(num_rows, dtype=torch.bool)
+        mask[torch.from_numpy(rng.permutation(num_rows)[:num_drawn])] = True
+        masks.append(mask.to(device))
+    return masks[0], masks[1]
 
 
 class PSDContrastiveLoss(nn.Module):
@@ -162,8 +198,8 @@ class PSDContrastiveLoss(nn.Module):
     averaged over rows and over the two directions. Without a teacher, with a = 0 or with no drawn rows this is
     CLIP's InfoNCE exactly.
 
-    Training progress (step t of T) is state held here and set by `set_progress`; it fixes a(t) and, with the
-    seed, the draw of distilled rows.
+    It holds no state: training progress (step t of T) comes with each call, and fixes a(t) and, with the seed,
+    the draw of distilled rows.
     """
 
     def __init__(self, config: PSDCLIPConfig):
@@ -174,42 +210,21 @@ class PSDContrastiveLoss(nn.Module):
         self.temperature = config.distill_temperature
         self.seed = config.distill_seed
         self.target = config.distill_target
-        self.step = 0
-        self.total_steps = 0
 
-    def set_progress(self, step: int, total_steps: int) -> None:
-        self.step = step
-        self.total_steps = total_steps
+    def alpha(self, progress: TrainingProgress) -> float:
+        return distill_alpha(self.alpha_max, self.schedule, progress)
 
-    @property
-    def alpha(self) -> float:
-        if self.schedule == "constant":
-            return self.alpha_max
-        if self.total_steps <= 0:
-            return 0.0
-        return self.alpha_max * min(1.0, self.step / self.total_steps)
-
-    def draw_distilled_rows(self, num_rows: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """Masks over the global image rows and caption rows, drawn independently, the same on every process."""
-        rng = np.random.default_rng([self.seed, self.step])
-        num_drawn = round(self.fraction * num_rows)
-        masks = []
-        for _ in range(2):
-            mask = torch.zeros(num_rows, dtype=torch.bool)
-            mask[torch.from_numpy(rng.permutation(num_rows)[:num_drawn])] = True
-            masks.append(mask.to(device))
-        return masks[0], masks[1]
-
-    @torch.compiler.disable  # Python-side step state and the seeded draw would recompile or break a graph.
     def forward(self, image_embeds: torch.Tensor, text_embeds: torch.Tensor, logit_multiplier: torch.Tensor,
                 teacher_image_embeds: torch.Tensor | None = None, teacher_text_embeds: torch.Tensor | None = None,
-                teacher_mask: torch.Tensor | None = None) -> PSDLossOutput:
-        """Loss of this process's rows.
+                teacher_mask: torch.Tensor | None = None,
+                progress: TrainingProgress | tuple[int, int] | None = None) -> PSDLossOutput:
+        """Loss of this process's rows at training `progress` (step, total steps; default: step 0 of unknown).
 
         `*_embeds` are L2-normalised and `logit_multiplier` is s = exp(logit_scale). `teacher_*_embeds` are the teacher's
         L2-normalised embeddings of the same rows (no gradient), `teacher_mask` marks the rows that have them
         (default: all); without them the loss is CLIP's.
         """
+        progress = TrainingProgress(*(progress or ()))
         all_image_embeds, offset = gather_with_grad(image_embeds)
         all_text_embeds, _ = gather_with_grad(text_embeds)
         num_local, num_global = image_embeds.shape[0], all_image_embeds.shape[0]
@@ -218,7 +233,7 @@ class PSDContrastiveLoss(nn.Module):
         local = slice(offset, offset + num_local)
 
         has_teacher = teacher_image_embeds is not None
-        alpha = self.alpha if has_teacher else 0.0
+        alpha = self.alpha(progress) if has_teacher else 0.0
         # Softmax over the whole global batch in fp32, even under mixed precision.
         with torch.autocast(device_type=device.type, enabled=False):
             scale = logit_multiplier.float()
@@ -234,7 +249,8 @@ class PSDContrastiveLoss(nn.Module):
                 teacher_scale = scale.detach()
                 teacher_image_to_text = teacher_scale * teacher_images @ gather_without_grad(teacher_texts).t()
                 teacher_text_to_image = teacher_scale * teacher_texts @ gather_without_grad(teacher_images).t()
-                image_drawn, text_drawn = self.draw_distilled_rows(num_global, device)
+                image_drawn, text_drawn = draw_distilled_rows(self.seed, progress.step, self.fraction, num_global,
+                                                              device)
                 image_weights = alpha * (image_drawn[local] & row_has_teacher).float()
                 text_weights = alpha * (text_drawn[local] & row_has_teacher).float()
             else:
@@ -246,7 +262,7 @@ class PSDContrastiveLoss(nn.Module):
                                        row_has_teacher, column_has_teacher, self.temperature, self.target)
         both = DirectionLoss(*((a + b) / 2 for a, b in zip(image_side, text_side)))
         return PSDLossOutput(
-            loss=both.hard + both.soft,
+            loss=both.loss,
             loss_hard=both.hard,
             loss_soft=both.soft,
             distill_alpha=torch.tensor(alpha, device=device),
@@ -271,10 +287,6 @@ class PSDCLIPModel(CLIPModel):
     def __init__(self, config: PSDCLIPConfig):
         super().__init__(config)
         self.psd_loss = PSDContrastiveLoss(config)
-
-    def set_distill_progress(self, step: int, total_steps: int) -> None:
-        """Tell the loss where training is: optimizer step `step` of `total_steps` (sets alpha and the draw)."""
-        self.psd_loss.set_progress(step, total_steps)
 
     def logit_multiplier(self) -> torch.Tensor:
         """The similarity scale s = exp(logit_scale), bounded by `config.logit_scale_max`."""
@@ -301,13 +313,15 @@ class PSDCLIPModel(CLIPModel):
         teacher_image_embeds: torch.Tensor | None = None,
         teacher_text_embeds: torch.Tensor | None = None,
         teacher_mask: torch.Tensor | None = None,
-        **kwargs,
+        training_progress: TrainingProgress | tuple[int, int] | None = None,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> PSDCLIPOutput:
         r"""
         CLIP's forward; with `return_loss=True` the loss is the PSD objective. `teacher_image_embeds` and
         `teacher_text_embeds` (`(batch, projection_dim)`, L2-normalised, no gradient) are a teacher's embeddings of
         this batch's pairs and `teacher_mask` (`(batch,)` bool) marks the pairs that have them; without a teacher
-        the loss is CLIP's.
+        the loss is CLIP's. `training_progress` (optimizer step, total steps) sets the teacher's weight alpha and
+        the draw of distilled rows.
         """
         # The towers' outputs are read by name here, whatever `config.return_dict` says.
         vision_outputs = self.get_image_features(
@@ -324,7 +338,7 @@ class PSDCLIPModel(CLIPModel):
 
         if return_loss:
             loss_parts = vars(self.psd_loss(image_embeds, text_embeds, logit_multiplier, teacher_image_embeds,
-                                            teacher_text_embeds, teacher_mask))
+                                            teacher_text_embeds, teacher_mask, training_progress))
         else:
             loss_parts = {"logit_multiplier": logit_multiplier.detach()}
         return PSDCLIPOutput(
@@ -362,5 +376,5 @@ class PSDCLIPModel(CLIPModel):
 PSDCLIPConfig.register_for_auto_class()
 PSDCLIPModel.register_for_auto_class("AutoModel")
 
-__all__ = ["PSDCLIPModel", "PSDCLIPOutput", "PSDContrastiveLoss", "PSDLossOutput", "gather_with_grad",
-           "gather_without_grad"]
+__all__ = ["PSDCLIPModel", "PSDCLIPOutput", "PSDContrastiveLoss", "PSDLossOutput", "TrainingProgress",
+           "distill_alpha", "draw_distilled_rows", "gather_with_grad", "gather_without_grad"]

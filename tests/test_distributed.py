@@ -26,8 +26,7 @@ def teacher_of(model: PSDCLIPModel, rows: slice) -> dict:
 
 
 def loss_and_gradients(model: PSDCLIPModel, batch: dict, rows: slice) -> tuple[torch.Tensor, dict]:
-    model.set_distill_progress(step=5, total_steps=10)
-    out = model(**batch, return_loss=True, **teacher_of(model, rows))
+    out = model(**batch, return_loss=True, training_progress=(5, 10), **teacher_of(model, rows))
     assert out.loss_soft.item() > 0
     out.loss.backward()
     return out.loss.detach(), {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}

@@ -14,7 +14,7 @@ from transformers import CLIPModel
 from transformers.models.clip.modeling_clip import image_text_contrastive_loss
 
 from modeling_psdclip import PSDCLIPModel, PSDContrastiveLoss
-from modeling_psdclip.modeling_psdclip import direction_loss
+from modeling_psdclip.modeling_psdclip import TrainingProgress, direction_loss, draw_distilled_rows
 from modeling_psdclip.training.teachers import UniformTeacher
 from tests.support import micro_config, random_batch
 
@@ -135,6 +135,7 @@ def test_uniform_teacher_is_label_smoothing_with_its_gradient():
 
 
 def embedding_gradients(loss_fn, images, texts, scale, *teacher, part="loss"):
+    """Gradients of `part` with respect to the embeddings; `teacher` may end with the training progress."""
     images, texts = images.clone().requires_grad_(), texts.clone().requires_grad_()
     getattr(loss_fn(images, texts, scale, *teacher), part).backward()
     return images.grad, texts.grad
@@ -190,21 +191,16 @@ def test_pairs_without_a_teacher_keep_one_hot_targets_and_get_no_teacher_mass():
 
 def test_progressive_alpha_and_reproducible_draw():
     loss_fn = PSDContrastiveLoss(micro_config(distill_alpha_max=0.6, distill_fraction=0.25))
-    loss_fn.set_progress(step=0, total_steps=100)
-    assert loss_fn.alpha == 0.0
-    loss_fn.set_progress(step=50, total_steps=100)
-    assert loss_fn.alpha == pytest.approx(0.3)
-    loss_fn.set_progress(step=150, total_steps=100)
-    assert loss_fn.alpha == pytest.approx(0.6)
+    assert loss_fn.alpha(TrainingProgress(step=0, total_steps=100)) == 0.0
+    assert loss_fn.alpha(TrainingProgress(step=50, total_steps=100)) == pytest.approx(0.3)
+    assert loss_fn.alpha(TrainingProgress(step=150, total_steps=100)) == pytest.approx(0.6)
 
-    loss_fn.set_progress(step=7, total_steps=100)
-    images, texts = loss_fn.draw_distilled_rows(40, torch.device("cpu"))
+    images, texts = draw_distilled_rows(seed=0, step=7, fraction=0.25, num_rows=40, device=torch.device("cpu"))
     assert images.sum() == texts.sum() == 10
     assert not torch.equal(images, texts)
-    again = loss_fn.draw_distilled_rows(40, torch.device("cpu"))
+    again = draw_distilled_rows(0, 7, 0.25, 40, torch.device("cpu"))
     assert torch.equal(images, again[0]) and torch.equal(texts, again[1])
-    loss_fn.set_progress(step=8, total_steps=100)
-    assert not torch.equal(images, loss_fn.draw_distilled_rows(40, torch.device("cpu"))[0])
+    assert not torch.equal(images, draw_distilled_rows(0, 8, 0.25, 40, torch.device("cpu"))[0])
 
 
 def test_diagnostics():
@@ -281,3 +277,40 @@ def test_reweight_weights_the_one_hot_loss_by_the_teachers_belief_in_the_pair_an
     torch.testing.assert_close(part.hard, by_hand)
     torch.testing.assert_close(logits.grad, expected)
     assert row_weights[1] == 1 and row_weights[0] < 1  # undrawn rows are CLIP's; drawn ones lose weight
+
+
+@pytest.mark.parametrize("target", ["mix", "mix_by_doubt", "reweight"])
+def test_the_one_cross_entropy_on_the_built_target_is_the_sum_of_its_parts_in_value_and_gradient(target):
+    """The loss takes one soft cross-entropy on the target built as in the formula; its parts, weighted one-hot and
+    teacher cross-entropies (how the loss was computed before the target was built), give the same value and the
+    same gradient, the teacher's mask and the row draw included."""
+    torch.manual_seed(4)
+    config = micro_config(distill_alpha_max=0.7, distill_fraction=0.5, distill_target=target)
+    images, texts = unit(torch.randn(8, 6)), unit(torch.randn(8, 6))
+    teacher = (unit(torch.randn(8, 6)), unit(torch.randn(8, 6)), torch.tensor([True] * 6 + [False] * 2))
+    scale = torch.tensor(4.0, dtype=torch.float64)
+    loss_fn = PSDContrastiveLoss(config)
+    whole = embedding_gradients(loss_fn, images, texts, scale, *teacher, TrainingProgress(6, 10))
+    out = loss_fn(images, texts, scale, *teacher, progress=(6, 10))
+    torch.testing.assert_close(out.loss, out.loss_hard + out.loss_soft)
+    images_, texts_ = images.clone().requires_grad_(), texts.clone().requires_grad_()
+    parts = loss_fn(images_, texts_, scale, *teacher, progress=(6, 10))
+    (parts.loss_hard + parts.loss_soft).backward()
+    for ours, reference in zip(whole, (images_.grad, texts_.grad)):
+        torch.testing.assert_close(ours, reference, atol=1e-6, rtol=1e-5)
+    assert out.distill_alpha.item() == pytest.approx(0.42)  # 0.7 * 6 / 10
+
+
+def test_the_loss_holds_no_progress_and_compiles_without_being_excluded():
+    """Progress comes with each call, so one module serves every step, and torch.compile traces it (no
+    compiler.disable); compiled and eager agree at two steps."""
+    torch.manual_seed(5)
+    loss_fn = PSDContrastiveLoss(micro_config(distill_alpha_max=0.6, distill_fraction=0.5))
+    images, texts, teacher_images, teacher_texts = (unit(torch.randn(8, 6)).float() for _ in range(4))
+    compiled = torch.compile(loss_fn, backend="aot_eager")
+    for progress in ((2, 10), (9, 10)):
+        eager = loss_fn(images, texts, torch.tensor(3.0), teacher_images, teacher_texts, progress=progress)
+        traced = compiled(images, texts, torch.tensor(3.0), teacher_images, teacher_texts, progress=progress)
+        torch.testing.assert_close(traced.loss, eager.loss)
+        assert traced.distill_alpha.item() == pytest.approx(0.6 * progress[0] / 10)
+    assert not hasattr(loss_fn, "step") and not hasattr(loss_fn, "total_steps")

@@ -198,8 +198,7 @@ def test_a_new_teacher_is_one_registered_class_and_trains(monkeypatch):
     step = TrainingStep.build(model, Accelerator(cpu=True))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     for number in range(2):
-        step.set_progress(number, 2)
-        _, parts = step.forward_backward([random_batch(config, 4, seed=number)])
+        _, parts = step.forward_backward([random_batch(config, 4, seed=number)], (number, 2))
         optimizer.step()
         optimizer.zero_grad()
         step.after_optimizer_step()

@@ -1,28 +1,21 @@
-"""transformers' Trainer: a plain one trains PSD-CLIP through the progress callback, and PSDTrainer with a teacher
-through its TrainingStep."""
+"""transformers' Trainer: a plain one trains PSD-CLIP as CLIP with the logit-scale callback, and PSDTrainer with a
+teacher through its TrainingStep, its progress read from Trainer's state."""
 
 import math
 
 import pytest
 import torch
-from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers import Trainer, TrainingArguments
 
 from modeling_psdclip import PSDCLIPModel
 from modeling_psdclip.data import ImageTextCollator, load_image_text_dataset
 from modeling_psdclip.processing import build_processor
-from modeling_psdclip.training.trainer import PSDProgressCallback, PSDTrainer
+from modeling_psdclip.training.trainer import LogitScaleCallback, PSDTrainer
 from tests.support import micro_config, random_batch
 
 
-class RecordAlpha(TrainerCallback):
-    def __init__(self):
-        self.alphas = []
-
-    def on_step_end(self, args, state, control, model=None, **kwargs):
-        self.alphas.append(model.psd_loss.alpha)
-
-
-def train(model, output_dir, callbacks):
+def train(model, output_dir, callbacks, trainer_class=Trainer, loss_outputs=None):
+    """Four steps of 8 on random pairs; `loss_outputs` collects PSDTrainer's loss outputs."""
     batch = random_batch(model.config, 32)
     rows = [{"input_ids": batch["input_ids"][i], "pixel_values": batch["pixel_values"][i]} for i in range(32)]
 
@@ -31,17 +24,27 @@ def train(model, output_dir, callbacks):
 
     args = TrainingArguments(output_dir=str(output_dir), max_steps=4, per_device_train_batch_size=8,
                              report_to=[], save_strategy="no", use_cpu=True, disable_tqdm=True)
-    trainer = Trainer(model=model, args=args, train_dataset=rows, data_collator=collate, callbacks=callbacks)
+    trainer = trainer_class(model=model, args=args, train_dataset=rows, data_collator=collate, callbacks=callbacks)
+    if loss_outputs is not None:
+        original = trainer.compute_loss
+
+        def compute_loss(model, inputs, return_outputs=False, num_items_in_batch=None):
+            loss, outputs = original(model, inputs, return_outputs=True)
+            loss_outputs.append(outputs)
+            return loss
+
+        trainer.compute_loss = compute_loss
     return trainer.train()
 
 
 def test_trainer_advances_alpha(tmp_path):
     torch.manual_seed(0)
-    model = PSDCLIPModel(micro_config(distill_alpha_max=0.8))
-    recorder = RecordAlpha()
-    result = train(model, tmp_path, [PSDProgressCallback(), recorder])
+    model = PSDCLIPModel(micro_config(distill_alpha_max=0.8, distill_teacher="ema"))
+    outputs = []
+    result = train(model, tmp_path, [], trainer_class=PSDTrainer, loss_outputs=outputs)
 
-    torch.testing.assert_close(torch.tensor(recorder.alphas), torch.tensor([0.0, 0.2, 0.4, 0.6]))
+    torch.testing.assert_close(torch.tensor([out.distill_alpha.item() for out in outputs]),
+                               torch.tensor([0.0, 0.2, 0.4, 0.6]))
     assert torch.isfinite(torch.tensor(result.training_loss))
 
 
@@ -51,7 +54,7 @@ def test_trainer_bounds_the_logit_scale_parameter(tmp_path):
     with torch.no_grad():
         # Past the bound the forward's clamp stops the gradient: only the callback brings the parameter back.
         model.logit_scale.fill_(math.log(model.config.logit_scale_max) + 1)
-    train(model, tmp_path, [PSDProgressCallback()])
+    train(model, tmp_path, [LogitScaleCallback()])
     assert model.logit_scale.item() <= math.log(model.config.logit_scale_max) + 1e-6
 
 

@@ -3,7 +3,7 @@
 - `cli` / `run`: the training command (`python train.py`, `python -m modeling_psdclip.training`, `psdclip-train`)
   and its run: state, set-up, resume, loop, save; `options`: its options.
 - `step`: `TrainingStep`, the one object that owns model, teacher and loss for a batch, and validation.
-- `optim`: parameter groups, AdamW, the FLOPs estimate. `teachers`: the previous-epoch bank and the EMA teacher.
+- `optim`: parameter groups, AdamW, the FLOPs estimate. `teachers`: the teachers, as registered types.
 - `checkpoints`: resumable checkpoints. `trainer`: `PSDTrainer`, transformers' Trainer driving a `TrainingStep`.
 - `card_fields`: what the model card says of a training run.
 
@@ -14,8 +14,9 @@ from ..utils import lazy_names
 
 _EXPORTS = {
     "main": "cli", "TrainingOptions": "options", "parse_options": "options", "TrainingStep": "step",
-    "validate": "step", "EMATeacher": "teachers", "PreviousEpochTeacher": "teachers", "TeacherEmbeddings": "teachers",
-    "build_teacher": "teachers", "PSDTrainer": "trainer", "PSDProgressCallback": "trainer",
+    "validate": "step", "EMATeacher": "teachers", "PreviousEpochTeacher": "teachers", "StartTeacher": "teachers",
+    "Teacher": "teachers", "TeacherEmbeddings": "teachers", "UniformTeacher": "teachers", "build_teacher": "teachers",
+    "register_teacher": "teachers", "PSDTrainer": "trainer", "LogitScaleCallback": "trainer",
     "CheckpointManager": "checkpoints",
 }
 __all__ = sorted(_EXPORTS)

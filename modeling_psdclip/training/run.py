@@ -481,8 +481,7 @@ def train(options, accelerator: Accelerator) -> None:
         compute_started = time.perf_counter()
 
         # Forward, backward and the optimizer step, at this step's alpha and row draw.
-        session.step.set_progress(state.step, session.total_steps)
-        losses, parts = session.step.forward_backward(micro_batches)
+        losses, parts = session.step.forward_backward(micro_batches, (state.step, session.total_steps))
         grad_norm = optimizer_step(session, math.isfinite(parts["loss"]))
         count_step(session, micro_batches)
         steps_this_run += 1

@@ -6,8 +6,7 @@ the same way:
 
     step = TrainingStep.build(model, accelerator, bank_folder=..., num_pairs=len(train_data))
     step.start_epoch(epoch)                              # every process, before each epoch
-    step.set_progress(optimizer_step, total_steps)       # alpha and the draw of distilled rows
-    losses, parts = step.forward_backward(micro_batches)  # the teacher's targets in, its record out
+    losses, parts = step.forward_backward(micro_batches, (optimizer_step, total_steps))  # teacher in, record out
     ...clip the gradients, optimizer.step(), zero them...
     step.after_optimizer_step()                          # bound the logit scale, move the EMA teacher
     if step.needs_checkpoint_at_epoch_end: ...           # a resume must not go back across this epoch's end
@@ -94,25 +93,24 @@ class TrainingStep:
         if self.teacher is not None:
             self.teacher.start_epoch(epoch)
 
-    def set_progress(self, step: int, total_steps: int) -> None:
-        """Optimizer step `step` of `total_steps`: sets alpha and, with the seed, the draw of distilled rows."""
-        self.psd.set_distill_progress(step, total_steps)
-
-    def forward(self, batch: dict, model=None):
-        """The loss output of one batch against the teacher's targets; nothing is backpropagated or recorded.
+    def forward(self, batch: dict, progress: tuple[int, int], model=None):
+        """The loss output of one batch against the teacher's targets at `progress` (optimizer step, total steps:
+        alpha and the draw of distilled rows); nothing is backpropagated or recorded.
 
         `model`: the model to run, when the loop holds it wrapped in another way (Trainer's `compute_loss`).
         """
         targets = self.teacher.embeddings(batch) if self.teacher is not None else None
-        return (model or self.model)(**model_inputs(batch), return_loss=True, **teacher_kwargs(targets))
+        return (model or self.model)(**model_inputs(batch), return_loss=True, training_progress=progress,
+                                     **teacher_kwargs(targets))
 
     def record(self, batch: dict, image_embeds: torch.Tensor, text_embeds: torch.Tensor) -> None:
         """Give the teacher this step's embeddings of the batch's pairs (the previous-epoch bank stores them)."""
         if self.teacher is not None:
             self.teacher.record(batch, image_embeds, text_embeds)
 
-    def forward_backward(self, micro_batches: list[dict]) -> tuple[object, dict]:
-        """Forward and backward of this process's share of the global batch, with the teacher's targets.
+    def forward_backward(self, micro_batches: list[dict], progress: tuple[int, int]) -> tuple[object, dict]:
+        """Forward and backward of this process's share of the global batch, with the teacher's targets, at
+        `progress` (optimizer step, total steps: alpha and the draw of distilled rows).
 
         Returns the last micro-step's loss output and the global loss parts. A non-finite loss (on any process) is
         not backpropagated at all (under DeepSpeed the backward pass itself steps the optimizer), and the teacher
@@ -134,7 +132,8 @@ class TrainingStep:
             with accelerator.no_sync(model) if index < last else contextlib.nullcontext():
                 if len(micro_batches) == 1:
                     # The model's own forward computes the loss, which works under every Accelerate backend.
-                    losses = model(**batch, return_loss=True, **teacher_kwargs(targets[0]))
+                    losses = model(**batch, return_loss=True, training_progress=progress,
+                                   **teacher_kwargs(targets[0]))
                     step_images, step_texts = losses.image_embeds, losses.text_embeds
                 else:
                     fresh = model(**batch, return_loss=False)
@@ -143,7 +142,8 @@ class TrainingStep:
                     scale = psd.logit_multiplier()
                     # Every micro-step's loss contains the scale; its gradient is taken once so the sum over
                     # micro-steps is exactly the full-batch gradient.
-                    losses = psd.psd_loss(images, texts, scale if index == last else scale.detach(), **step_targets)
+                    losses = psd.psd_loss(images, texts, scale if index == last else scale.detach(), **step_targets,
+                                          progress=progress)
                     step_images, step_texts = torch.cat(cached_images), torch.cat(cached_texts)
                 if parts is None:
                     # Every micro-step's loss has the full-batch value, so the first one decides for the step.

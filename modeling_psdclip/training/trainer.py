@@ -12,28 +12,21 @@ from .step import TrainingStep
 TEACHER_FILE = "teacher.safetensors"
 
 
-class PSDProgressCallback(TrainerCallback):
-    """For a plain `Trainer` without a teacher: before every optimizer step, tell the model which step of how many
-    it is (alpha and the row draw); after it, bound the logit scale parameter (`PSDCLIPModel.clamp_logit_scale_`).
-    `PSDTrainer` does both through its `TrainingStep`."""
-
-    def on_step_begin(self, args, state, control, model=None, **kwargs):
-        model.set_distill_progress(state.global_step, state.max_steps)
+class LogitScaleCallback(TrainerCallback):
+    """For a plain `Trainer` (which trains PSD-CLIP as CLIP: it builds no teacher): after every optimizer step,
+    bound the logit scale parameter (`PSDCLIPModel.clamp_logit_scale_`). `PSDTrainer` does it through its
+    `TrainingStep`."""
 
     def on_optimizer_step(self, args, state, control, model=None, **kwargs):
         model.clamp_logit_scale_()
 
 
 class StepCallback(TrainerCallback):
-    """Drives a `PSDTrainer`'s `TrainingStep` from Trainer's events: the progress before each step, a new epoch,
-    and what follows each optimizer step (not each micro-batch)."""
+    """Drives a `PSDTrainer`'s `TrainingStep` from Trainer's events: a new epoch, and what follows each optimizer
+    step (not each micro-batch). The progress needs no event: `compute_loss` reads it from Trainer's state."""
 
     def __init__(self, trainer: "PSDTrainer"):
         self.trainer = trainer
-
-    def on_step_begin(self, args, state, control, **kwargs):
-        if self.trainer.psd_step is not None:
-            self.trainer.psd_step.set_progress(state.global_step, state.max_steps)
 
     def on_epoch_begin(self, args, state, control, **kwargs):
         if self.trainer.psd_step is not None:
@@ -86,7 +79,7 @@ class PSDTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if model.training and self.psd_step is not None:
-            outputs = self.psd_step.forward(inputs, model=model)
+            outputs = self.psd_step.forward(inputs, (self.state.global_step, self.state.max_steps), model=model)
             self.psd_step.record(inputs, outputs.image_embeds, outputs.text_embeds)
         else:  # evaluation: the plain CLIP loss
             outputs = model(**model_inputs(inputs), return_loss=True)
@@ -104,4 +97,4 @@ class PSDTrainer(Trainer):
             self.psd_step.load_state_dict(load_file(Path(checkpoint) / TEACHER_FILE))
 
 
-__all__ = ["PSDProgressCallback", "PSDTrainer", "StepCallback"]
+__all__ = ["LogitScaleCallback", "PSDTrainer", "StepCallback"]
