@@ -6,6 +6,7 @@ has, with "–" where a cell's runs lack one."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections import defaultdict
@@ -109,6 +110,44 @@ def difference_cell(treatment: dict, control: dict, key: str) -> str:
             f"{higher}/{len(seeds)}↑")
 
 
+RETRIEVAL_KEYS = (("i2t_r1", "image→text R@1"), ("t2i_r1", "text→image R@1"))
+
+
+def recommended_sections(study: dict, results: list[dict], grouped: dict, methods: list[str]) -> list[str]:
+    """For a study that names its `recommended` method: that method minus every other one, per cell, on the new
+    world's R@1 each way and the old world's (paired by seed); and for every method, the share of clean CLIP's gain
+    over the starting model that it keeps, per direction: (R@1 - R@1(start)) / (R@1(clip, clean) - R@1(start)),
+    with the clean cell the one of the same data whose noise level corrupts nothing."""
+    recommended = study.get("recommended")
+    if recommended not in methods:
+        return []
+    keys = [*RETRIEVAL_KEYS, ("old_retrieval_r1", "old retrieval R@1")]
+    lines = [f"## {recommended} against every other method\n",
+             f"{recommended} minus each method, paired by seed (95% interval, permutation p, seeds higher).\n"]
+    runs = [Run(**record["run"]) for record in results]
+    for cell in dict.fromkeys(run.cell for run in runs):
+        rows = [[method] + [difference_cell(grouped[cell, recommended], grouped[cell, method], key) for key, _ in keys]
+                for method in methods if method != recommended and grouped[cell, method]]
+        lines += [f"\n{cell}:\n", table(["method"] + [title for _, title in keys], rows)]
+    clean = [name for name, options in study["noise"].items() if not any(options.get(key) for key in
+                                                                           ("p_mismatch", "p_partial", "p_generic"))]
+    if "start" not in methods or not clean:
+        return lines
+    lines.append("\n## Share of clean CLIP's gain kept\n")
+    lines.append("(R@1 - R@1(start)) / (R@1(clip at 0% noise) - R@1(start)), per direction, per seed; mean ± std.\n")
+    for run in dict.fromkeys(dataclasses.replace(run, method="", seed=0) for run in runs):
+        reference = dataclasses.replace(run, noise=clean[0])
+        start, clip = grouped[run.cell, "start"], grouped[reference.cell, "clip"]
+        rows = []
+        for method in methods:
+            mine = grouped[run.cell, method]
+            rows.append([method] + [summary_cell([
+                (mine[s][key] - start[s][key]) / (clip[s][key] - start[s][key]) for s in mine
+                if s in start and s in clip and clip[s][key] != start[s][key]]) for key, _ in RETRIEVAL_KEYS])
+        lines += [f"\n{run.cell}:\n", table(["method"] + [title for _, title in RETRIEVAL_KEYS], rows)]
+    return lines
+
+
 def table(header: list[str], rows: list[list[str]]) -> str:
     return markdown_table([dict(zip(header, row)) for row in rows], header)
 
@@ -174,6 +213,7 @@ def write_study_report(study: dict, results: list[dict], output: str | Path, tit
                             for name in DIAGNOSTICS] for method in methods]
         lines.append(table(["method"] + list(DIAGNOSTICS), rows) + "\n")
 
+    lines += recommended_sections(study, results, grouped, methods)
     figures = [metric_figure(grouped, cells, methods, metrics, output / "metrics.png"),
                val_loss_figure(grouped, cells, methods, output / "val_loss.png")]
     if any(record.get("diagnostic_curves") for record in results):

@@ -65,7 +65,7 @@ from eval.retrieval import retrieval
 from eval.zeroshot import zero_shot_classification
 
 STUDY_KEYS = {"output", "seeds", "methods", "noise", "cells", "train", "eval", "launcher", "pretrain", "starting_model",
-              "quick", "base"}
+              "quick", "base", "recommended"}
 MERGED_KEYS = ("train", "eval", "pretrain")
 ATTRIBUTES = ("shape", "colour", "count")
 SHIFTED_SPLITS = ("sketch", "unseen_texture", "unseen_shade")

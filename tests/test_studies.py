@@ -137,12 +137,12 @@ def test_micro_shift_study_learns_in_a_new_world_and_measures_what_it_forgets(tm
     micro = {"batch_size": 16, "max_steps": 4, "eval_every": 2, "val_samples": 32, "warmup_steps": 1, "log_every": 2}
     names = ("clip", "start", "wise-ft", "wise-ft-oracle", "clip-early-stop", "frozen-start", "reweight-ema", "psd-ema-doubt")
     study.update({
-        "output": str(tmp_path / "out"), "seeds": [0], "cells": [{"noise": "60%", "train_samples": 48,
-                                                                  "world": "sketch"}],
+        "output": str(tmp_path / "out"), "seeds": [0], "cells": [{"noise": noise, "train_samples": 48, "world": "sketch"}
+                                                                 for noise in ("0%", "60%")],
         "methods": {name: study["methods"][name] for name in names},
         "pretrain": {**study["pretrain"], **micro, "init_from": str(micro_folder), "train_samples": 64,
                      "checkpoint_every": 0},
-        "train": {**study["train"], **micro},
+        "train": {**study["train"], **micro, "lr": 5e-3},  # enough for four steps to move the micro model's recall
         "eval": {**study["eval"], "num_samples": 32, "noisy_pairs": 24, "batch_size": 64},
     })
     study["methods"]["clip"]["checkpoint_every"] = 2
@@ -151,8 +151,9 @@ def test_micro_shift_study_learns_in_a_new_world_and_measures_what_it_forgets(tm
     config.write_text(yaml.safe_dump(study, sort_keys=False))
     assert main(["--config", str(config)]) == 0
     out = tmp_path / "out"
-    runs = {run["run"]["method"]: run for run in json.loads((out / "results.json").read_text())["runs"]}
-    assert list(runs) == list(names)
+    records = json.loads((out / "results.json").read_text())["runs"]
+    assert [run["run"]["method"] for run in records] == [*names, *names]
+    runs = {run["run"]["method"]: run for run in records if run["run"]["noise"] == "60%"}
     trained = yaml.safe_load((out / "runs" / "60%-sketch-48-clip-seed0" / "train.yaml").read_text())
     assert trained["synthetic_world"] == "sketch" and trained["p_mismatch"] == 0.6
     assert not (out / "runs" / "60%-sketch-48-start-seed0" / "model").exists()  # evaluated, never trained
@@ -176,6 +177,7 @@ def test_micro_shift_study_learns_in_a_new_world_and_measures_what_it_forgets(tm
     assert runs["reweight-ema"]["diagnostics"]["loss_soft"] == 0.0 < runs["psd-ema-doubt"]["diagnostics"]["loss_soft"]
     report = (out / "report.md").read_text()
     assert "old retrieval R@1" in report and "WiSE-FT coefficient" in report
+    assert "psd-ema-doubt against every other method" in report
     assert (out / "learning_and_forgetting.png").stat().st_size > 0
 
     broken = {**study, "methods": {"clip": study["methods"]["clip"], "wise": {"evaluate": "wise_ft", "of": "start",
@@ -283,6 +285,30 @@ def test_report_of_synthetic_and_data_cells_marks_what_a_cell_does_not_measure(t
     assert "fitted over all 4 models evaluated on shifted data" in report
     assert [record.get("effective_robustness") is not None for record in results] == [True] * 4 + [False] * 4
     assert (tmp_path / "robustness.png").stat().st_size > 0
+
+
+def test_report_sets_the_recommended_method_against_every_other_and_computes_the_gain_kept(tmp_path):
+    """Gain kept = (R@1 - R@1(start)) / (R@1(clip, clean) - R@1(start)) per seed, and the recommended method minus
+    each other one, paired by seed; here with R@1s chosen by hand."""
+    r1 = {("0%", "start"): 0.1, ("0%", "clip"): 0.5, ("0%", "psd"): 0.45,
+          ("60%", "start"): 0.1, ("60%", "clip"): 0.2, ("60%", "psd"): 0.3}
+
+    def record(noise, method, seed):
+        value = r1[noise, method] + 0.1 * seed * (method != "start")
+        return {"run": {"method": method, "noise": noise, "seed": seed, "train_samples": 64, "world": "sketch"},
+                "i2t_r1": value, "t2i_r1": value / 2 + 0.05, "old_retrieval_r1": 0.4, "retrieval_r1": value}
+
+    results = [record(noise, method, seed) for noise in ("0%", "60%") for seed in (0, 1)
+               for method in ("clip", "start", "psd")]
+    study = {"train": {}, "recommended": "psd", "noise": {"0%": {"p_mismatch": 0.0}, "60%": {"p_mismatch": 0.6}}}
+    report = write_study_report(study, results, tmp_path).read_text()
+    against, kept = report.split("## psd against every other method")[1].split("## Share of clean CLIP's gain kept")
+    noisy_against = against.split("60% noise, 64 pairs of sketch:")[1]
+    assert "| clip | +0.100 [+0.100, +0.100] * p=0.50 2/2↑ |" in noisy_against
+    # Seed 0: (0.3 - 0.1) / (0.5 - 0.1) = 0.5; seed 1: (0.4 - 0.1) / (0.6 - 0.1) = 0.6 (image->text).
+    noisy_kept = kept.split("60% noise, 64 pairs of sketch:")[1]
+    assert "| psd | 0.550 ± 0.071 |" in noisy_kept and "| start | 0.000 ± 0.000 |" in noisy_kept
+    assert "| clip | 1.000 ± 0.000 |" in kept.split("60% noise")[0]  # clean CLIP keeps all of its own gain
 
 
 def test_study_files_are_checked(tmp_path):
