@@ -335,11 +335,9 @@ class PSDCLIPModel(CLIPModel):
         return model
 
     def save_pretrained(self, save_directory, *args, **kwargs):
-        # `register_for_auto_class` records one Auto class; the zero-shot pipeline looks up this second one.
-        self.config.auto_map = {
-            **(getattr(self.config, "auto_map", None) or {}),
-            "AutoModelForZeroShotImageClassification": "modeling_psdclip.PSDCLIPModel",
-        }
+        # `register_for_auto_class` records one Auto class; the zero-shot pipeline looks up this second one. Any
+        # other entry came with a config loaded from elsewhere and names code this folder does not ship.
+        self.config.auto_map = {"AutoModelForZeroShotImageClassification": "modeling_psdclip.PSDCLIPModel"}
         return super().save_pretrained(save_directory, *args, **kwargs)
 
 
