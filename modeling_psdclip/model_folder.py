@@ -52,6 +52,19 @@ def check_model_folder_target(folder) -> None:
         raise ModelFolderError(f"cannot create {folder}: {reason}")
 
 
+def invalid_repo_id(repo_id: str) -> str | None:
+    """Why `repo_id` cannot name a Hub repository, in one line; None when it can. Checked before any work: the
+    push comes last, and a card names the id."""
+    # Imported here: huggingface_hub.utils loads its HTTP client, which `--help` and most runs never use.
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as error:
+        return first_line(error)
+    return None
+
+
 def pickle_weights_note(folder) -> str | None:
     """One line for a folder whose weights are only a pickle (`pytorch_model*.bin`), else None.
 
@@ -165,5 +178,5 @@ def push_folder_to_hub(folder, repo_id: str) -> str:
         raise HubError(f"could not push {folder} to the Hub repository {repo_id}: {first_line(error)}") from error
 
 
-__all__ = ["MODEL_FOLDER_FILES", "HubError", "ModelFolderError", "check_model_folder_target", "pickle_weights_note",
-           "push_folder_to_hub", "save_model_folder"]
+__all__ = ["MODEL_FOLDER_FILES", "HubError", "ModelFolderError", "check_model_folder_target", "invalid_repo_id",
+           "pickle_weights_note", "push_folder_to_hub", "save_model_folder"]
