@@ -78,6 +78,14 @@ def pickle_weights_note(folder) -> str | None:
             "unpickler (weights_only=True), which loads tensors and refuses anything else")
 
 
+def refused_pickle(folder) -> str:
+    """One line for a folder whose pickled weights torch's restricted unpickler refused (they hold more than
+    tensors), naming the way out."""
+    return (f"{folder} holds its weights as a pickle (pytorch_model.bin) of more than tensors, which torch's "
+            "restricted unpickler refuses to load; if you trust where it came from, convert it to model.safetensors "
+            "(torch.load(..., weights_only=False), then safetensors.torch.save_file)")
+
+
 def _written_by_this_package(folder: Path) -> bool:
     """A PSD-CLIP folder, or a clip export: a CLIP config (which names no package) beside a card tagged psdclip."""
     try:
@@ -179,4 +187,5 @@ def push_folder_to_hub(folder, repo_id: str) -> str:
 
 
 __all__ = ["MODEL_FOLDER_FILES", "HubError", "ModelFolderError", "check_model_folder_target", "invalid_repo_id",
-           "pickle_weights_note", "push_folder_to_hub", "save_model_folder"]
+           "pickle_weights_note", "push_folder_to_hub", "refused_pickle",
+           "save_model_folder"]

@@ -20,7 +20,7 @@ from studies.report import write_study_report
 from studies.runner import load_study, planned_runs
 from modeling_psdclip import PSDCLIPModel
 from modeling_psdclip.data import ImageTextCollator, load_image_text_dataset
-from tests.support import EMOJI_TEST, save_micro_folder, write_svgs
+from tests.support import EMOJI_TEST, copy_with_refused_pickle, save_micro_folder, write_svgs
 
 REPO = Path(__file__).resolve().parents[1]
 METHODS = {"clip": {"distill_alpha_max": 0.0}, "psd-ema": {"distill_teacher": "ema"}}
@@ -252,3 +252,15 @@ def test_study_files_are_checked(tmp_path):
     openmoji = planned_runs(load_study(REPO / "studies" / "openmoji.yaml"))
     assert {run.method for run in openmoji} == methods and {run.seed for run in openmoji} == {0, 1, 2}
     assert {run.data for run in openmoji} == {"outputs/openmoji-noisy"}
+
+
+def test_a_starting_model_of_refused_pickled_weights_is_one_line(tmp_path, micro_study, capsys):
+    config, out = micro_study
+    pickled = copy_with_refused_pickle(tmp_path / "micro", tmp_path / "pickled")
+    study = yaml.safe_load(config.read_text())
+    config.write_text(yaml.safe_dump({**study, "starting_model": str(pickled)}))
+    assert main(["--config", str(config), "--quick"]) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("python -m studies: error: cannot load model folder ") and \
+        "which torch's restricted unpickler refuses to load; if you trust where it came from, convert it" in error
+    assert not (out / "runs").exists()
