@@ -43,7 +43,7 @@ from .optim import adamw, parameter_groups, training_flops_per_sample
 from .options import OptionError, TrainingOptions, flag, tracker_names
 from .run_lock import hold_run_dir
 from .step import TrainingStep, feature_caching_unsupported, validate
-from .stops import STOPS, describe_stop, sigterm_interrupts
+from .stops import STOPS, describe_stop, leave_interrupts_to_the_main_process, sigterm_interrupts
 
 logger = get_logger("train")
 
@@ -333,11 +333,12 @@ def set_up(options, accelerator: Accelerator) -> Session:
     # skips the batches it has seen and then reads exactly what the uninterrupted run would have.
     train_loader = torch.utils.data.DataLoader(
         train_data, batch_size=micro_batch, drop_last=True, num_workers=options.num_workers,
+        worker_init_fn=leave_interrupts_to_the_main_process,
         sampler=None if options.streaming else EpochSampler(len(train_data), seed=options.seed),
         collate_fn=ImageTextCollator(processor, train=True, seed=options.seed, uint8_pixels=True))
     val_loader = val_data and torch.utils.data.DataLoader(
         val_data, batch_size=micro_batch * options.accum_steps, num_workers=options.num_workers,
-        collate_fn=ImageTextCollator(processor, train=False))
+        worker_init_fn=leave_interrupts_to_the_main_process, collate_fn=ImageTextCollator(processor, train=False))
 
     if options.gradient_checkpointing:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
