@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 import sys
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from safetensors import SafetensorError
 
 from modeling_psdclip.utils import first_line
 from modeling_psdclip.embedding import ImageTextEmbedder, UntrustedCodeError
-from modeling_psdclip.model_folder import pickle_weights_note
+from modeling_psdclip.model_folder import pickle_weights_note, refused_pickle
 
 from .errors import EvalInputError
 
@@ -59,5 +60,7 @@ class EmbeddingModel(ImageTextEmbedder):
         except UntrustedCodeError:
             raise EvalInputError(f"cannot load model folder {folder}: its model is defined by the folder's own Python, "
                                  "which runs only with --trust-remote-code: pass it for folders you trust") from None
+        except pickle.UnpicklingError:
+            raise EvalInputError(f"cannot load model folder {folder}: {refused_pickle(folder)}") from None
         except (OSError, ValueError, KeyError, SafetensorError) as error:
             raise EvalInputError(f"cannot load model folder {folder}: {first_line(error)}") from error

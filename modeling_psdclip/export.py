@@ -19,7 +19,7 @@ from transformers import AutoProcessor, CLIPConfig, CLIPModel
 from . import register_auto_classes
 from .card import PACKAGE_TAG, render_model_card, training_metadata
 from .configuration_psdclip import PSDCLIPConfig
-from .model_folder import save_model_folder
+from .model_folder import invalid_repo_id, save_model_folder
 from .modeling_psdclip import PSDCLIPModel
 from .utils import OneLineErrorParser, fail, first_line
 
@@ -86,8 +86,8 @@ def export_clip_folder(src, dst, repo_id: str | None = None) -> Path:
 
     `dst` gets the same weights, the processor, `metrics.json` when `src` has one, and `src`'s card made into the
     export's (`clip_card`, its usage naming `repo_id` or `dst`'s name). Raises ExportError when `src` is not a
-    PSD-CLIP folder with a processor or is `dst` itself, ModelFolderError when `dst` holds anything else than a
-    model folder of this package.
+    PSD-CLIP folder with a processor, is `dst`, holds it or lies in it, or `repo_id` is not a Hub repository id;
+    ModelFolderError when `dst` holds anything else than a model folder of this package.
     """
     src, dst = Path(src), Path(dst)
     try:
@@ -99,6 +99,14 @@ def export_clip_folder(src, dst, repo_id: str | None = None) -> Path:
         raise ExportError(f"{src} holds a {model_type!r} model, not a PSD-CLIP one{loads}")
     if dst.resolve() == src.resolve():
         raise ExportError(f"{dst} is the folder being exported; the export is written to a folder of its own")
+    # A folder inside the model folder would make it hold something else than a model (and a later save refuse it).
+    for inner, outer in ((dst, src), (src, dst)):
+        if outer.resolve() in inner.resolve().parents:
+            raise ExportError(f"{inner} is inside {outer}; the export and the folder being exported must be separate "
+                              "folders, neither inside the other")
+    problem = repo_id is not None and invalid_repo_id(repo_id)
+    if problem:
+        raise ExportError(f"repository id {repo_id!r}: {problem}")
     register_auto_classes()  # the folder's config names "psdclip": load it with this package's code, not the folder's
     try:
         processor = AutoProcessor.from_pretrained(src)

@@ -22,6 +22,8 @@ MODEL_FOLDER_FILES = re.compile(
     r"|(pre)?processor_config\.json|tokenizer(_config)?\.json|special_tokens_map\.json|added_tokens\.json"
     r"|vocab\.json|merges\.txt|chat_template\.(json|jinja)")
 
+PROCESSOR_CONFIGS = ("tokenizer_config.json", "processor_config.json", "preprocessor_config.json")
+
 
 class HubError(RuntimeError):
     """Pushing a folder to the Hub failed; the message is one line for the user."""
@@ -50,6 +52,19 @@ def check_model_folder_target(folder) -> None:
         raise ModelFolderError(f"cannot create {folder}: {reason}")
 
 
+def invalid_repo_id(repo_id: str) -> str | None:
+    """Why `repo_id` cannot name a Hub repository, in one line; None when it can. Checked before any work: the
+    push comes last, and a card names the id."""
+    # Imported here: huggingface_hub.utils loads its HTTP client, which `--help` and most runs never use.
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as error:
+        return first_line(error)
+    return None
+
+
 def pickle_weights_note(folder) -> str | None:
     """One line for a folder whose weights are only a pickle (`pytorch_model*.bin`), else None.
 
@@ -61,6 +76,14 @@ def pickle_weights_note(folder) -> str | None:
         return None
     return (f"{folder} holds its weights only as pytorch_model.bin, a pickle: loading them with torch's restricted "
             "unpickler (weights_only=True), which loads tensors and refuses anything else")
+
+
+def refused_pickle(folder) -> str:
+    """One line for a folder whose pickled weights torch's restricted unpickler refused (they hold more than
+    tensors), naming the way out."""
+    return (f"{folder} holds its weights as a pickle (pytorch_model.bin) of more than tensors, which torch's "
+            "restricted unpickler refuses to load; if you trust where it came from, convert it to model.safetensors "
+            "(torch.load(..., weights_only=False), then safetensors.torch.save_file)")
 
 
 def _written_by_this_package(folder: Path) -> bool:
@@ -78,32 +101,35 @@ def _written_by_this_package(folder: Path) -> bool:
         return False
 
 
-def _stock_tokenizer_files(folder: Path) -> None:
-    """Make the saved tokenizer load the same, without warnings, in transformers and in `tokenizers`.
+def _stock_processor_files(folder: Path) -> None:
+    """Make the saved processor load the same, without warnings or foreign code, in transformers and `tokenizers`.
 
     A fast tokenizer keeps the padding and truncation of its last call in its backend, and saves them: every
     later call that pads without truncating then warns that `max_length` is ignored, and the `tokenizers` library
     pads everything. The processor sets both per call. transformers 5 saves its fast tokenizer class under its own
     name, `TokenizersBackend`; `PreTrainedTokenizerFast` names the same class in every version. It also saves how a
     tokenizer it loaded was loaded (`is_local`, `local_files_only`: from a folder, offline), which says nothing
-    about the saved folder, least of all on the Hub.
+    about the saved folder, least of all on the Hub. The processor's classes are transformers' own, so an
+    `auto_map` came with a processor loaded from another folder and names code this one does not ship.
     """
     from tokenizers import Tokenizer
 
-    backend_path, config_path = folder / "tokenizer.json", folder / "tokenizer_config.json"
-    if not backend_path.is_file():
-        return
-    backend = Tokenizer.from_file(str(backend_path))
-    backend.no_padding()
-    backend.no_truncation()
-    backend.save(str(backend_path))
-    saved = json.loads(config_path.read_text(encoding="utf-8"))
-    config = {key: value for key, value in saved.items() if key not in ("is_local", "local_files_only")}
-    if config.get("tokenizer_class") == "TokenizersBackend":
-        config["tokenizer_class"] = "PreTrainedTokenizerFast"
-    if config != saved:
-        config_path.write_text(json.dumps(config, indent=2, sort_keys=True, ensure_ascii=False) + "\n",
-                               encoding="utf-8")
+    backend_path = folder / "tokenizer.json"
+    if backend_path.is_file():
+        backend = Tokenizer.from_file(str(backend_path))
+        backend.no_padding()
+        backend.no_truncation()
+        backend.save(str(backend_path))
+    for config_path in (folder / name for name in PROCESSOR_CONFIGS):
+        if not config_path.is_file():
+            continue
+        saved = json.loads(config_path.read_text(encoding="utf-8"))
+        config = {key: value for key, value in saved.items() if key not in ("is_local", "local_files_only", "auto_map")}
+        if config.get("tokenizer_class") == "TokenizersBackend":
+            config["tokenizer_class"] = "PreTrainedTokenizerFast"
+        if config != saved:
+            config_path.write_text(json.dumps(config, indent=2, sort_keys=True, ensure_ascii=False) + "\n",
+                                   encoding="utf-8")
 
 
 def save_model_folder(model, processor, folder, repo_id: str | None = None, card: "ModelCard | None" = None,
@@ -127,7 +153,7 @@ def save_model_folder(model, processor, folder, repo_id: str | None = None, card
     try:
         model.save_pretrained(staging)
         processor.save_pretrained(staging)
-        _stock_tokenizer_files(staging)
+        _stock_processor_files(staging)
         (card or render_model_card(model.config, repo_id or folder.name, **card_fields)).save(staging / "README.md")
         # mkdtemp makes the folder private to its owner, and files written through temporary files (the weights)
         # are too; a model folder is for every user who may load it.
@@ -160,5 +186,6 @@ def push_folder_to_hub(folder, repo_id: str) -> str:
         raise HubError(f"could not push {folder} to the Hub repository {repo_id}: {first_line(error)}") from error
 
 
-__all__ = ["MODEL_FOLDER_FILES", "HubError", "ModelFolderError", "check_model_folder_target", "pickle_weights_note",
-           "push_folder_to_hub", "save_model_folder"]
+__all__ = ["MODEL_FOLDER_FILES", "HubError", "ModelFolderError", "check_model_folder_target", "invalid_repo_id",
+           "pickle_weights_note", "push_folder_to_hub", "refused_pickle",
+           "save_model_folder"]

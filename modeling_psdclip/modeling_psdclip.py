@@ -352,11 +352,19 @@ class PSDCLIPModel(CLIPModel):
         )
 
     @classmethod
-    def from_pretrained(cls, *args, output_loading_info: bool = False, **kwargs):
+    def from_pretrained(cls, *args, output_loading_info: bool = False, ignore_mismatched_sizes: bool = False,
+                        **kwargs):
         # transformers fills weights missing from a checkpoint with random values and only logs it; a model
-        # that silently lost part of its weights must not load. Mismatched shapes already raise upstream. A caller
-        # who asks for the loading info gets the model as transformers loads it, to inspect what is missing.
-        model, loading_info = super().from_pretrained(*args, output_loading_info=True, **kwargs)
+        # that silently lost part of its weights must not load. Weights of another shape than the config's (a
+        # projection size edited in config.json) raise a one-line ValueError here, not a RuntimeError pointing at a
+        # report. A caller who asks for the loading info gets the model as transformers loads it, to inspect what is
+        # missing.
+        model, loading_info = super().from_pretrained(*args, output_loading_info=True, ignore_mismatched_sizes=True,
+                                                      **kwargs)
+        if loading_info["mismatched_keys"] and not ignore_mismatched_sizes:
+            name, saved, expected = sorted(loading_info["mismatched_keys"])[0]
+            raise ValueError(f"checkpoint weight {name} has shape {tuple(saved)}, where the config makes it "
+                             f"{tuple(expected)}")
         if output_loading_info:
             return model, loading_info
         if loading_info["missing_keys"]:
@@ -365,11 +373,9 @@ class PSDCLIPModel(CLIPModel):
         return model
 
     def save_pretrained(self, save_directory, *args, **kwargs):
-        # `register_for_auto_class` records one Auto class; the zero-shot pipeline looks up this second one.
-        self.config.auto_map = {
-            **(getattr(self.config, "auto_map", None) or {}),
-            "AutoModelForZeroShotImageClassification": "modeling_psdclip.PSDCLIPModel",
-        }
+        # `register_for_auto_class` records one Auto class; the zero-shot pipeline looks up this second one. Any
+        # other entry came with a config loaded from elsewhere and names code this folder does not ship.
+        self.config.auto_map = {"AutoModelForZeroShotImageClassification": "modeling_psdclip.PSDCLIPModel"}
         return super().save_pretrained(save_directory, *args, **kwargs)
 
 

@@ -19,16 +19,21 @@ def build_parser() -> OneLineErrorParser:
                         help="the study's YAML file, e.g. studies/noise.yaml (or a shipped study's name: noise)")
     parser.add_argument("--quick", action="store_true", help="the study file's smaller `quick` size")
     parser.add_argument("--output", type=Path, help="folder of runs and report (default: the study file's)")
+    parser.add_argument("--launcher", metavar="COMMAND",
+                        help='run each training in a subprocess as COMMAND -m modeling_psdclip.training, e.g. '
+                             '"accelerate launch --multi_gpu" (default: in this process)')
     parser.add_argument("--finished-only", action="store_true",
                         help="train and evaluate nothing: report the runs finished so far (of a study still running)")
     return parser
 
 
 def study_file(config: str) -> str:
-    """`config` as given, or, when there is no such file, the study of that name shipped beside this package
-    (`noise`, `studies/noise.yaml`): an installed package runs its studies without a checkout."""
+    """`config` as given, or, when it is a bare name (`noise`, `noise.yaml`) and no such file is here, the study of
+    that name shipped beside this package: an installed package runs its studies without a checkout. A path is
+    never replaced by a shipped study of the same file name."""
     shipped = Path(__file__).parent / f"{Path(config).stem}.yaml"
-    return str(shipped) if not Path(config).exists() and shipped.is_file() else config
+    bare = Path(config).name == config
+    return str(shipped) if bare and not Path(config).exists() and shipped.is_file() else config
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     from .runner import run_study
 
     def run() -> None:
-        study, results = run_study(args.config, quick=args.quick, output=args.output, finished_only=args.finished_only)
+        study, results = run_study(args.config, quick=args.quick, output=args.output, finished_only=args.finished_only,
+                                   launcher=args.launcher)
         print(f"report: {write_study_report(study, results, args.output or study['output'])}")
 
     return status_of(PROG, run, EvalInputError)

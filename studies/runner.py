@@ -18,10 +18,10 @@ logged are collected. A finished run is never redone: a killed study continues w
 
 The study's YAML file holds `output`, `seeds`, `methods` ({name: train options}), `noise` ({name: train options}),
 `cells`, `train` (options of every run), `eval` (`num_samples`, `noisy_pairs`: synthetic sizes; `batch_size`;
-`linear_probe`, `shifted`: whether synthetic cells run those tasks, default true), optionally `launcher` (a command
-that runs the training in a subprocess as `LAUNCHER -m modeling_psdclip.training`, e.g. "accelerate launch
---multi_gpu"), `pretrain` and `quick` (overrides of any of these for `--quick`; `train`, `eval` and `pretrain` are
-merged key by key).
+`linear_probe`, `shifted`: whether synthetic cells run those tasks, default true), optionally `pretrain` and `quick`
+(overrides of any of these for `--quick`; `train`, `eval` and `pretrain` are merged key by key); STUDY_SCHEMA
+declares them. A command that runs each training in a subprocess is the command line's `--launcher`, never a key of
+a file someone else may have written.
 
 `pretrain` (train options) makes the fine-tuning protocol of noisy-correspondence learning: a starting model is
 trained once with those options (cached in the study's output as `pretrained/`, resumable like any run), and every
@@ -52,7 +52,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from modeling_psdclip.utils import first_line, write_json_atomically
+from modeling_psdclip.utils import cannot_create_in, first_line, write_json_atomically
 from modeling_psdclip.data import saved_with_splits
 from modeling_psdclip.training.cli import main_in_process
 
@@ -64,8 +64,15 @@ from eval.noisy_pairs import noisy_pair_detection
 from eval.retrieval import retrieval
 from eval.zeroshot import zero_shot_classification
 
-STUDY_KEYS = {"output", "seeds", "methods", "noise", "cells", "train", "eval", "launcher", "pretrain", "starting_model",
-              "quick", "base", "recommended"}
+# What a study file may hold, checked whole (its `quick` overrides too) before anything runs: each key and the type of
+# its value. A type; [T]: a list of T; {str: T}: a mapping of names to T; a dict of keys: a mapping of those keys
+# only. A key of such a mapping set to null is removed when files are merged.
+CELL_SCHEMA = {"noise": str, "train_samples": int, "data": str, "world": str}
+EVAL_SCHEMA = {"num_samples": int, "noisy_pairs": int, "batch_size": int, "linear_probe": bool, "shifted": bool}
+STUDY_SCHEMA = {"output": str, "seeds": [int], "methods": {str: dict}, "noise": {str: dict}, "cells": [CELL_SCHEMA],
+                "train": dict, "eval": EVAL_SCHEMA, "pretrain": dict, "starting_model": str, "quick": dict,
+                "base": str, "recommended": str}
+STUDY_KEYS = set(STUDY_SCHEMA)
 MERGED_KEYS = ("train", "eval", "pretrain")
 ATTRIBUTES = ("shape", "colour", "count")
 SHIFTED_SPLITS = ("sketch", "unseen_texture", "unseen_shade")
@@ -97,6 +104,35 @@ class Run:
         return f"{self.noise} noise, {Path(self.data).name if self.data else f'{self.train_samples} pairs{world}'}"
 
 
+def schema_problem(value, schema, where: str) -> str | None:
+    """What in `value` does not fit `schema` (see STUDY_SCHEMA), as one line naming the key; None when it fits."""
+    if isinstance(schema, list):
+        if not isinstance(value, list):
+            return f"{where} must be a list, got {value!r}"
+        return next(filter(None, (schema_problem(item, schema[0], f"{where}[{index}]")
+                                  for index, item in enumerate(value))), None)
+    if isinstance(schema, dict):
+        if not isinstance(value, dict):
+            return f"{where} must be a mapping, got {value!r}"
+        if str in schema:
+            return next(filter(None, (schema_problem(item, schema[str], key_of(where, key))
+                                      for key, item in value.items())), None)
+        unknown = next((key for key in value if key not in schema), None)
+        if unknown is not None:
+            return f"unknown key {key_of(where, unknown)} (keys: {', '.join(schema)})"
+        return next(filter(None, (schema_problem(item, schema[key], key_of(where, key))
+                                  for key, item in value.items() if item is not None)), None)
+    # bool is an int to Python, not to a study; an int is a float
+    accepted = (int, float) if schema is float else schema
+    if isinstance(value, bool) != (schema is bool) or not isinstance(value, accepted):
+        return f"{where} must be {schema.__name__ if schema is not dict else 'a mapping'}, got {value!r}"
+    return None
+
+
+def key_of(where: str, key) -> str:
+    return f"{where}.{key}" if where else str(key)
+
+
 def read_study_file(path: Path, quick: bool, extending: tuple[Path, ...] = ()) -> dict:
     """A study file's settings at the size asked for, on top of its `base` chain's at that size: each file's own
     `quick` applies to that file first, so a file's keys always beat its base's, quick or not."""
@@ -106,12 +142,13 @@ def read_study_file(path: Path, quick: bool, extending: tuple[Path, ...] = ()) -
         raise EvalInputError(f"cannot read study {path}: {first_line(error)}") from error
     if not isinstance(study, dict):
         raise EvalInputError(f"study {path} must be a mapping")
-    unknown = set(study) - STUDY_KEYS
-    if unknown:
-        raise EvalInputError(f"study {path}: unknown key {sorted(unknown)[0]!r} (keys: {', '.join(sorted(STUDY_KEYS))})")
+    problem = schema_problem(study, STUDY_SCHEMA, "")
     overrides = study.pop("quick", None) or {}
-    if not isinstance(overrides, dict) or "base" in overrides:
-        raise EvalInputError(f"study {path}: 'quick' must be a mapping of the keys it changes (not 'base')")
+    if not problem and ("base" in overrides or "quick" in overrides):
+        problem = "quick holds the keys it changes, not base or quick"
+    problem = problem or schema_problem(overrides, STUDY_SCHEMA, "quick")
+    if problem:
+        raise EvalInputError(f"study {path}: {problem}")
     if quick:
         study = merged_study(study, overrides)
     if "base" not in study:
@@ -151,6 +188,8 @@ def load_study(path: str | Path, quick: bool = False) -> dict:
         raise EvalInputError(f"study {path}: the methods need a 'clip' baseline to compare with")
     for name, method in study["methods"].items():
         check_evaluated_method(path, study, name, method)
+    if study.get("recommended", "clip") not in study["methods"]:
+        raise EvalInputError(f"study {path}: the recommended method {study['recommended']!r} is not one of its methods")
     names = [run.name for run in planned_runs(study)]
     repeated = next((name for name in names if names.count(name) > 1), None)
     if repeated:  # runs share their folder by name, so a second would take the first one's results
@@ -487,11 +526,18 @@ def mean_of(values: list) -> float | None:
 
 
 def run_study(config: str | Path, quick: bool = False, output: str | Path | None = None,
-              progress=print, finished_only: bool = False) -> tuple[dict, list[dict]]:
+              progress=print, finished_only: bool = False, launcher: str | None = None) -> tuple[dict, list[dict]]:
     """Train and evaluate every run not finished yet; returns the study settings and every run's results.
-    `finished_only`: train and evaluate nothing, and return the runs already evaluated (a study still running)."""
+    `finished_only`: train and evaluate nothing, and return the runs already evaluated (a study still running).
+    `launcher`: a command that runs each training in a subprocess (`LAUNCHER -m modeling_psdclip.training`); a
+    command line option, never a study file's key, since study files are shared like configs."""
     study = load_study(config, quick)
     root = Path(output or study["output"])
+    unusable = f"is a {'link' if root.is_symlink() else 'file'}" if (root.is_symlink() or root.exists()) and \
+        not root.is_dir() else cannot_create_in(root)
+    if unusable:
+        raise EvalInputError(f"study output {root} cannot hold the runs: {unusable}")
+    study["launcher"] = launcher
     runs = planned_runs(study)
     require_data_folders(runs)
     study["output"] = str(root)  # where the runs find the starting model
@@ -521,6 +567,8 @@ def run_study(config: str | Path, quick: bool = False, output: str | Path | None
             write_json_atomically(evaluated, record)
             progress(f"[{number}/{len(runs)}] {run.name} done in {time.perf_counter() - started:.0f} s")
         results.append(record)
+    if finished_only and not results:
+        raise EvalInputError(f"no run of the study in {root} has finished yet: report it once one has")
     return study, results
 
 

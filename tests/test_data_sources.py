@@ -452,6 +452,45 @@ def test_images_decoding_to_too_many_pixels_are_skipped_without_decoding(tmp_pat
         assert {record["caption"] for record in loaded} == {"a good one"}
 
 
+def with_frame_size(jpeg: bytes, side: int) -> bytes:
+    """`jpeg` (baseline) with the size in its frame header replaced by side x side; its data left as it was."""
+    frame = jpeg.index(b"\xff\xc0")
+    return jpeg[:frame + 5] + struct.pack(">HH", side, side) + jpeg[frame + 9:]
+
+
+def flat_grey_jpeg(side: int) -> bytes:
+    """A valid greyscale baseline JPEG of side x side mid-grey pixels (side a multiple of 16), without encoding it:
+    every block is the same 6 bits in the standard Huffman tables libjpeg writes, a DC difference of 0 ("00") and
+    the end of the block ("1010"), so four blocks are the three bytes 0x28 0xa2 0x8a."""
+    header = with_frame_size(encoded("grey", mode="L", fmt="JPEG", size=(16, 16)), side)
+    scan = header.index(b"\xff\xda")
+    header = header[:scan + 2 + int.from_bytes(header[scan + 2:scan + 4], "big")]
+    return header + b"\x28\xa2\x8a" * ((side // 8) ** 2 // 4) + b"\xff\xd9"
+
+
+def test_a_jpeg_whose_data_is_too_short_for_the_size_it_claims_is_a_corrupt_image(tmp_path):
+    small = encoded(fmt="JPEG", size=(16, 16))
+    (tmp_path / "claims-9000.jpg").write_bytes(with_frame_size(small, 9000))  # a few hundred bytes
+    (tmp_path / "small.jpg").write_bytes(small)
+    (tmp_path / "pairs.csv").write_text("image,caption\nclaims-9000.jpg,a grey lie\nsmall.jpg,a small one\n")
+    for input_size in (None, 224):  # decoded whole, and reduced
+        loaded = records(load_image_text_dataset(str(tmp_path / "pairs.csv"), input_size=input_size))
+        assert skip_counts(loaded) == {"corrupt_image": 1}
+        assert {record["caption"] for record in loaded} == {"a small one"}
+
+
+def test_a_jpeg_past_pillows_bomb_limit_decodes_reduced_when_the_reduced_size_is_within_the_bound(tmp_path):
+    (tmp_path / "huge.jpg").write_bytes(flat_grey_jpeg(20000))  # 400 megapixels, over twice Pillow's limit
+    write_images(tmp_path, ["small.jpg"])
+    (tmp_path / "pairs.csv").write_text("image,caption\nhuge.jpg,a huge one\nsmall.jpg,a small one\n")
+    reduced = records(load_image_text_dataset(str(tmp_path / "pairs.csv"), input_size=224))[0]
+    assert reduced["skipped"] == {} and reduced["image"].size == (2500, 2500)
+    assert reduced["image"].getextrema() == ((128, 128),) * 3
+    for options in ({}, {"input_size": 224, "max_image_pixels": 6_000_000}):
+        loaded = records(load_image_text_dataset(str(tmp_path / "pairs.csv"), **options))
+        assert skip_counts(loaded) == {"image_too_large": 1}
+
+
 def test_large_jpegs_decode_at_the_largest_reduction_every_training_crop_allows(tmp_path):
     Image.new("RGB", (2000, 1600), "red").save(tmp_path / "large.jpg", quality=90)
     (tmp_path / "pairs.csv").write_text("image,caption\nlarge.jpg,a large one\n")

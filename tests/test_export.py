@@ -234,20 +234,25 @@ def test_command_line_export_names_the_repository_and_replaces_only_its_own_fold
     assert [path.name for path in user_folder.iterdir()] == ["notes.txt"]
 
 
-@pytest.mark.parametrize(("src", "dst", "message"), [
-    ("clip", "other", "holds a 'clip' model, not a PSD-CLIP one (a CLIP folder loads without code already)"),
-    ("psd", "psd", "is the folder being exported"),
-    ("missing", "other", "is not a model folder: cannot read its config.json"),
+@pytest.mark.parametrize(("src", "dst", "options", "message"), [
+    ("clip", "other", [], "holds a 'clip' model, not a PSD-CLIP one (a CLIP folder loads without code already)"),
+    ("psd", "psd", [], "is the folder being exported"),
+    ("missing", "other", [], "is not a model folder: cannot read its config.json"),
+    ("psd", "psd/sub", [], "sub is inside"),
+    ("psd", "psd's folder", [], "psdclip is inside"),
+    ("psd", "other", ["--repo-id", "bad id!!"], "repository id 'bad id!!': Repo id must use alphanumeric chars"),
 ])
-def test_command_line_errors_are_one_line(folders, tmp_path, capsys, src, dst, message):
-    named = {"psd": folders[1], "clip": folders[2], "missing": tmp_path / "missing", "other": tmp_path / "other"}
+def test_command_line_errors_are_one_line(folders, tmp_path, capsys, src, dst, options, message):
+    named = {"psd": folders[1], "clip": folders[2], "missing": tmp_path / "missing", "other": tmp_path / "other",
+             "psd/sub": folders[1] / "sub", "psd's folder": folders[1].parent}
+    before = sorted(folders[1].iterdir())
     with pytest.raises(SystemExit) as exit_info:
-        main([str(named[src]), str(named[dst])])
+        main([str(named[src]), str(named[dst]), *options])
     assert exit_info.value.code == 2
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and error.startswith("python -m modeling_psdclip.export: error: ")
     assert message in error
-    assert not (tmp_path / "other").exists()
+    assert not (tmp_path / "other").exists() and sorted(folders[1].iterdir()) == before
 
 
 def test_push_to_hub_exports_the_clip_folder_unless_told_otherwise(tmp_path):

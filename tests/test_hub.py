@@ -364,3 +364,23 @@ def test_existing_folder_is_replaced_only_when_this_package_wrote_it(tmp_path):
             save_model_folder(model, processor, target)
         assert sorted(path.name for path in tmp_path.rglob("*")) == before, target
     assert (user_data / "pairs.csv").read_text() == "image,caption\n" and (notes / "notes.txt").is_file()
+
+
+def test_saved_folders_name_only_this_packages_code_whatever_the_folder_loaded_named(tmp_path):
+    from modeling_psdclip.export import save_clip_folder
+    from tests.support import save_micro_folder
+
+    source = save_micro_folder(tmp_path / "source")
+    foreign = {"AutoModel": "their_code.TheirModel", "AutoModelForImageClassification": "their_code.TheirHead"}
+    for name in ("config.json", "tokenizer_config.json"):
+        config = json.loads((source / name).read_text())
+        (source / name).write_text(json.dumps({**config, "auto_map": foreign}))
+    model, processor = PSDCLIPModel.from_pretrained(source), AutoProcessor.from_pretrained(source)
+    psdclip = save_model_folder(model, processor, tmp_path / "psdclip")
+    clip = save_clip_folder(model, processor, tmp_path / "clip")
+    assert json.loads((psdclip / "config.json").read_text())["auto_map"] == {
+        "AutoConfig": "configuration_psdclip.PSDCLIPConfig", "AutoModel": "modeling_psdclip.PSDCLIPModel",
+        "AutoModelForZeroShotImageClassification": "modeling_psdclip.PSDCLIPModel"}
+    assert "auto_map" not in json.loads((clip / "config.json").read_text())
+    for path in [*psdclip.glob("*.json"), *clip.glob("*.json")]:
+        assert "their_code" not in path.read_text(), path

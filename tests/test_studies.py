@@ -14,12 +14,12 @@ from transformers.models.clip.modeling_clip import image_text_contrastive_loss
 
 from eval.errors import EvalInputError
 from modeling_psdclip.data.openmoji import build_openmoji
-from studies.__main__ import main
+from studies.__main__ import build_parser, main
 from studies.report import write_study_report
 from studies.runner import load_study, planned_runs
 from modeling_psdclip import PSDCLIPModel
 from modeling_psdclip.data import ImageTextCollator, load_image_text_dataset
-from tests.support import EMOJI_TEST, save_micro_folder, write_svgs
+from tests.support import EMOJI_TEST, copy_with_refused_pickle, save_micro_folder, write_svgs
 
 REPO = Path(__file__).resolve().parents[1]
 METHODS = {"clip": {"distill_alpha_max": 0.0}, "psd-ema": {"distill_teacher": "ema"}}
@@ -317,7 +317,7 @@ def test_study_files_are_checked(tmp_path):
     with pytest.raises(EvalInputError, match="clip"):
         load_study(bad)
     bad.write_text("seed: [0]\n")
-    with pytest.raises(EvalInputError, match="unknown key 'seed'"):
+    with pytest.raises(EvalInputError, match="unknown key seed "):
         load_study(bad)
     bad.write_text("seeds: [0]\nmethods: {clip: {}}\nnoise: {clean: {}}\n"
                    "cells: [{noise: clean, train_samples: 8, data: openmoji}]\n")
@@ -333,3 +333,51 @@ def test_study_files_are_checked(tmp_path):
     openmoji = planned_runs(load_study(REPO / "studies" / "openmoji.yaml"))
     assert {run.method for run in openmoji} == methods and {run.seed for run in openmoji} == {0, 1, 2}
     assert {run.data for run in openmoji} == {"outputs/openmoji-noisy"}
+
+
+def test_a_starting_model_of_refused_pickled_weights_is_one_line(tmp_path, micro_study, capsys):
+    config, out = micro_study
+    pickled = copy_with_refused_pickle(tmp_path / "micro", tmp_path / "pickled")
+    study = yaml.safe_load(config.read_text())
+    config.write_text(yaml.safe_dump({**study, "starting_model": str(pickled)}))
+    assert main(["--config", str(config), "--quick"]) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("python -m studies: error: cannot load model folder ") and \
+        "which torch's restricted unpickler refuses to load; if you trust where it came from, convert it" in error
+    assert not (out / "runs").exists()
+
+
+@pytest.mark.parametrize(("text", "problem"), [
+    ("eval: {bogus_eval: 1}", "unknown key eval.bogus_eval"), ("seeds: 3", "seeds must be a list, got 3"),
+    ("methods: [clip]", "methods must be a mapping"), ("cells: [1]", "cells[0] must be a mapping, got 1"),
+    ("noise: {clean: 5}", "noise.clean must be a mapping, got 5"),
+    ("eval: {num_samples: many}", "eval.num_samples must be int, got 'many'"), ("output: 5", "output must be str"),
+    ("train: [1, 2]", "train must be a mapping"), ("launcher: touch owned", "unknown key launcher"),
+    ("quick: {eval: {num_samples: [1]}}", "quick.eval.num_samples must be int"),
+])
+def test_a_study_file_that_does_not_fit_the_schema_is_one_line_before_anything_runs(tmp_path, capsys, text, problem):
+    study = tmp_path / "study.yaml"
+    study.write_text("seeds: [0]\nmethods: {clip: {}}\nnoise: {clean: {}}\ncells: [{noise: clean, train_samples: 8}]\n"
+                     f"output: {tmp_path / 'out'}\n")
+    study.write_text(yaml.safe_dump({**yaml.safe_load(study.read_text()), **yaml.safe_load(text)}))
+    assert main(["--config", str(study)]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and error.startswith(f"python -m studies: error: study {study}: {problem}"), error
+    assert not (tmp_path / "out").exists() and not (tmp_path / "owned").exists()
+
+
+def test_study_paths_outputs_and_a_report_of_nothing_finished_are_one_line(micro_study, tmp_path, capsys,
+                                                                           monkeypatch):
+    config, out = micro_study
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a-file").write_text("mine")
+    for argv, problem in [
+        (["--config", "studies/../../nowhere/noise.yaml"], "cannot read study studies/../../nowhere/noise.yaml"),
+        (["--config", str(config), "--output", "a-file"], "study output a-file cannot hold the runs: is a file"),
+        (["--config", str(config), "--finished-only"], f"no run of the study in {out} has finished yet"),
+    ]:
+        assert main(argv) == 2
+        error = capsys.readouterr().err
+        assert error.count("\n") == 1 and error.startswith(f"python -m studies: error: {problem}"), error
+    assert (tmp_path / "a-file").read_text() == "mine" and not (out / "runs").exists()
+    assert "--launcher COMMAND" in build_parser().format_help()

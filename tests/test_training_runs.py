@@ -22,7 +22,7 @@ from transformers import CLIPModel
 from modeling_psdclip import PSDCLIPConfig, PSDCLIPModel
 from modeling_psdclip.data import SKIP_REASONS
 from modeling_psdclip.training.options import parse_options
-from tests.support import save_micro_folder
+from tests.support import copy_with_refused_pickle, save_micro_folder
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = str(REPO / "train.py")
@@ -386,3 +386,41 @@ def test_bf16_gradient_checkpointing_and_feature_caching_train(tmp_path, env, mi
     losses = [line["train/loss"] for line in log_lines(tmp_path) if "train/loss" in line]
     assert len(losses) == 3 and all(math.isfinite(loss) for loss in losses)
     PSDCLIPModel.from_pretrained(tmp_path / "model")
+
+
+def test_init_from_folders_that_cannot_train_are_refused_before_training_and_a_weightless_teacher_is_named(
+        tmp_path, micro_folder, caplog):
+    from accelerate import PartialState
+
+    from modeling_psdclip.training.options import OptionError
+    from modeling_psdclip.training.run import build_model_and_processor
+
+    PartialState()  # what the run's logger needs
+    pickled = copy_with_refused_pickle(micro_folder, tmp_path / "pickled")
+    projection, cropping = (shutil.copytree(micro_folder, tmp_path / name) for name in ("projection", "cropping"))
+    config = json.loads((projection / "config.json").read_text())
+    (projection / "config.json").write_text(json.dumps({**config, "projection_dim": 8}))
+    processor = json.loads((cropping / "processor_config.json").read_text())
+    processor["image_processor"]["crop_size"] = {"height": 12, "width": 12}
+    (cropping / "processor_config.json").write_text(json.dumps(processor))
+    for folder, message in [
+        (pickled, "of more than tensors, which torch's restricted unpickler refuses to load; if you trust where it "
+                  "came from, convert it to model.safetensors"),
+        (projection, "checkpoint weight text_projection.weight has shape (16, 32), where the config makes it (8, 32)"),
+        (cropping, "crops images to 12x12 px, its model takes 16x16 px"),
+    ]:
+        options = parse_options(micro_args(micro_folder, tmp_path, "--init-from", str(folder)))
+        with pytest.raises(OptionError, match=re.escape(message)) as refused:
+            build_model_and_processor(options)
+        assert len(str(refused.value).splitlines()) == 1
+
+    baseline = shutil.copytree(micro_folder, tmp_path / "baseline")
+    config = json.loads((baseline / "config.json").read_text())
+    (baseline / "config.json").write_text(json.dumps({**config, "distill_alpha_max": 0.0}))
+    for extra, warned in [(["--distill-teacher", "ema"], True), (["--distill-teacher", "ema", "--distill-alpha-max",
+                                                                    "0.5"], False), ([], False)]:
+        caplog.clear()
+        build_model_and_processor(parse_options(micro_args(micro_folder, tmp_path, "--init-from", str(baseline),
+                                                           *extra)))
+        named = [record.message for record in caplog.records if "pass --distill-alpha-max" in record.message]
+        assert len(named) == warned, caplog.text

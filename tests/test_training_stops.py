@@ -163,12 +163,20 @@ def test_a_second_run_on_a_run_folder_in_use_is_refused_and_a_crashed_runs_lock_
     assert not holder_left(tmp_path)  # a run that ended leaves no holder behind
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=lambda signum: signum.name)
-def test_an_interrupted_run_says_where_it_resumes_from(tmp_path, env, micro_folder, signum):
-    args = micro_args(micro_folder, tmp_path, "--max-steps", "100000", "--checkpoint-every", "3")
+@pytest.mark.parametrize(("signum", "workers"), [(signal.SIGINT, 0), (signal.SIGTERM, 0), (signal.SIGINT, 2)],
+                         ids=["SIGINT", "SIGTERM", "SIGINT-with-workers"])
+def test_an_interrupted_run_says_where_it_resumes_from(tmp_path, env, micro_folder, signum, workers):
+    args = micro_args(micro_folder, tmp_path, "--max-steps", "100000", "--checkpoint-every", "3",
+                      "--num-workers", str(workers))
     process = start(args, env)
     try:
         wait_for_log_lines(tmp_path, process, 7)
+        if workers:  # a SIGINT that reaches the workers alone leaves them and the run going
+            children = Path(f"/proc/{process.pid}/task/{process.pid}/children").read_text().split()
+            assert len(children) == workers
+            for child in children:
+                os.kill(int(child), signal.SIGINT)
+            wait_for_log_lines(tmp_path, process, 27)
         os.killpg(process.pid, signum)
         stderr = process.communicate(timeout=180)[1]  # a loaded machine may take a while to save and stop
     finally:

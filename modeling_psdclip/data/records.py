@@ -10,7 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, JpegImagePlugin
 
 from .raw_images import same_size_ppm_pixels
 from .transforms import jpeg_reduction
@@ -30,6 +30,9 @@ INVISIBLE_CATEGORIES = ("Cc", "Cf")
 # The largest image decoded by default, after JPEG draft scaling: 50 megapixels, 150 MB in RGB. Pillow's own bomb
 # limit only warns below 179 megapixels, and a 140 KB file can decode to more than a gigabyte.
 MAX_IMAGE_PIXELS = 50_000_000
+JPEG_START = b"\xff\xd8\xff"  # what Pillow's JPEG plugin accepts
+# The start-of-frame markers of Huffman-coded JPEGs (baseline, extended, progressive, lossless), and of a scan.
+HUFFMAN_FRAMES, START_OF_SCAN = (0xC0, 0xC1, 0xC2, 0xC3), 0xDA
 
 
 class BadRecord(Exception):
@@ -152,7 +155,8 @@ def decode_image(value, base_dir: str | None = None, *, input_size: int | None =
 
     With `input_size`, a JPEG decodes at the largest reduction (1/2, 1/4 or 1/8, Pillow's `draft`) that keeps every
     training crop (`transforms.crop_box` with its default scale and ratio) at least `input_size` pixels each way.
-    With `max_pixels`, an image that would still decode to more pixels is a `BadRecord("image_too_large")`.
+    With `max_pixels`, an image that would still decode to more pixels is a `BadRecord("image_too_large")`. A JPEG
+    whose data is too short for its size (`jpeg_data_too_short`) is a `BadRecord("corrupt_image")`.
     """
     if isinstance(value, Image.Image):
         return to_rgb(value)
@@ -165,10 +169,16 @@ def decode_image(value, base_dir: str | None = None, *, input_size: int | None =
     if data is None:
         data = _read_file(path, base_dir)
     try:
+        if jpeg_data_too_short(data):
+            raise BadRecord("corrupt_image")
         with warnings.catch_warnings():
             # Pillow warns of a decompression bomb on opening; `max_pixels` is the bound that applies here.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
+            # Image.open refuses a size in the header past twice Pillow's bomb limit, before a JPEG's reduced
+            # decode: given a bound, a JPEG is opened by Pillow's JPEG plugin itself, and the bound applies to the
+            # size decoded.
+            image = JpegImagePlugin.jpeg_factory(io.BytesIO(data)) if max_pixels and data.startswith(JPEG_START) \
+                else Image.open(io.BytesIO(data))
         reduction = jpeg_reduction(image.width, image.height, input_size) if input_size else 1
         if reduction > 1:
             # Pillow decodes at the largest reduction that keeps the size asked for.
@@ -185,6 +195,39 @@ def decode_image(value, base_dir: str | None = None, *, input_size: int | None =
     # struct.error...); all of them mean the same thing here.
     except Exception:
         raise BadRecord("corrupt_image") from None
+
+
+def jpeg_data_too_short(data: bytes) -> bool:
+    """Whether `data` is a Huffman-coded JPEG holding fewer bytes after its first scan header than its frame's size needs.
+
+    Each MCU (8 x 8 pixels times the largest sampling factors) costs at least one bit, its first block's DC code.
+    libjpeg fills what a scan ends before with grey and only warns, which Pillow drops: a file whose header claims
+    more pixels than its data can hold (a damaged or altered one) would decode to a grey image without a word.
+    Arithmetic coding can spend less than a bit on a flat MCU, so it is not judged; nor is anything unexpected.
+    """
+    if not data.startswith(JPEG_START):
+        return False
+    position, frame = 2, None
+    while position + 4 <= len(data) and data[position] == 0xFF:
+        marker, length = data[position + 1], int.from_bytes(data[position + 2:position + 4], "big")
+        if marker == 0xFF:  # a fill byte before the marker
+            position += 1
+            continue
+        if marker in HUFFMAN_FRAMES:
+            segment = data[position + 4:position + 2 + length]
+            components = segment[7::3]  # each component's horizontal and vertical sampling factors, 4 bits each
+            if len(segment) < 6 or not components or min(min(c >> 4, c & 15) for c in components) == 0:
+                return False
+            frame = (int.from_bytes(segment[1:3], "big"), int.from_bytes(segment[3:5], "big"),
+                     max(c >> 4 for c in components), max(c & 15 for c in components))
+        elif marker == START_OF_SCAN:
+            if frame is None:
+                return False
+            height, width, h_max, v_max = frame
+            mcus = -(-width // (8 * h_max)) * -(-height // (8 * v_max))
+            return (len(data) - position - 2 - length) * 8 < mcus
+        position += 2 + length
+    return False
 
 
 def is_regular_file(path) -> bool:

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import yaml
 
-from ..model_folder import ModelFolderError, check_model_folder_target
-from ..utils import OneLineErrorParser, cannot_create_in, fail, first_line
+from ..model_folder import ModelFolderError, check_model_folder_target, invalid_repo_id
+from ..utils import OneLineErrorParser, cannot_create_in, fail
 
 
 def configuration_choices() -> dict[str, tuple[str, ...]]:
@@ -245,14 +245,9 @@ def check_ranges(options: TrainingOptions) -> None:
         raise OptionError(f"--init-from: no model folder at {options.init_from}")
     if options.resume not in (None, "latest") and not Path(options.resume).is_dir():
         raise OptionError(f"--resume: no checkpoint folder at {options.resume} (use 'latest' or a folder)")
-    if options.push_to_hub is not None:
-        # Imported here: huggingface_hub.utils loads its HTTP client, which `--help` and most runs never use here.
-        from huggingface_hub.utils import HFValidationError, validate_repo_id
-
-        try:  # Checked now, not after training: the push comes last.
-            validate_repo_id(options.push_to_hub)
-        except HFValidationError as error:
-            raise OptionError(f"--push-to-hub: {first_line(error)}") from None
+    problem = options.push_to_hub is not None and invalid_repo_id(options.push_to_hub)
+    if problem:
+        raise OptionError(f"--push-to-hub: {problem}")
     unknown = [name for name in tracker_names(options.report_to) if name not in (*KNOWN_TRACKERS, "none", "all")]
     if unknown:
         raise OptionError(f"--report-to: unknown tracker {unknown[0]!r} (one of none, all, {', '.join(KNOWN_TRACKERS)})")

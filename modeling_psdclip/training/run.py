@@ -10,6 +10,7 @@ import dataclasses
 import itertools
 import json
 import math
+import pickle
 import sys
 import time
 from collections import Counter
@@ -31,7 +32,9 @@ from ..data import (
     saved_with_splits, with_standardized_pixels,
 )
 from ..export import save_clip_folder
-from ..model_folder import HubError, ModelFolderError, pickle_weights_note, push_folder_to_hub, save_model_folder
+from ..model_folder import (
+    HubError, ModelFolderError, pickle_weights_note, push_folder_to_hub, refused_pickle, save_model_folder,
+)
 from ..processing import build_processor
 from ..utils import fail, first_line, write_json_atomically
 from .card_fields import training_card_fields
@@ -40,8 +43,8 @@ from .optim import adamw, parameter_groups, training_flops_per_sample
 from .options import OptionError, TrainingOptions, flag, tracker_names
 from .run_lock import hold_run_dir
 from .step import TrainingStep, feature_caching_unsupported, validate
+from .stops import STOPS, describe_stop, leave_interrupts_to_the_main_process, sigterm_interrupts
 from .teachers import active_teacher_class
-from .stops import STOPS, describe_stop, sigterm_interrupts
 
 logger = get_logger("train")
 
@@ -127,6 +130,16 @@ class TimeEstimate:
 
 def build_model_and_processor(options):
     """A new model from `--preset` or the one in `--init-from`, with the distillation options applied."""
+    model, processor = model_and_processor_to_start_from(options)
+    if options.distill_teacher is not None and model.config.distill_alpha_max == 0:
+        logger.warning(f"--distill-teacher {options.distill_teacher}: the teacher's final weight is 0 (the model's "
+                       "distill_alpha_max), so nothing is distilled; pass --distill-alpha-max to distil",
+                       main_process_only=True)
+    return model, processor
+
+
+def model_and_processor_to_start_from(options):
+    """The model and processor `build_model_and_processor` starts from; OptionError when they cannot train."""
     overrides = {name: getattr(options, name) for name in
                  ("distill_alpha_max", "distill_fraction", "distill_schedule", "distill_temperature",
                   "distill_teacher", "distill_ema_decay", "distill_target")
@@ -150,6 +163,8 @@ def build_model_and_processor(options):
         model = PSDCLIPModel.from_pretrained(options.init_from, config=config)
     except OptionError:
         raise
+    except pickle.UnpicklingError:
+        raise OptionError(f"--init-from: {refused_pickle(options.init_from)}") from None
     except (OSError, ValueError, StrictDataclassError, SafetensorError) as error:
         raise OptionError(f"--init-from: cannot load a model from {options.init_from}: {first_line(error)}")
     if options.image_size and options.image_size != config.vision_config.image_size:
@@ -159,6 +174,11 @@ def build_model_and_processor(options):
         processor = AutoProcessor.from_pretrained(options.init_from)
     except (OSError, ValueError):  # A bare weights folder: CLIP's shipped tokenizer and image processing.
         processor = build_processor(config.vision_config.image_size, config.text_config.max_position_embeddings)
+    crop, size = processor.image_processor.crop_size, config.vision_config.image_size
+    if (crop["height"], crop["width"]) != (size, size):
+        raise OptionError(f"--init-from: the processor in {options.init_from} crops images to {crop['height']}x"
+                          f"{crop['width']} px, its model takes {size}x{size} px: set its image processor's crop_size "
+                          "(and size) to the model's")
     return model, processor
 
 
@@ -316,11 +336,12 @@ def set_up(options, accelerator: Accelerator) -> Session:
     # skips the batches it has seen and then reads exactly what the uninterrupted run would have.
     train_loader = torch.utils.data.DataLoader(
         train_data, batch_size=micro_batch, drop_last=True, num_workers=options.num_workers,
+        worker_init_fn=leave_interrupts_to_the_main_process,
         sampler=None if options.streaming else EpochSampler(len(train_data), seed=options.seed),
         collate_fn=ImageTextCollator(processor, train=True, seed=options.seed, uint8_pixels=True))
     val_loader = val_data and torch.utils.data.DataLoader(
         val_data, batch_size=micro_batch * options.accum_steps, num_workers=options.num_workers,
-        collate_fn=ImageTextCollator(processor, train=False))
+        worker_init_fn=leave_interrupts_to_the_main_process, collate_fn=ImageTextCollator(processor, train=False))
 
     if options.gradient_checkpointing:
         model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})

@@ -45,6 +45,12 @@ def sigterm_interrupts():
         signal.signal(signal.SIGTERM, previous)
 
 
+def leave_interrupts_to_the_main_process(worker_id: int) -> None:
+    """A DataLoader worker's `worker_init_fn`: Ctrl-C reaches every process of the group, and the main process
+    stops the workers and says so in one line, where each worker would print its own KeyboardInterrupt traceback."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def is_out_of_memory(error: BaseException) -> bool:
     if isinstance(error, (torch.OutOfMemoryError, MemoryError)):
         return True
