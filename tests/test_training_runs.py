@@ -393,7 +393,7 @@ def test_init_from_folders_that_cannot_train_are_refused_before_training_and_a_w
     from accelerate import PartialState
 
     from modeling_psdclip.training.options import OptionError
-    from modeling_psdclip.training.run import build_model_and_processor
+    from modeling_psdclip.training.building import build_model_and_processor
 
     PartialState()  # what the run's logger needs
     pickled = copy_with_refused_pickle(micro_folder, tmp_path / "pickled")

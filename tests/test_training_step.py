@@ -11,7 +11,8 @@ from accelerate import Accelerator
 from modeling_psdclip import PSDCLIPModel
 from modeling_psdclip.data import ImageTextCollator, load_image_text_dataset
 from modeling_psdclip.processing import build_processor
-from modeling_psdclip.training.run import TrainState, optimizer_step
+from modeling_psdclip.training.run import optimizer_step
+from modeling_psdclip.training.run_state import TrainState
 from modeling_psdclip.training.step import TrainingStep
 from modeling_psdclip.training.teachers import EMATeacher
 from tests.support import micro_config, random_batch

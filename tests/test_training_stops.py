@@ -20,7 +20,7 @@ from modeling_psdclip import PSDCLIPModel
 from modeling_psdclip.data.records import MAX_IMAGE_PIXELS
 from modeling_psdclip.training.checkpoints import CheckpointManager
 from modeling_psdclip.training.options import OptionError, parse_options
-from modeling_psdclip.training.stops import describe_stop
+from modeling_psdclip.training.stops import TrainingDiverged, describe_stop, exit_status
 from tests.support import micro_config, random_batch
 from tests.test_training_checkpoints import FakeAccelerator
 from tests.test_training_runs import (  # noqa: F401 (fixtures)
@@ -79,7 +79,7 @@ def test_batch_of_one_pair_is_refused_before_anything_is_written(tmp_path, env, 
 
 
 def test_the_image_bound_and_input_size_reach_the_data_and_one_validation_record_is_refused(tmp_path):
-    from modeling_psdclip.training.run import build_datasets  # noqa: PLC0415
+    from modeling_psdclip.training.building import build_datasets  # noqa: PLC0415
 
     for index, side in enumerate((10, 20, 10)):
         Image.new("RGB", (side, side), (80 * index, 0, 0)).save(tmp_path / f"{index}.png")
@@ -229,6 +229,18 @@ def test_out_of_memory_errors_are_recognised_and_others_are_not(tmp_path):
         assert describe_stop(error, options) == (1, expected)
     assert describe_stop(RuntimeError("shapes cannot be multiplied"), options) is None
     assert describe_stop(ValueError("out of memory"), options) is None
+
+
+def test_every_way_a_run_ends_maps_to_its_status_in_one_place(tmp_path):
+    from modeling_psdclip.data import DataError  # noqa: PLC0415
+    from modeling_psdclip.training.options import OptionError  # noqa: PLC0415
+
+    options = parse_options(["--run-dir", str(tmp_path / "run"), "--output-dir", str(tmp_path / "model")])
+    assert exit_status(OptionError("--lr must be positive"), options) == (2, "error: --lr must be positive")
+    assert exit_status(DataError("no images\nin the folder"), options) == (1, "error: no images")
+    assert exit_status(TrainingDiverged("stopped at step 3"), options) == (1, "error: stopped at step 3")
+    assert exit_status(KeyboardInterrupt(), options)[0] == 130
+    assert exit_status(RuntimeError("shapes cannot be multiplied"), options) is None  # a bug: its traceback
 
 
 @pytest.mark.skipif(torch.accelerator.is_available(), reason="exhausts the CPU allocator; an accelerator would not")

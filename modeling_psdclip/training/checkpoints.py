@@ -1,4 +1,4 @@
-"""Resumable training checkpoints that a crash can never leave half-written.
+"""Resumable training checkpoints that a crash can never leave half-written, and resuming from them.
 
 `accelerator.save_state` writes model, optimizer, scheduler, RNG and registered objects (sharded under FSDP or
 DeepSpeed); it does not make the write atomic. So every checkpoint is written to a staging folder, its files
@@ -21,10 +21,14 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
+from accelerate.logging import get_logger
 from safetensors.torch import load_file, save_file
 
 from ..utils import first_line
+from .options import OptionError, flag
 
+
+logger = get_logger("train")
 
 MARKER = "checkpoint_complete.json"
 STATE_FILE = "train_state.json"
@@ -154,6 +158,61 @@ class CheckpointManager:
         for leftover in self.root.glob("step-*"):
             if STEP_FOLDER.fullmatch(leftover.name) and not is_complete(leftover):
                 shutil.rmtree(leftover, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Resuming: which checkpoint, whether it fits the run, and loading it
+
+
+# What a resumed run must share with its checkpoint: the model, the data and its order, and how batches are cut.
+RESUME_INVARIANTS = ("preset", "init_from", "image_size", "data", "streaming", "seed", "batch_size", "accum_steps",
+                     "distill_teacher")
+
+
+def resume_invariants(options, accelerator: Accelerator) -> dict:
+    return {**{name: getattr(options, name) for name in RESUME_INVARIANTS}, "processes": accelerator.num_processes}
+
+
+def require_same_invariants(saved: dict, current: dict, checkpoint: Path) -> None:
+    for name, value in current.items():
+        if saved.get(name) != value:
+            what = "the number of processes" if name == "processes" else flag(name)
+            raise OptionError(f"{what}: {checkpoint} was trained with {saved.get(name)!r} and a resumed run must "
+                              f"keep it, got {value!r}")
+
+
+def checkpoints_to_resume(options, checkpoints: CheckpointManager) -> list[Path]:
+    """The checkpoints to try, in order: `--resume latest` falls back to older complete ones."""
+    if options.resume == "latest":
+        return checkpoints.complete_checkpoints()[::-1]
+    if options.resume:
+        if not is_complete(Path(options.resume)):
+            raise OptionError(f"--resume: {options.resume} is not a complete checkpoint")
+        return [Path(options.resume)]
+    if checkpoints.complete_checkpoints():
+        raise OptionError(f"--run-dir {options.run_dir} already holds checkpoints of another run: pass --resume "
+                          "latest to continue it, or choose another --run-dir")
+    return []
+
+
+def resume(accelerator: Accelerator, candidates: list[Path], options, state, step) -> Path:
+    """Load the first candidate that loads into the loop's `state` (a `TrainState`) and `step` (its
+    `TrainingStep`: the teacher's state), saying why each one before it did not; return it."""
+    for index, checkpoint in enumerate(candidates):
+        try:
+            saved = read_state(checkpoint)
+            require_same_invariants(saved["options"], resume_invariants(options, accelerator), checkpoint)
+            tensors = restore(accelerator, checkpoint, ("teacher",))
+        except CheckpointError as error:
+            if index + 1 == len(candidates):
+                raise
+            logger.warning(f"{error}; resuming from the previous complete checkpoint, {candidates[index + 1]}",
+                           main_process_only=True)
+            continue
+        state.load_state_dict(saved["train"])
+        step.load_state_dict(tensors["teacher"])
+        return checkpoint
+
 
 
 def load_tensors(checkpoint: Path, name: str) -> dict[str, torch.Tensor] | None:

@@ -1,4 +1,5 @@
-"""How a run that stops before its end says so in one line: Ctrl-C, SIGTERM, or out of memory.
+"""How a run that stops before its end says so in one line, and with which exit status: a bad option, a failure
+(data, divergence, the Hub, the model folder, a checkpoint), Ctrl-C, SIGTERM, or out of memory.
 
 Whatever the step or checkpoint write was doing, the run can go on from its newest complete checkpoint: a write cut
 short leaves only a staging folder, never offered for resuming and cleared by the next save.
@@ -12,13 +13,34 @@ from pathlib import Path
 import torch
 
 from ..configuration_psdclip import PSDCLIPConfig
-from .checkpoints import CheckpointManager, step_of
+from ..data import DataError
+from ..model_folder import HubError, ModelFolderError
+from ..utils import first_line
+from .checkpoints import CheckpointError, CheckpointManager, step_of
+from .options import OptionError
 
 # Besides torch.OutOfMemoryError (CUDA and other accelerators) and MemoryError (Python): how torch's CPU allocator
 # and some backends word the RuntimeError they raise.
 OUT_OF_MEMORY_MESSAGES = ("out of memory", "can't allocate memory", "cannot allocate memory")
-# What `describe_stop` may recognise; a caller catches these and re-raises the rest.
-STOPS = (KeyboardInterrupt, MemoryError, RuntimeError)
+
+
+class TrainingDiverged(RuntimeError):
+    """Too many non-finite losses in a row, or weights that are not finite."""
+
+
+# Failures that are not a bug: the run ends with status 1 and their first line.
+FAILURES = (DataError, TrainingDiverged, HubError, ModelFolderError, CheckpointError)
+# What `exit_status` may recognise; a caller catches these and re-raises what it says is a bug.
+ENDINGS = (OptionError, *FAILURES, KeyboardInterrupt, MemoryError, RuntimeError)
+
+
+def exit_status(error: BaseException, options) -> tuple[int, str] | None:
+    """The exit status and the line (after "PROG: ") for a run ended by `error`; None for a bug (re-raise it)."""
+    if isinstance(error, OptionError):
+        return 2, f"error: {error}"
+    if isinstance(error, FAILURES):
+        return 1, f"error: {first_line(error)}"
+    return describe_stop(error, options)
 
 
 class Terminated(KeyboardInterrupt):
