@@ -43,13 +43,18 @@ def main(argv: list[str] | None = None) -> int:
 
     from .report import write_study_report
     from .runner import run_study
+    from .training_runs import StudyRunFailed
 
     def run() -> None:
         study, results = run_study(args.config, quick=args.quick, output=args.output, finished_only=args.finished_only,
                                    launcher=args.launcher)
         print(f"report: {write_study_report(study, results, args.output or study['output'])}")
 
-    return status_of(PROG, run, EvalInputError)
+    try:
+        return status_of(PROG, run, EvalInputError)
+    except StudyRunFailed as error:  # a failure, not the user's input: status 1, naming the run's log
+        print(f"{PROG}: error: {error}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -19,7 +19,8 @@ from eval.robustness import baseline_prediction, fit_baseline
 from eval.statistics import mean_std, paired_difference, paired_permutation_p
 from modeling_psdclip.utils import markdown_table
 
-from .runner import DIAGNOSTICS as LOGGED_DIAGNOSTICS, Run
+from .plan import Run
+from .training_runs import DIAGNOSTICS as LOGGED_DIAGNOSTICS
 
 SYNTHETIC_TEST, DATA_TEST = "the clean synthetic test split", "the data folder's test split"
 # Each retrieval direction's key prefix, column title, name in definitions, and what its R@1 definition adds.

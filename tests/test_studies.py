@@ -16,7 +16,7 @@ from eval.errors import EvalInputError
 from modeling_psdclip.data.openmoji import build_openmoji
 from studies.__main__ import build_parser, main
 from studies.report import write_study_report
-from studies.runner import load_study, planned_runs
+from studies.plan import load_study, planned_runs
 from modeling_psdclip import PSDCLIPModel
 from modeling_psdclip.data import ImageTextCollator, load_image_text_dataset
 from tests.support import EMOJI_TEST, copy_with_refused_pickle, save_micro_folder, write_svgs
@@ -309,6 +309,18 @@ def test_report_sets_the_recommended_method_against_every_other_and_computes_the
     noisy_kept = kept.split("60% noise, 64 pairs of sketch:")[1]
     assert "| psd | 0.550 ± 0.071 |" in noisy_kept and "| start | 0.000 ± 0.000 |" in noisy_kept
     assert "| clip | 1.000 ± 0.000 |" in kept.split("60% noise")[0]  # clean CLIP keeps all of its own gain
+
+
+def test_a_run_that_fails_is_a_failure_naming_its_log_not_an_input_error(micro_study, capsys):
+    config, out = micro_study
+    study = yaml.safe_load(config.read_text())
+    study["methods"] = {"clip": {"distill_alpha_max": 0.0, "lr": -1.0}}  # train.py refuses it when the run starts
+    config.write_text(yaml.safe_dump(study))
+    assert main(["--config", str(config)]) == 1
+    log = out / "runs" / "heavy-64-clip-seed0" / "train.log"
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"python -m studies: error: run heavy-64-clip-seed0 failed (exit 2; log {log}): "
+        "python -m modeling_psdclip.training: error: --lr must be positive, got -1.0")
 
 
 def test_study_files_are_checked(tmp_path):
