@@ -424,3 +424,13 @@ def test_init_from_folders_that_cannot_train_are_refused_before_training_and_a_w
                                                            *extra)))
         named = [record.message for record in caplog.records if "pass --distill-alpha-max" in record.message]
         assert len(named) == warned, caplog.text
+
+
+@pytest.mark.skipif(torch.accelerator.is_available(), reason="fp16 autocast needs no refusal with a GPU")
+def test_fp16_without_a_gpu_is_refused_before_training(tmp_path, env):
+    # Accelerate trained such a run in fp32 without a word, and its card said fp16.
+    done = run(["--mixed-precision", "fp16", "--output-dir", str(tmp_path / "model"), "--run-dir",
+                str(tmp_path / "run")], env, check=False)
+    assert done.returncode == 2 and done.stderr.strip() == (
+        "train.py: error: --mixed-precision fp16 needs a GPU and this machine has none; on a CPU use bf16 or no")
+    assert not (tmp_path / "run").exists() and not (tmp_path / "model").exists()
