@@ -105,7 +105,8 @@ def test_a_damaged_train_state_falls_back_to_the_previous_checkpoint_and_moves_n
 
     with pytest.raises(CheckpointError) as error:
         read_state(tmp_path / "step-00000004")
-    assert str(error.value) == f"cannot load the checkpoint {tmp_path / 'step-00000004'}: its train_state.json {problem}"
+    assert str(error.value) == \
+        f"cannot load the checkpoint {tmp_path / 'step-00000004'}: its train_state.json {problem}"
 
     class Teacher:
         def load_state_dict(self, tensors):

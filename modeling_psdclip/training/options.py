@@ -269,18 +269,14 @@ def check_ranges(options: TrainingOptions) -> None:
 
 def check_output_dir(options: TrainingOptions) -> None:
     """Raise OptionError unless the model folder can be written at the end without destroying anything."""
-    output, run = Path(options.output_dir).resolve(), Path(options.run_dir).resolve()
-    here = Path.cwd().resolve()
-    if output == here or output in here.parents:
-        raise OptionError(f"--output-dir {options.output_dir} is the current folder or one above it; the model "
-                          "folder is replaced as a whole, so it must be a folder of its own")
-    if output == run or output in run.parents or run in output.parents:
-        raise OptionError(f"--output-dir {options.output_dir} and --run-dir {options.run_dir} must be separate "
-                          "folders, neither inside the other")
     try:
         check_model_folder_target(options.output_dir)
     except ModelFolderError as error:
         raise OptionError(f"--output-dir: {error}") from None
+    output, run = Path(options.output_dir).resolve(), Path(options.run_dir).resolve()
+    if output == run or output in run.parents or run in output.parents:
+        raise OptionError(f"--output-dir {options.output_dir} and --run-dir {options.run_dir} must be separate "
+                          "folders, neither inside the other")
 
 
 def check_run_dir(options: TrainingOptions) -> None:
