@@ -9,17 +9,18 @@ CLIP's config cannot hold the self-distillation settings: the card holds them, i
 its text. `PSDCLIPModel.from_pretrained` loads the export back, for further PSD training.
 """
 
-import json
+import pickle
 import shutil
 from pathlib import Path
 
 from huggingface_hub import ModelCard
+from safetensors import SafetensorError
 from transformers import AutoProcessor, CLIPConfig, CLIPModel
 
 from . import register_auto_classes
 from .card import PACKAGE_TAG, render_model_card, training_metadata
 from .configuration_psdclip import PSDCLIPConfig
-from .model_folder import invalid_repo_id, save_model_folder
+from .model_folder import check_model_folder_target, invalid_repo_id, model_type_of, save_model_folder
 from .modeling_psdclip import PSDCLIPModel
 from .utils import OneLineErrorParser, fail, first_line
 
@@ -86,14 +87,13 @@ def export_clip_folder(src, dst, repo_id: str | None = None) -> Path:
 
     `dst` gets the same weights, the processor, `metrics.json` when `src` has one, and `src`'s card made into the
     export's (`clip_card`, its usage naming `repo_id` or `dst`'s name). Raises ExportError when `src` is not a
-    PSD-CLIP folder with a processor, is `dst`, holds it or lies in it, or `repo_id` is not a Hub repository id;
-    ModelFolderError when `dst` holds anything else than a model folder of this package.
+    PSD-CLIP folder with a processor and weights that load, is `dst`, holds it or lies in it, or `repo_id` is not a
+    Hub repository id; ModelFolderError when `src` has no config.json (or one that is not a JSON object), when `dst`
+    is the current folder or one above it or holds anything else than a model folder of this package, and when it
+    cannot be written (a full disk).
     """
     src, dst = Path(src), Path(dst)
-    try:
-        model_type = json.loads((src / "config.json").read_text()).get("model_type")
-    except (OSError, ValueError, AttributeError) as error:
-        raise ExportError(f"{src} is not a model folder: cannot read its config.json ({first_line(error)})") from None
+    model_type = model_type_of(src)
     if model_type != "psdclip":
         loads = " (a CLIP folder loads without code already)" if model_type == "clip" else ""
         raise ExportError(f"{src} holds a {model_type!r} model, not a PSD-CLIP one{loads}")
@@ -107,13 +107,18 @@ def export_clip_folder(src, dst, repo_id: str | None = None) -> Path:
     problem = repo_id is not None and invalid_repo_id(repo_id)
     if problem:
         raise ExportError(f"repository id {repo_id!r}: {problem}")
+    check_model_folder_target(dst)  # before the model loads, as train.py checks --output-dir before training
     register_auto_classes()  # the folder's config names "psdclip": load it with this package's code, not the folder's
     try:
         processor = AutoProcessor.from_pretrained(src)
     except (OSError, ValueError) as error:
         raise ExportError(f"{src} has no processor a folder can be loaded with: {first_line(error)}") from None
+    try:
+        model = PSDCLIPModel.from_pretrained(src)
+    except (OSError, ValueError, SafetensorError, pickle.UnpicklingError) as error:  # weights missing, truncated
+        raise ExportError(f"cannot load the model in {src}: {first_line(error)}") from None
     card_path = src / "README.md"
-    folder = save_clip_folder(PSDCLIPModel.from_pretrained(src), processor, dst, repo_id,
+    folder = save_clip_folder(model, processor, dst, repo_id,
                               card=ModelCard.load(card_path) if card_path.is_file() else None)
     if (src / "metrics.json").is_file():
         shutil.copyfile(src / "metrics.json", folder / "metrics.json")

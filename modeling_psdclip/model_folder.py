@@ -23,6 +23,9 @@ MODEL_FOLDER_FILES = re.compile(
     r"|vocab\.json|merges\.txt|chat_template\.(json|jinja)")
 
 PROCESSOR_CONFIGS = ("tokenizer_config.json", "processor_config.json", "preprocessor_config.json")
+# What a folder's processor is loaded from: a folder with none of them holds bare weights.
+PROCESSOR_FILES = (*PROCESSOR_CONFIGS, "tokenizer.json", "vocab.json", "merges.txt", "special_tokens_map.json",
+                   "added_tokens.json")
 
 
 class HubError(RuntimeError):
@@ -33,9 +36,32 @@ class ModelFolderError(ValueError):
     """A model folder cannot be written there without destroying something else; one line for the user."""
 
 
+def model_type_of(folder) -> str | None:
+    """The `model_type` in `folder`'s config.json (None when it names none); ModelFolderError, in one line, when
+    there is no config.json or it is not a JSON object."""
+    path = Path(folder) / "config.json"
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ModelFolderError(f"{folder} is not a model folder: it has no config.json") from None
+    except (OSError, ValueError) as error:  # ValueError: not JSON, not UTF-8
+        raise ModelFolderError(f"{folder} is not a model folder: cannot read its config.json "
+                               f"({first_line(error)})") from None
+    if not isinstance(config, dict):
+        raise ModelFolderError(f"{folder} is not a model folder: its config.json holds a JSON "
+                               f"{type(config).__name__}, not an object")
+    return config.get("model_type")
+
+
 def check_model_folder_target(folder) -> None:
-    """Raise ModelFolderError unless `folder` can be written: creatable, empty, or a model folder of this package."""
+    """Raise ModelFolderError unless `folder` can be written: creatable, empty, or a model folder of this package,
+    and not the current folder or one above it."""
     folder = Path(folder)
+    resolved, here = folder.resolve(), Path.cwd().resolve()
+    if resolved == here or resolved in here.parents:
+        # It is replaced by a rename, which a folder in use cannot undergo (EBUSY, after the new one was written).
+        raise ModelFolderError(f"{folder} is the current folder or one above it; the model folder is replaced as a "
+                               "whole, so it must be a folder of its own")
     if folder.is_symlink() or folder.exists():
         if folder.is_symlink() or not folder.is_dir():
             raise ModelFolderError(f"{folder} is a {'link' if folder.is_symlink() else 'file'}, not a model folder")
@@ -89,7 +115,7 @@ def refused_pickle(folder) -> str:
 def _written_by_this_package(folder: Path) -> bool:
     """A PSD-CLIP folder, or a clip export: a CLIP config (which names no package) beside a card tagged psdclip."""
     try:
-        model_type = json.loads((folder / "config.json").read_text()).get("model_type")
+        model_type = model_type_of(folder)
         if model_type == "clip" and (folder / "README.md").is_file():
             from huggingface_hub import ModelCard
 
@@ -97,7 +123,7 @@ def _written_by_this_package(folder: Path) -> bool:
 
             return PACKAGE_TAG in (ModelCard.load(folder / "README.md").data.tags or [])
         return model_type == "psdclip"
-    except (OSError, ValueError, AttributeError):
+    except (OSError, ValueError):  # ModelFolderError is a ValueError
         return False
 
 
@@ -146,6 +172,8 @@ def save_model_folder(model, processor, folder, repo_id: str | None = None, card
     """
     from .card import render_model_card
 
+    from safetensors import SafetensorError
+
     folder = Path(folder)
     check_model_folder_target(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -159,8 +187,13 @@ def save_model_folder(model, processor, folder, repo_id: str | None = None, card
         # are too; a model folder is for every user who may load it.
         for path in [staging, *staging.rglob("*")]:
             path.chmod(0o755 if path.is_dir() else 0o644)
-    except BaseException:
+    except BaseException as error:
         shutil.rmtree(staging, ignore_errors=True)
+        # A full disk, a quota, a lost mount (safetensors words them as SafetensorError): nothing of the new folder
+        # is left, and an old one is as it was.
+        if isinstance(error, (OSError, SafetensorError)):
+            reason = error.strerror if isinstance(error, OSError) and error.strerror else first_line(error)
+            raise ModelFolderError(f"cannot write the model folder {folder}: {reason}") from error
         raise
     if folder.exists():
         # The old folder moves aside under a name this save has just created (a user's folder is never one), so
@@ -186,6 +219,6 @@ def push_folder_to_hub(folder, repo_id: str) -> str:
         raise HubError(f"could not push {folder} to the Hub repository {repo_id}: {first_line(error)}") from error
 
 
-__all__ = ["MODEL_FOLDER_FILES", "HubError", "ModelFolderError", "check_model_folder_target", "invalid_repo_id",
-           "pickle_weights_note", "push_folder_to_hub", "refused_pickle",
+__all__ = ["MODEL_FOLDER_FILES", "PROCESSOR_FILES", "HubError", "ModelFolderError", "check_model_folder_target",
+           "invalid_repo_id", "model_type_of", "pickle_weights_note", "push_folder_to_hub", "refused_pickle",
            "save_model_folder"]

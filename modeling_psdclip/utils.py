@@ -5,10 +5,13 @@ import argparse
 import importlib
 import json
 import os
+import stat
 import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+
+import yaml
 
 
 def first_line(error: BaseException) -> str:
@@ -43,6 +46,61 @@ def cannot_create_in(folder) -> str | None:
     except OSError as error:
         return f"{error.strerror or error} in {existing}"
     return None
+
+
+def read_small_text_file(path, max_bytes: int) -> str:
+    """The UTF-8 text of the regular file `path`, for a file of settings a user names.
+
+    ValueError, in one line, when `path` is not a regular file (a FIFO, /dev/zero or a terminal would block or be
+    read until memory runs out), holds more than `max_bytes`, or is not UTF-8 text; OSError when it cannot be
+    opened. Opened without blocking, so that a FIFO with no writer is refused rather than waited on.
+    """
+    handle = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    with os.fdopen(handle, "rb") as file:
+        if not stat.S_ISREG(os.fstat(handle).st_mode):
+            raise ValueError(f"{path} is not a regular file")
+        data = file.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise ValueError(f"{path} is larger than {max_bytes} bytes, too large for a file of settings")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path} is not UTF-8 text (byte {error.start} is {data[error.start]:#04x})") from None
+
+
+class _StrictSafeLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a mapping that names a key twice (PyYAML keeps the last one without a word;
+    in an options or study file a repeated key is a mistake, and which value counts should not be a guess)."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen = set()
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *defaults`: keys given beside it override it
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    repeated = key in seen
+                except TypeError:  # an unhashable key: the safe loader refuses it with its own error
+                    break
+                if repeated:
+                    raise yaml.constructor.ConstructorError("while constructing a mapping", node.start_mark,
+                                                            f"found duplicate key {key!r}", key_node.start_mark)
+                seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def load_yaml_strict(text: str):
+    """`yaml.safe_load(text)`, except that a key given twice in one mapping raises yaml.YAMLError naming it
+    (`yaml_error_line` words it in one line)."""
+    return yaml.load(text, Loader=_StrictSafeLoader)
+
+
+def yaml_error_line(error: yaml.YAMLError) -> str:
+    """A YAML error in one line: what is wrong and where (PyYAML's own message spans several lines)."""
+    mark = getattr(error, "problem_mark", None)
+    problem = getattr(error, "problem", None) or type(error).__name__
+    return f"{problem} (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else problem
 
 
 def status_of(prog: str, action: Callable[[], object], *mistakes: type[Exception]) -> int:
@@ -98,4 +156,5 @@ def markdown_table(rows: list[dict], columns: list[str] | None = None) -> str:
 
 
 __all__ = ["OneLineErrorParser", "cannot_create_in", "fail", "first_line", "format_value", "lazy_names",
-           "markdown_table", "status_of", "write_json_atomically"]
+           "load_yaml_strict", "markdown_table", "read_small_text_file", "status_of", "write_json_atomically",
+           "yaml_error_line"]

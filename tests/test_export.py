@@ -4,6 +4,7 @@ prompt or a warning, with PSD-CLIP's weights, processor and card."""
 import json
 import logging
 import math
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -237,14 +238,27 @@ def test_command_line_export_names_the_repository_and_replaces_only_its_own_fold
 @pytest.mark.parametrize(("src", "dst", "options", "message"), [
     ("clip", "other", [], "holds a 'clip' model, not a PSD-CLIP one (a CLIP folder loads without code already)"),
     ("psd", "psd", [], "is the folder being exported"),
-    ("missing", "other", [], "is not a model folder: cannot read its config.json"),
+    ("missing", "other", [], "missing is not a model folder: it has no config.json"),
+    ("listed", "other", [], "listed is not a model folder: its config.json holds a JSON list, not an object"),
+    ("truncated", "other", [], "cannot load the model in"),
+    ("psd", ".", [], ". is the current folder or one above it"),
+    ("psd", "..", [], ".. is the current folder or one above it"),
     ("psd", "psd/sub", [], "sub is inside"),
     ("psd", "psd's folder", [], "psdclip is inside"),
     ("psd", "other", ["--repo-id", "bad id!!"], "repository id 'bad id!!': Repo id must use alphanumeric chars"),
 ])
-def test_command_line_errors_are_one_line(folders, tmp_path, capsys, src, dst, options, message):
+def test_command_line_errors_are_one_line(folders, tmp_path, capsys, monkeypatch, src, dst, options, message):
     named = {"psd": folders[1], "clip": folders[2], "missing": tmp_path / "missing", "other": tmp_path / "other",
-             "psd/sub": folders[1] / "sub", "psd's folder": folders[1].parent}
+             "psd/sub": folders[1] / "sub", "psd's folder": folders[1].parent, ".": ".", "..": "..",
+             "listed": tmp_path / "listed", "truncated": tmp_path / "truncated"}
+    if src == "listed":
+        (tmp_path / "listed").mkdir()
+        (tmp_path / "listed" / "config.json").write_text("[1, 2, 3]")
+    if src == "truncated":
+        weights = shutil.copytree(folders[1], tmp_path / "truncated") / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[:1000])
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")  # an export to it used to fail after writing, leaving hidden folders there
     before = sorted(folders[1].iterdir())
     with pytest.raises(SystemExit) as exit_info:
         main([str(named[src]), str(named[dst]), *options])
@@ -253,6 +267,7 @@ def test_command_line_errors_are_one_line(folders, tmp_path, capsys, src, dst, o
     assert error.count("\n") == 1 and error.startswith("python -m modeling_psdclip.export: error: ")
     assert message in error
     assert not (tmp_path / "other").exists() and sorted(folders[1].iterdir()) == before
+    assert not any((tmp_path / "cwd").iterdir()) and not any(path.name.startswith(".") for path in tmp_path.iterdir())
 
 
 def test_push_to_hub_exports_the_clip_folder_unless_told_otherwise(tmp_path):

@@ -1,7 +1,9 @@
 """Saving and loading model folders: round trip, remote code without the package, CLIP checkpoints, bad folders."""
 
+import errno
 import json
 import math
+import os
 import shutil
 import subprocess
 import sys
@@ -15,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from huggingface_hub import ModelCard, ModelCardData
 from PIL import Image
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer
 from transformers import AutoConfig, AutoModel, AutoModelForZeroShotImageClassification, AutoProcessor, CLIPConfig, CLIPModel
@@ -320,11 +323,32 @@ def test_card_names_the_hub_repository_and_a_failed_save_leaves_nothing(tmp_path
 
     class BrokenProcessor:
         def save_pretrained(self, folder):
-            raise OSError("disk full")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    with pytest.raises(OSError, match="disk full"):
-        save_model_folder(model, BrokenProcessor(), tmp_path / "other")
-    assert sorted(path.name for path in tmp_path.iterdir()) == ["model"]
+    class FullDiskModel(PSDCLIPModel):  # how safetensors words a full disk
+        def save_pretrained(self, folder, *args, **kwargs):
+            raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    before = (folder / "model.safetensors").read_bytes()
+    for broken_model, broken_processor, reason in [
+            (model, BrokenProcessor(), "No space left on device"),
+            (FullDiskModel(small_tiny_config()), processor,
+             "Error while serializing: I/O error: No space left on device (os error 28)")]:
+        for target in (tmp_path / "other", folder):  # a new folder, and one replaced
+            with pytest.raises(ModelFolderError) as error:
+                save_model_folder(broken_model, broken_processor, target)
+            assert str(error.value) == f"cannot write the model folder {target}: {reason}"
+            assert sorted(path.name for path in tmp_path.iterdir()) == ["model"]
+    assert (folder / "model.safetensors").read_bytes() == before
+
+
+def test_the_current_folder_or_one_above_it_is_never_a_model_folder_to_replace(tmp_path, monkeypatch):
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    for target in (".", "..", str(tmp_path / "work")):
+        with pytest.raises(ModelFolderError, match="is the current folder or one above it"):
+            save_model_folder(PSDCLIPModel(small_tiny_config()), tiny_processor(), target)
+    assert sorted(path.name for path in tmp_path.rglob("*")) == ["work"]
 
 
 def test_existing_folder_is_replaced_only_when_this_package_wrote_it(tmp_path):

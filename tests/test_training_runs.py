@@ -23,6 +23,7 @@ from modeling_psdclip import PSDCLIPConfig, PSDCLIPModel
 from modeling_psdclip.data import SKIP_REASONS
 from modeling_psdclip.training.options import parse_options
 from tests.support import copy_with_refused_pickle, save_micro_folder
+from tests.test_training_checkpoints import FakeAccelerator
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = str(REPO / "train.py")
@@ -403,7 +404,15 @@ def test_init_from_folders_that_cannot_train_are_refused_before_training_and_a_w
     processor = json.loads((cropping / "processor_config.json").read_text())
     processor["image_processor"]["crop_size"] = {"height": 12, "width": 12}
     (cropping / "processor_config.json").write_text(json.dumps(processor))
+    no_config, listed, bad_tokenizer = (shutil.copytree(micro_folder, tmp_path / name)
+                                        for name in ("no-config", "listed", "bad-tokenizer"))
+    (no_config / "config.json").unlink()
+    (listed / "config.json").write_text("[1, 2, 3]")
+    (bad_tokenizer / "tokenizer.json").write_text("garbage")  # used to train with the shipped tokenizer instead
     for folder, message in [
+        (no_config, f"--init-from: {no_config} is not a model folder: it has no config.json"),
+        (listed, f"--init-from: {listed} is not a model folder: its config.json holds a JSON list, not an object"),
+        (bad_tokenizer, f"--init-from: the processor in {bad_tokenizer} does not load from its "),
         (pickled, "of more than tensors, which torch's restricted unpickler refuses to load; if you trust where it "
                   "came from, convert it to model.safetensors"),
         (projection, "checkpoint weight text_projection.weight has shape (16, 32), where the config makes it (8, 32)"),
@@ -424,3 +433,27 @@ def test_init_from_folders_that_cannot_train_are_refused_before_training_and_a_w
                                                            *extra)))
         named = [record.message for record in caplog.records if "pass --distill-alpha-max" in record.message]
         assert len(named) == warned, caplog.text
+
+
+@pytest.mark.skipif(torch.accelerator.is_available(), reason="fp16 autocast needs no refusal with a GPU")
+def test_fp16_without_a_gpu_is_refused_before_training(tmp_path, env):
+    # Accelerate trained such a run in fp32 without a word, and its card said fp16.
+    done = run(["--mixed-precision", "fp16", "--output-dir", str(tmp_path / "model"), "--run-dir",
+                str(tmp_path / "run")], env, check=False)
+    assert done.returncode == 2 and done.stderr.strip() == (
+        "train.py: error: --mixed-precision fp16 needs a GPU and this machine has none; on a CPU use bf16 or no")
+    assert not (tmp_path / "run").exists() and not (tmp_path / "model").exists()
+
+
+def test_a_model_folder_that_cannot_be_written_at_the_end_says_the_checkpoints_are_kept(tmp_path):
+    from modeling_psdclip.model_folder import ModelFolderError
+    from modeling_psdclip.training.checkpoints import CheckpointManager
+    from modeling_psdclip.training.stops import exit_status
+
+    options = parse_options(["--output-dir", str(tmp_path / "model"), "--run-dir", str(tmp_path / "run")])
+    CheckpointManager(tmp_path / "run" / "checkpoints", 2).save(FakeAccelerator(), 40, {})
+    error = ModelFolderError(f"cannot write the model folder {tmp_path / 'model'}: No space left on device")
+    checkpoint = tmp_path / "run" / "checkpoints" / "step-00000040"
+    assert exit_status(error, options) == (1, (
+        f"error: cannot write the model folder {tmp_path / 'model'}: No space left on device; the checkpoints are "
+        f"kept: rerun with --resume latest to go on from step 40 ({checkpoint})"))

@@ -3,6 +3,7 @@ distillation options applied), the training and validation data and their loader
 OptionError naming the option."""
 
 import pickle
+from pathlib import Path
 
 import torch
 from accelerate.logging import get_logger
@@ -15,7 +16,7 @@ from .. import PSDCLIPConfig, PSDCLIPModel
 from ..data import (
     DataError, EpochSampler, ImageTextCollator, caption_noise, load_image_text_dataset, saved_with_splits,
 )
-from ..model_folder import pickle_weights_note, refused_pickle
+from ..model_folder import PROCESSOR_FILES, ModelFolderError, model_type_of, pickle_weights_note, refused_pickle
 from ..processing import build_processor
 from ..utils import first_line
 from .options import OptionError
@@ -49,7 +50,7 @@ def model_and_processor_to_start_from(options):
         processor = build_processor(config.vision_config.image_size, config.text_config.max_position_embeddings)
         return model, processor
     try:
-        model_type = PSDCLIPConfig.get_config_dict(options.init_from)[0].get("model_type")
+        model_type = model_type_of(options.init_from)
         if model_type not in ("psdclip", "clip"):
             raise OptionError(f"--init-from: {options.init_from} holds a {model_type!r} model, not a PSD-CLIP or "
                               "CLIP one")
@@ -60,6 +61,8 @@ def model_and_processor_to_start_from(options):
         model = PSDCLIPModel.from_pretrained(options.init_from, config=config)
     except OptionError:
         raise
+    except ModelFolderError as error:  # no config.json, or one that is not a JSON object
+        raise OptionError(f"--init-from: {error}") from None
     except pickle.UnpicklingError:
         raise OptionError(f"--init-from: {refused_pickle(options.init_from)}") from None
     except (OSError, ValueError, StrictDataclassError, SafetensorError) as error:
@@ -67,16 +70,27 @@ def model_and_processor_to_start_from(options):
     if options.image_size and options.image_size != config.vision_config.image_size:
         raise OptionError(f"--image-size: the model in {options.init_from} takes "
                           f"{config.vision_config.image_size} px images, got {options.image_size}")
-    try:
-        processor = AutoProcessor.from_pretrained(options.init_from)
-    except (OSError, ValueError):  # A bare weights folder: CLIP's shipped tokenizer and image processing.
-        processor = build_processor(config.vision_config.image_size, config.text_config.max_position_embeddings)
+    processor = processor_to_start_from(options.init_from, config)
     crop, size = processor.image_processor.crop_size, config.vision_config.image_size
     if (crop["height"], crop["width"]) != (size, size):
         raise OptionError(f"--init-from: the processor in {options.init_from} crops images to {crop['height']}x"
                           f"{crop['width']} px, its model takes {size}x{size} px: set its image processor's crop_size "
                           "(and size) to the model's")
     return model, processor
+
+
+def processor_to_start_from(folder, config):
+    """The processor saved in `folder`; CLIP's shipped tokenizer and image processing for a folder of bare weights
+    (no processor file at all). OptionError naming the files when the folder has some that do not load: training
+    with another tokenizer than the model's would go on without a word."""
+    try:
+        return AutoProcessor.from_pretrained(folder)
+    except (OSError, ValueError) as error:
+        present = [name for name in PROCESSOR_FILES if (Path(folder) / name).exists()]
+        if present:
+            raise OptionError(f"--init-from: the processor in {folder} does not load from its "
+                              f"{', '.join(present)}: {first_line(error)}") from None
+    return build_processor(config.vision_config.image_size, config.text_config.max_position_embeddings)
 
 
 def build_datasets(options, image_size: int):

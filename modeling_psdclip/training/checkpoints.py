@@ -26,6 +26,7 @@ from safetensors.torch import load_file, save_file
 
 from ..utils import first_line
 from .options import OptionError, flag
+from .run_state import TrainState
 
 
 logger = get_logger("train")
@@ -233,9 +234,38 @@ def read_state(checkpoint: Path) -> dict:
         raise CheckpointError(f"{checkpoint} holds {pickled[0]}, a pickle this package never writes and does not "
                               "load; resume from a checkpoint written by this version")
     try:
-        return json.loads((checkpoint / STATE_FILE).read_text())
+        saved = json.loads((checkpoint / STATE_FILE).read_text())
     except (OSError, ValueError) as error:
         raise CheckpointError(f"cannot load the checkpoint {checkpoint}: {first_line(error)}") from error
+    problem = invalid_state(saved)
+    if problem:
+        raise CheckpointError(f"cannot load the checkpoint {checkpoint}: its {STATE_FILE} {problem}")
+    return saved
+
+
+def invalid_state(saved) -> str | None:
+    """What is wrong with a `train_state.json`'s content, in a few words; None when it is what `save` writes.
+
+    Checked before anything acts on it: a damaged step would otherwise move the later checkpoints aside (a step of
+    -7 moved every one), then fail deep in training. The loop's state is a fresh `TrainState`'s keys, each a count
+    (`skipped_records`: counts by reason); the options, a mapping.
+    """
+    if not isinstance(saved, dict) or not isinstance(saved.get("train"), dict) \
+            or not isinstance(saved.get("options"), dict):
+        return "is not a mapping of 'train' and 'options' mappings"
+    fresh, train = TrainState().state_dict(), saved["train"]
+    if set(train) != set(fresh):
+        return f"names {sorted(set(train) ^ set(fresh))[0]!r}: its train state is not this version's"
+
+    def is_count(value) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+    for name, value in train.items():
+        counts = value.values() if isinstance(fresh[name], dict) and isinstance(value, dict) else [value]
+        if isinstance(fresh[name], dict) != isinstance(value, dict) or not all(map(is_count, counts)):
+            expected = "counts by reason" if isinstance(fresh[name], dict) else "a count"
+            return f"has train.{name} = {json.dumps(value)}, not {expected}"
+    return None
 
 
 def restore(accelerator: Accelerator, checkpoint: Path, tensor_names: tuple[str, ...] = ()

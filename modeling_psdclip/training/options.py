@@ -17,7 +17,7 @@ from pathlib import Path
 import yaml
 
 from ..model_folder import ModelFolderError, check_model_folder_target, invalid_repo_id
-from ..utils import OneLineErrorParser, cannot_create_in, fail
+from ..utils import OneLineErrorParser, cannot_create_in, fail, load_yaml_strict, read_small_text_file, yaml_error_line
 
 
 def configuration_choices() -> dict[str, tuple[str, ...]]:
@@ -133,9 +133,14 @@ POSITIVE = ("batch_size", "accum_steps", "max_image_pixels", "train_samples", "v
             "keep_checkpoints", "max_nonfinite_steps", "lr", "adam_eps", "epochs", "distill_temperature")
 NON_NEGATIVE = ("max_steps", "warmup_steps", "weight_decay", "max_grad_norm", "checkpoint_every", "eval_every",
                 "num_workers", "peak_tflops")
-PROBABILITIES = ("distill_alpha_max", "distill_fraction", "p_mismatch", "p_partial", "p_generic",
-                 "adam_beta1", "adam_beta2")
+PROBABILITIES = ("distill_alpha_max", "distill_fraction", "p_mismatch", "p_partial", "p_generic")
+# Decays, in [0, 1): at 1 an average never moves (AdamW refuses such betas).
+DECAYS = ("adam_beta1", "adam_beta2", "distill_ema_decay")
 KNOWN_TRACKERS = ("tensorboard", "wandb", "mlflow", "comet_ml", "aim", "clearml", "dvclive", "trackio", "swanlab")
+
+
+# An options file is a few hundred bytes; anything near this is not one (and is not read whole into memory).
+MAX_CONFIG_BYTES = 2**20
 
 
 class OptionError(ValueError):
@@ -180,11 +185,13 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
 def read_yaml(path: str) -> dict:
     """Options from a YAML mapping, keys in either spelling, values converted to the option's type."""
     try:
-        loaded = yaml.safe_load(Path(path).read_text())
+        loaded = load_yaml_strict(read_small_text_file(path, MAX_CONFIG_BYTES))
     except OSError as error:
         raise OptionError(f"--config: cannot read {path}: {error.strerror}") from error
     except yaml.YAMLError as error:
-        raise OptionError(f"--config: {path} is not valid YAML ({type(error).__name__})") from error
+        raise OptionError(f"--config: {path} is not valid YAML: {yaml_error_line(error)}") from error
+    except ValueError as error:  # not a regular file, too large, not UTF-8
+        raise OptionError(f"--config: {error}") from error
     if loaded is None:
         return {}
     if not isinstance(loaded, dict):
@@ -195,6 +202,8 @@ def read_yaml(path: str) -> dict:
         name = str(key).replace("-", "_")
         if name not in fields or name == "config":
             raise OptionError(f"--config: unknown option {key!r} in {path}")
+        if name in values:  # the same option in both spellings
+            raise OptionError(f"--config: {path} gives {flag(name)} twice")
         kind = value_type(fields[name])
         if value is None and type(None) not in typing.get_args(fields[name].type):
             raise OptionError(f"{flag(name)}: expected {kind.__name__} in {path}, got an empty value")
@@ -216,6 +225,9 @@ def check_ranges(options: TrainingOptions) -> None:
         value = getattr(options, option_field.name)
         if isinstance(value, float) and not math.isfinite(value):
             raise OptionError(f"{flag(option_field.name)} must be a finite number, got {value}")
+        # An empty path is the current folder (`--run-dir ""` would write the run there), an empty name names nothing.
+        if isinstance(value, str) and not value.strip():
+            raise OptionError(f"{flag(option_field.name)} must not be empty")
     for name in POSITIVE:
         value = getattr(options, name)
         if value is not None and not value > 0:
@@ -228,6 +240,10 @@ def check_ranges(options: TrainingOptions) -> None:
         value = getattr(options, name)
         if value is not None and not 0 <= value <= 1:
             raise OptionError(f"{flag(name)} must be in [0, 1], got {value}")
+    for name in DECAYS:
+        value = getattr(options, name)
+        if value is not None and not 0 <= value < 1:
+            raise OptionError(f"{flag(name)} must be in [0, 1), got {value}")
     if options.batch_size < 2:
         raise OptionError(f"--batch-size must be at least 2, got {options.batch_size}: the contrastive loss "
                           "compares each pair with the other pairs of its global batch")
@@ -237,8 +253,6 @@ def check_ranges(options: TrainingOptions) -> None:
         raise OptionError(f"--image-size must be positive, got {options.image_size}")
     if options.streaming and not options.max_steps:
         raise OptionError("--streaming needs --max-steps: a stream has no length to count epochs in")
-    if options.distill_ema_decay is not None and not 0 <= options.distill_ema_decay < 1:
-        raise OptionError(f"--distill-ema-decay must be in [0, 1), got {options.distill_ema_decay}")
     if options.streaming and options.data == "synthetic":
         raise OptionError("--streaming applies to user --data; the built-in data is generated on disk")
     if options.init_from and not Path(options.init_from).is_dir():
@@ -255,18 +269,14 @@ def check_ranges(options: TrainingOptions) -> None:
 
 def check_output_dir(options: TrainingOptions) -> None:
     """Raise OptionError unless the model folder can be written at the end without destroying anything."""
-    output, run = Path(options.output_dir).resolve(), Path(options.run_dir).resolve()
-    here = Path.cwd().resolve()
-    if output == here or output in here.parents:
-        raise OptionError(f"--output-dir {options.output_dir} is the current folder or one above it; the model "
-                          "folder is replaced as a whole, so it must be a folder of its own")
-    if output == run or output in run.parents or run in output.parents:
-        raise OptionError(f"--output-dir {options.output_dir} and --run-dir {options.run_dir} must be separate "
-                          "folders, neither inside the other")
     try:
         check_model_folder_target(options.output_dir)
     except ModelFolderError as error:
         raise OptionError(f"--output-dir: {error}") from None
+    output, run = Path(options.output_dir).resolve(), Path(options.run_dir).resolve()
+    if output == run or output in run.parents or run in output.parents:
+        raise OptionError(f"--output-dir {options.output_dir} and --run-dir {options.run_dir} must be separate "
+                          "folders, neither inside the other")
 
 
 def check_run_dir(options: TrainingOptions) -> None:

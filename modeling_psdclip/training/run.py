@@ -332,11 +332,15 @@ def save_final_model(accelerator, model, processor, options, data_description: d
 def run_training(options: TrainingOptions, prog: str) -> int:
     """Train with `options` (as `parse_options` returns them) under Accelerate; the exit status: 0, 2 for a bad option
     found while setting up, 1 for a failure (data, divergence, Hub, model folder, checkpoint), each one line."""
+    on_cpu = not torch.accelerator.is_available()
+    if on_cpu and options.mixed_precision == "fp16":
+        # Accelerate would train in fp32 on a CPU without a word, while the card recorded fp16.
+        fail(prog, "--mixed-precision fp16 needs a GPU and this machine has none; on a CPU use bf16 or no")
     try:
         accelerator = Accelerator(
             # Without an accelerator device, Accelerate would treat a multi-process launch as one process each;
             # `cpu` makes it gloo DDP on CPU.
-            cpu=not torch.accelerator.is_available(),
+            cpu=on_cpu,
             mixed_precision=options.mixed_precision,
             log_with=tracker_names(options.report_to) or None,
             project_config=ProjectConfiguration(project_dir=options.run_dir,

@@ -38,6 +38,8 @@ def exit_status(error: BaseException, options) -> tuple[int, str] | None:
     """The exit status and the line (after "PROG: ") for a run ended by `error`; None for a bug (re-raise it)."""
     if isinstance(error, OptionError):
         return 2, f"error: {error}"
+    if isinstance(error, ModelFolderError):  # the model could not be saved at the end (a full disk), say
+        return 1, f"error: {first_line(error)}; {resume_hint(options)}"
     if isinstance(error, FAILURES):
         return 1, f"error: {first_line(error)}"
     return describe_stop(error, options)
