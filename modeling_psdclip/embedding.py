@@ -34,7 +34,8 @@ def _rgb(image) -> Image.Image:
 def _require_list(items, kind: str, one: tuple[type, ...]) -> None:
     """A bare str or image is a sequence (of characters, of rows) too: refused rather than embedded piece by piece."""
     if isinstance(items, one):
-        raise TypeError(f"encode_{kind} takes a list of {kind}, not a single {type(items).__name__}: pass [{kind[:-1]}]")
+        raise TypeError(f"encode_{kind} takes a list of {kind}, not a single {type(items).__name__}: "
+                        f"pass [{kind[:-1]}]")
 
 
 def _missing_folder(name_or_path, offline: bool) -> str | None:
