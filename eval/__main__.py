@@ -29,11 +29,20 @@ TASKS = {
 }
 
 
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
+def int_at_least(minimum: int, what: str):
+    """An argparse type: an integer >= `minimum`, refused in one line naming `what` it must be."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = minimum - 1
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text}")
+        return value
+    return parse
+
+
+positive_int = int_at_least(1, "a positive integer")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,8 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "(default: test, or the only one)")
     common.add_argument("--label-column", help="column holding the class (synthetic default: label_shape)")
     common.add_argument("--classnames", metavar="FILE", help="class names, one a line, replacing the data's")
-    common.add_argument("--num-samples", type=int, default=1000, help="synthetic data: examples per split")
-    common.add_argument("--image-size", type=int,
+    common.add_argument("--num-samples", type=positive_int, default=1000, help="synthetic data: examples per split")
+    common.add_argument("--image-size", type=positive_int,
                         help="synthetic data: image side in pixels (default: the first model's input size)")
     common.add_argument("--p-mismatch", type=float, default=0.0,
                         help="synthetic train split: share of captions describing another scene")
@@ -79,7 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
                                         "clip_benchmark: every caption its own item, as CLIP_benchmark counts")
     task["robustness"].add_argument("--shifted", action="append", required=True, metavar="SOURCE",
                                     help="shifted data set; repeat for several")
-    task["noisy-pairs"].add_argument("--pool-size", type=int, default=None,
+    # A negative size was once taken as one pool of all pairs and reported as pool size -1.
+    task["noisy-pairs"].add_argument("--pool-size", type=int_at_least(0, "0 (all pairs) or a positive integer"),
+                                     default=None,
                                      help="pairs each paired probability is computed among; 0 = all (default: "
                                           "eval.noisy_pairs.DEFAULT_POOL_SIZE, 256)")
     return parser

@@ -27,9 +27,18 @@ def require_model_folder(folder: str | Path) -> Path:
 
 
 def input_size(folder: str | Path, default: int = 64) -> int:
-    """The image side a saved model folder's vision tower reads (`default` when its config does not say)."""
-    config = json.loads((Path(folder) / "config.json").read_text())
-    return config.get("vision_config", {}).get("image_size", default)
+    """The image side a saved model folder's vision tower reads (`default` when its config does not say);
+    EvalInputError when config.json is not a JSON object."""
+    path = Path(folder) / "config.json"
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise EvalInputError(f"cannot load model folder {folder}: {path} is not JSON: {first_line(error)}") from None
+    vision = config.get("vision_config", {}) if isinstance(config, dict) else None
+    if not isinstance(vision, dict):  # a JSON list, say: .get would fail with an AttributeError
+        raise EvalInputError(f"cannot load model folder {folder}: {path} is not a model config (a JSON object with "
+                             "a vision_config object)")
+    return vision.get("image_size", default)
 
 
 class EmbeddingModel(ImageTextEmbedder):

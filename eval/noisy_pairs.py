@@ -32,7 +32,10 @@ DEFAULT_POOL_SIZE = 256
 
 def paired_probabilities(image_features: torch.Tensor, text_features: torch.Tensor, logit_multiplier: float,
                          pool_size: int | None = DEFAULT_POOL_SIZE, seed: int = 0) -> np.ndarray:
-    """p_i of every pair (row i of both feature matrices), as defined in the module docstring."""
+    """p_i of every pair (row i of both feature matrices), as defined in the module docstring. ValueError for a
+    pool_size that is not None or a positive integer."""
+    if pool_size is not None and (isinstance(pool_size, bool) or not isinstance(pool_size, int) or pool_size < 1):
+        raise ValueError(f"pool_size must be None (one pool of all pairs) or a positive integer, got {pool_size!r}")
     count = len(image_features)
     pool_count = 1 if pool_size is None else max(1, math.ceil(count / pool_size))
     order = np.random.default_rng(seed).permutation(count)

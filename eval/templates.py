@@ -48,7 +48,11 @@ def read_lines(path: str | Path, what: str) -> list[str]:
     path = Path(path)
     if not path.is_file():
         raise EvalInputError(f"{what} file {path} not found")
-    lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:  # a binary file, or text in another encoding
+        raise EvalInputError(f"{what} file {path} is not UTF-8 text (byte {error.start}: {error.reason})") from None
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
     if not lines:
         raise EvalInputError(f"{what} file {path} is empty")
     return lines

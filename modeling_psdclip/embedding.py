@@ -3,6 +3,7 @@
 import os
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -12,11 +13,45 @@ from .utils import first_line
 from .data.records import to_rgb
 
 
+IMAGE_TYPES = "PIL images, file paths or HxWx3 uint8 numpy arrays"
+
+
 def _rgb(image) -> Image.Image:
     if isinstance(image, (str, os.PathLike)):
         with Image.open(image) as opened:  # closed once decoded: a folder of images must not exhaust file handles
             return to_rgb(opened)
+    if isinstance(image, np.ndarray):  # what OpenCV, imageio and matplotlib read: converted rather than refused
+        if image.dtype != np.uint8 or image.ndim not in (2, 3) or 0 in image.shape[:2] or (
+                image.ndim == 3 and image.shape[2] not in (3, 4)):
+            raise TypeError(f"cannot embed a numpy array of shape {image.shape} and dtype {image.dtype}: arrays must "
+                            "be HxW, HxWx3 or HxWx4 uint8 with H, W > 0")
+        return to_rgb(Image.fromarray(image))
+    if not isinstance(image, Image.Image):  # Pillow would fail deep inside with an AttributeError
+        raise TypeError(f"cannot embed a {type(image).__name__}: encode_images takes a list of {IMAGE_TYPES}")
     return to_rgb(image)
+
+
+def _require_list(items, kind: str, one: tuple[type, ...]) -> None:
+    """A bare str or image is a sequence (of characters, of rows) too: refused rather than embedded piece by piece."""
+    if isinstance(items, one):
+        raise TypeError(f"encode_{kind} takes a list of {kind}, not a single {type(items).__name__}: "
+                        f"pass [{kind[:-1]}]")
+
+
+def _missing_folder(name_or_path, offline: bool) -> str | None:
+    """Why `name_or_path` cannot be loaded when it names no existing folder and is a path (a PathLike, absolute,
+    ./, ~, or inside a folder that exists) or the Hub is not looked at (offline); None otherwise."""
+    from huggingface_hub import constants
+
+    text = os.path.expanduser(os.fspath(name_or_path))
+    if os.path.exists(text):
+        return None
+    if (isinstance(name_or_path, os.PathLike) or os.path.isabs(text) or text.startswith(".")
+            or os.path.isdir(os.path.dirname(text))):
+        return f"no model folder at {name_or_path}"
+    if offline or constants.HF_HUB_OFFLINE:
+        return f"no model folder at {name_or_path} (offline, so the Hub is not looked up)"
+    return None
 
 
 class UntrustedCodeError(ValueError):
@@ -35,6 +70,9 @@ class ImageTextEmbedder:
     def __init__(self, model, processor, *, batch_size: int = 256, device: str | torch.device | None = None,
                  dtype: torch.dtype | None = None, progress: bool = True, name: str = "model"):
         accelerator = torch.accelerator.current_accelerator() if torch.accelerator.is_available() else None
+        # Checked here: 0 fails only at the first encode, and a negative size silently embeds nothing.
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         self.device = torch.device(device or accelerator or "cpu")
         self.model = model.to(device=self.device, dtype=dtype).eval()
         self.processor = processor
@@ -51,7 +89,8 @@ class ImageTextEmbedder:
 
         The Python files a folder or repository carries run only with `trust_remote_code=True`; without it, a model
         that needs them raises `UntrustedCodeError`. Raises ValueError, in one line, when transformers cannot load
-        the model, and when the model has no image and text features.
+        the model ("no model folder at ..." for a local path that does not exist), and when the model has no image
+        and text features.
         """
         from transformers import AutoModel, AutoProcessor
 
@@ -66,10 +105,14 @@ class ImageTextEmbedder:
                 if not hasattr(model, method):
                     raise ValueError(f"model in {name_or_path} is not an image-text model (no {method})")
             processor = AutoProcessor.from_pretrained(name_or_path, **load_kwargs)
-        except ValueError as error:
+        except (ValueError, OSError) as error:  # transformers raises OSError for a missing folder or repository
             if "trust_remote_code" in str(error) and not load_kwargs["trust_remote_code"]:
                 raise UntrustedCodeError(f"the model in {name_or_path} is defined by its own Python code, which runs "
                                          "only with trust_remote_code=True: pass it for models you trust") from None
+            # Rather than transformers' "Repo id must be in the form ...", which misleads about a path.
+            missing = _missing_folder(name_or_path, offline=load_kwargs.get("local_files_only", False))
+            if missing:
+                raise ValueError(missing) from None
             raise ValueError(first_line(error)) from error
         return cls(model, processor, batch_size=batch_size, device=device, dtype=dtype, progress=progress,
                    name=name or os.path.basename(os.path.normpath(str(name_or_path))))
@@ -88,13 +131,17 @@ class ImageTextEmbedder:
             return float(self.model.logit_scale.exp())
 
     def encode_images(self, images: Sequence) -> torch.Tensor:
-        """Embed images: PIL images, file paths, or a `datasets` image column (decoded batch by batch)."""
+        """Embed images: PIL images, file paths, HxWx3 uint8 numpy arrays, or a `datasets` image column (decoded
+        batch by batch). TypeError for a single image or path rather than a list of them."""
+        _require_list(images, "images", (str, os.PathLike, Image.Image, np.ndarray))
         def inputs(batch):
             return self.processor(images=[_rgb(image) for image in batch], return_tensors="pt")
         return self._encode(images, "images", inputs, self.model.get_image_features)
 
     def encode_texts(self, texts: Sequence[str]) -> torch.Tensor:
-        """Embed texts, each truncated to the model's context length."""
+        """Embed texts, each truncated to the model's context length. TypeError for a single str rather than a
+        list of them."""
+        _require_list(texts, "texts", (str,))
         def inputs(batch):
             return self.processor(text=list(batch), padding=True, truncation=True, max_length=self.context_length,
                                   return_tensors="pt")

@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from .report import write_study_report
     from .runner import run_study
-    from .training_runs import StudyRunFailed
+    from .training_runs import StudyRunFailed, StudyStopped
 
     def run() -> None:
         study, results = run_study(args.config, quick=args.quick, output=args.output, finished_only=args.finished_only,
@@ -55,6 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     except StudyRunFailed as error:  # a failure, not the user's input: status 1, naming the run's log
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return 1
+    except (StudyStopped, KeyboardInterrupt) as stop:  # Ctrl-C in a training or between them: neither failed
+        print(f"{PROG}: stopped; rerun to continue where it stopped", file=sys.stderr)
+        return getattr(stop, "status", 130)
 
 
 if __name__ == "__main__":

@@ -129,9 +129,15 @@ def merged_study(study: dict, changes: dict) -> dict:
 def load_study(path: str | Path, quick: bool = False) -> dict:
     """The study's settings, with the `quick` overrides applied when asked; EvalInputError names a mistake."""
     study = read_study_file(Path(path), quick)
+    if quick and study == read_study_file(Path(path), False):  # else --quick would silently run the full size
+        raise EvalInputError(f"study {path} has no quick section (in it or its base chain), so --quick would run "
+                             "the full size: leave out --quick, or add a quick section")
     for key in ("seeds", "methods", "noise", "cells"):
         if not study.get(key):
             raise EvalInputError(f"study {path} needs a non-empty {key!r}")
+    bad_seed = next((seed for seed in study["seeds"] if not 0 <= seed < 2 ** 32), None)
+    if bad_seed is not None:  # numpy's range, refused before any run rather than when one starts
+        raise EvalInputError(f"study {path}: seeds must be in [0, 2**32 - 1], got {bad_seed}")
     for cell in study["cells"]:
         synthetic, folder = isinstance(cell.get("train_samples"), int), isinstance(cell.get("data"), str)
         if cell.get("noise") not in study["noise"] or synthetic == folder:
@@ -191,10 +197,13 @@ def require_data_folders(runs: list[Run]) -> None:
                                  "--p-mismatch P (the study file's header gives P)")
 
 
+NOISE_OPTIONS = ("p_mismatch", "p_partial", "p_generic")
+
+
 def synthetic_noise(study: dict, run: Run) -> dict:
     """A synthetic cell's caption-noise options, all three explicit, so that evaluation rebuilds exactly the pairs
     the run trained on whatever train.py's defaults are."""
-    return {"p_mismatch": 0.0, "p_partial": 0.0, "p_generic": 0.0, **study["noise"][run.noise]}
+    return {**dict.fromkeys(NOISE_OPTIONS, 0.0), **study["noise"][run.noise]}
 
 
 def fine_tunes(study: dict) -> bool:

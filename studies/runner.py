@@ -60,7 +60,7 @@ from eval.errors import EvalInputError
 
 from .measures import EVAL_VERSION, evaluate, evaluate_starting_model, evaluate_without_training
 from .plan import fine_tunes, load_study, planned_runs, require_data_folders, starting_model_ready
-from .training_runs import prepare_starting_model, train
+from .training_runs import check_training_options, launcher_command, prepare_starting_model, train
 
 
 
@@ -76,8 +76,11 @@ def run_study(config: str | Path, quick: bool = False, output: str | Path | None
         not root.is_dir() else cannot_create_in(root)
     if unusable:
         raise EvalInputError(f"study output {root} cannot hold the runs: {unusable}")
+    if launcher is not None:
+        launcher_command(launcher)  # a command that is not there fails now, not at the first training
     study["launcher"] = launcher
     runs = planned_runs(study)
+    check_training_options(config, study, runs, root)
     require_data_folders(runs)
     study["output"] = str(root)  # where the runs find the starting model
     if not finished_only:

@@ -71,3 +71,42 @@ def test_build_from_the_installed_openmoji_artwork(tmp_path):
     assert len(data) == 8 and data.captions and data.class_names and set(data.noise) == {"clean"}
     train = load_eval_data(f"{out}:train")
     assert train.noise.count("mismatch") == round(0.4 * len(train)) == 11
+
+
+def test_bad_outputs_and_sizes_are_one_line_before_rendering(tmp_path, capsys, monkeypatch):
+    (tmp_path / "a-file").write_text("mine")
+    for argv, message in [
+        ([str(tmp_path / "a-file")], f"output {tmp_path / 'a-file'} is a file, not a folder"),
+        ([str(tmp_path / "out"), "--image-size", "0"], "image_size must be a positive integer, got 0"),
+    ]:
+        assert main(argv) == 2  # once NotADirectoryError and resvg's ValueError tracebacks
+        assert capsys.readouterr().err == f"python -m modeling_psdclip.data.openmoji: error: {message}\n"
+    assert (tmp_path / "a-file").read_text() == "mine"
+    monkeypatch.setattr("modeling_psdclip.data.openmoji.cannot_create_in", lambda folder: f"Read-only file system in "
+                                                                                          f"{folder}")
+    with pytest.raises(DataError, match=f"^cannot write output folder {tmp_path / 'ro'}: Read-only file system in "):
+        build_openmoji(tmp_path / "ro", svg_dir=tmp_path / "no-svgs")  # before looking for any SVG
+    assert not (tmp_path / "ro").exists()
+
+
+@pytest.mark.parametrize("stop", [OSError(28, "No space left on device"), KeyboardInterrupt()])
+def test_a_build_that_cannot_finish_leaves_nothing_and_a_rerun_builds(tmp_path, capsys, monkeypatch, stop):
+    pytest.importorskip("emoji")
+    options = ["--image-size", "16"]
+    monkeypatch.setattr("modeling_psdclip.data.openmoji.default_sources", lambda: (write_svgs(tmp_path), EMOJI_TEST))
+    save = datasets.DatasetDict.save_to_disk
+
+    def full_disk(self, path, **kwargs):  # writes part of the folder, then fails as a full disk or Ctrl-C would
+        save(self, path, **kwargs)
+        raise stop
+
+    monkeypatch.setattr(datasets.DatasetDict, "save_to_disk", full_disk)
+    out = tmp_path / "built" / "out"
+    assert main([str(out), *options]) == (2 if isinstance(stop, OSError) else 130)
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"python -m modeling_psdclip.data.openmoji: error: cannot write output folder {out}: No space left on device"
+        if isinstance(stop, OSError) else f"python -m modeling_psdclip.data.openmoji: stopped; {out} was not written")
+    assert list(out.parent.iterdir()) == []  # once a partial folder, which blocked a rerun
+    monkeypatch.setattr(datasets.DatasetDict, "save_to_disk", save)
+    assert main([str(out), *options]) == 0
+    assert set(datasets.load_from_disk(str(out))) == {"train", "validation", "test"}

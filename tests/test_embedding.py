@@ -133,3 +133,38 @@ def test_a_model_defined_by_its_folders_code_loads_only_when_trusted_and_never_p
     assert kind == "ValueError" and "mystery" in message and "\n" not in message
     assert not results["code ran before trusted"]
     assert results["trusted"] == "PSDCLIPModel" and proof.read_text() == "ran"
+
+
+def test_a_single_text_image_or_path_is_refused_rather_than_embedded_piece_by_piece(embedder, tmp_path):
+    with pytest.raises(TypeError, match=r"encode_texts takes a list of texts, not a single str: pass \[text\]"):
+        embedder.encode_texts("a red square")  # once 12 rows, one per character
+    path = tmp_path / "one.png"
+    images()[0].save(path)
+    for single in (images()[0], str(path), path, np.zeros((8, 8, 3), np.uint8)):
+        with pytest.raises(TypeError, match=r"encode_images takes a list of images, not a single"):
+            embedder.encode_images(single)
+
+
+def test_numpy_arrays_are_embedded_as_their_images_and_other_inputs_refused_in_one_line(embedder):
+    arrays = [np.asarray(image) for image in images()]
+    torch.testing.assert_close(embedder.encode_images(arrays), embedder.encode_images(images()))
+    for bad, message in [(np.zeros((0, 0, 3), np.uint8), r"numpy array of shape \(0, 0, 3\) and dtype uint8"),
+                         (np.full((8, 8, 3), np.nan), r"numpy array of shape \(8, 8, 3\) and dtype float64"),
+                         (42, r"cannot embed a int: encode_images takes a list of PIL images, file paths")]:
+        with pytest.raises(TypeError, match=message):
+            embedder.encode_images([bad])
+
+
+@pytest.mark.parametrize("batch_size", [0, -1, 2.5, True])
+def test_a_batch_size_below_one_is_refused_at_construction(folder, batch_size):
+    # 0 once failed at the first encode ("range() arg 3 must not be zero"); -1 embedded two texts as zero rows.
+    with pytest.raises(ValueError, match=rf"^batch_size must be a positive integer, got {batch_size!r}$"):
+        ImageTextEmbedder.from_pretrained(folder, batch_size=batch_size, progress=False)
+
+
+def test_a_local_path_with_no_model_is_a_one_line_value_error(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "outputs").mkdir()
+    for path in (tmp_path / "nonexist", str(tmp_path / "nonexist"), "./nonexist", "outputs/nonexist"):
+        with pytest.raises(ValueError, match=rf"^no model folder at {path}$"):  # not "Repo id must be in the form"
+            ImageTextEmbedder.from_pretrained(path, progress=False)

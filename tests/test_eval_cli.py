@@ -137,7 +137,12 @@ def test_bad_devices_sizes_outputs_and_weights_exit_2_with_one_line(workspace, t
     shutil.copytree(workspace["model"], truncated)
     (truncated / "model.safetensors").write_bytes((truncated / "model.safetensors").read_bytes()[:1000])
     (tmp_path / "a-file").write_text("mine")
-    common = ["zeroshot", "--data", str(workspace["data"]), "--templates", "simple", "--no-card"]
+    binary = tmp_path / "binary.txt"
+    binary.write_bytes(bytes([0xB6, 0xFF, 0x00, 0x81]) * 100)
+    listed = tmp_path / "listed"
+    shutil.copytree(workspace["model"], listed)
+    (listed / "config.json").write_text("[1, 2]")
+    common = ["zeroshot", "--data", str(workspace["data"]), "--no-card"]
     model, output = ["--model", str(workspace["model"])], ["--output", str(tmp_path / "out")]
     for arguments, message in [
         ([*model, *output, "--batch-size", "0"], "argument --batch-size: must be a positive integer, got 0"),
@@ -146,9 +151,16 @@ def test_bad_devices_sizes_outputs_and_weights_exit_2_with_one_line(workspace, t
         (["--model", str(truncated), *output], f"cannot load model folder {truncated}: "),
         ([*model, "--output", str(tmp_path / "a-file")], f"--output {tmp_path / 'a-file'}: cannot create"),
         ([*model, "--output", str(tmp_path / "a-file" / "out")], f"--output {tmp_path / 'a-file' / 'out'}: cannot"),
+        ([*model, *output, "--classnames", str(binary)], f"class name file {binary} is not UTF-8 text (byte 0: "),
+        ([*model, *output, "--templates", str(binary)], f"template file {binary} is not UTF-8 text (byte 0: "),
+        (["--model", str(listed), *output], f"cannot load model folder {listed}: {listed / 'config.json'} is not a "
+                                            "model config (a JSON object with a vision_config object)"),
+        ([*model, *output, "--num-samples", "-3"], "argument --num-samples: must be a positive integer, got -3"),
+        ([*model, *output, "--image-size", "0"], "argument --image-size: must be a positive integer, got 0"),
     ]:
+        templates = [] if "--templates" in arguments else ["--templates", "simple"]
         with pytest.raises(SystemExit) as exit_info:
-            sys.exit(main([*common, *arguments]))
+            sys.exit(main([*common, *templates, *arguments]))
         stderr = capsys.readouterr().err
         assert exit_info.value.code == 2 and "Traceback" not in stderr
         assert re.match(r"python -m eval( zeroshot)?: error: " + re.escape(message), stderr.strip().splitlines()[-1])
@@ -191,6 +203,18 @@ def test_module_entry_point_exit_code():
                                capture_output=True, text=True)
     assert completed.returncode == 2
     assert completed.stderr.strip() == "python -m eval: error: model folder /no/such/model not found or has no config.json"
+
+
+@pytest.mark.parametrize("size", ["-1", "x"])
+def test_a_negative_pool_size_is_refused(workspace, size, capsys):
+    # -1 was once taken as one pool of all pairs and reported as pool size -1.
+    with pytest.raises(SystemExit) as exit_info:
+        run(workspace, "noisy-pairs", "--model", str(workspace["model"]), "--data", str(workspace["data"]),
+            "--pool-size", size)
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"python -m eval noisy-pairs: error: argument --pool-size: must be 0 (all pairs) or a positive integer, "
+        f"got {size}")
 
 
 def test_card_update_keeps_front_matter_and_replaces_same_results(tmp_path):

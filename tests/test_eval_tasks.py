@@ -100,6 +100,10 @@ def test_paired_probability_is_the_mean_of_both_softmax_directions():
     assert np.allclose(paired_probabilities(images, texts, 2.0, pool_size=None), expected.numpy())
     # Pools of one pair make every pair certain.
     assert np.allclose(paired_probabilities(images, texts, 2.0, pool_size=1), 1.0)
+    for size in (0, -1, 2.5):  # -1 was once one pool of all pairs
+        with pytest.raises(ValueError, match=rf"^pool_size must be None \(one pool of all pairs\) or a positive "
+                                             rf"integer, got {size}$"):
+            paired_probabilities(images, texts, 2.0, pool_size=size)
 
 
 def test_noisy_pairs_aligned_finds_every_mismatch(tmp_path):

@@ -17,6 +17,7 @@ from modeling_psdclip.data.openmoji import build_openmoji
 from studies.__main__ import build_parser, main
 from studies.report import write_study_report
 from studies.plan import load_study, planned_runs
+from studies.training_runs import check_training_options
 from modeling_psdclip import PSDCLIPModel
 from modeling_psdclip.data import ImageTextCollator, load_image_text_dataset
 from tests.support import EMOJI_TEST, copy_with_refused_pickle, save_micro_folder, write_svgs
@@ -314,13 +315,15 @@ def test_report_sets_the_recommended_method_against_every_other_and_computes_the
 def test_a_run_that_fails_is_a_failure_naming_its_log_not_an_input_error(micro_study, capsys):
     config, out = micro_study
     study = yaml.safe_load(config.read_text())
-    study["methods"] = {"clip": {"distill_alpha_max": 0.0, "lr": -1.0}}  # train.py refuses it when the run starts
+    (out.parent / "no-model").mkdir()  # a folder, so train.py's options pass, but no model in it
+    study["train"]["init_from"] = str(out.parent / "no-model")
     config.write_text(yaml.safe_dump(study))
     assert main(["--config", str(config)]) == 1
     log = out / "runs" / "heavy-64-clip-seed0" / "train.log"
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         f"python -m studies: error: run heavy-64-clip-seed0 failed (exit 2; log {log}): "
-        "python -m modeling_psdclip.training: error: --lr must be positive, got -1.0")
+        f"python -m modeling_psdclip.training: error: --init-from: {out.parent / 'no-model'} holds a None model, not "
+        "a PSD-CLIP or CLIP one")
 
 
 def test_study_files_are_checked(tmp_path):
@@ -351,6 +354,7 @@ def test_a_starting_model_of_refused_pickled_weights_is_one_line(tmp_path, micro
     config, out = micro_study
     pickled = copy_with_refused_pickle(tmp_path / "micro", tmp_path / "pickled")
     study = yaml.safe_load(config.read_text())
+    study["train"].pop("init_from")  # the study sets it to its starting model
     config.write_text(yaml.safe_dump({**study, "starting_model": str(pickled)}))
     assert main(["--config", str(config), "--quick"]) == 2
     error = capsys.readouterr().err.strip().splitlines()[-1]
@@ -366,6 +370,25 @@ def test_a_starting_model_of_refused_pickled_weights_is_one_line(tmp_path, micro
     ("eval: {num_samples: many}", "eval.num_samples must be int, got 'many'"), ("output: 5", "output must be str"),
     ("train: [1, 2]", "train must be a mapping"), ("launcher: touch owned", "unknown key launcher"),
     ("quick: {eval: {num_samples: [1]}}", "quick.eval.num_samples must be int"),
+    ("seeds: [-1]", "seeds must be in [0, 2**32 - 1], got -1"),  # once numpy's ValueError when the run started
+    # Options the study sets itself, once accepted and ignored (the model went to the study's folder).
+    ("train: {output_dir: mine}", "train sets output_dir, which the study sets itself (run clean-8-clip-seed0): "
+                                  "leave it out"),
+    ("train: {report-to: wandb}", "train sets report-to, which the study sets itself"),
+    ("train: {p_mismatch: 0.5}", "train sets p_mismatch, which the study sets itself"),
+    ("noise: {clean: {train_samples: 5}}", "noise 'clean' sets train_samples, which the study sets itself"),
+    ("methods: {clip: {seed: 3}}", "method 'clip' sets seed, which the study sets itself"),
+    ("methods: {clip: {resume: latest}}", "method 'clip' sets resume, which the study sets itself"),
+    ("{starting_model: start, train: {init_from: mine}}", "train sets init_from, which the study sets itself"),
+    ("pretrain: {run_dir: mine}", "pretrain sets run_dir, which the study sets itself (pretrain)"),
+    # What train.py refuses, once found only when that run started, after the earlier runs had trained.
+    ("train: {bogus_option: 1}", "run clean-8-clip-seed0: unknown option 'bogus_option'"),
+    ("methods: {clip: {}, psd: {distill_alpha_max: lots}}",
+     "run clean-8-psd-seed0: --distill-alpha-max: expected float, got 'lots'"),
+    ("methods: {clip: {}, psd: {distill_alpha_max: 5.0}}",
+     "run clean-8-psd-seed0: --distill-alpha-max must be in [0, 1], got 5.0"),
+    ("cells: [{noise: clean, train_samples: -5}]", "run clean--5-clip-seed0: --train-samples must be positive, got -5"),
+    ("pretrain: {lr: -1.0}", "pretrain: --lr must be positive, got -1.0"),
 ])
 def test_a_study_file_that_does_not_fit_the_schema_is_one_line_before_anything_runs(tmp_path, capsys, text, problem):
     study = tmp_path / "study.yaml"
@@ -387,9 +410,51 @@ def test_study_paths_outputs_and_a_report_of_nothing_finished_are_one_line(micro
         (["--config", "studies/../../nowhere/noise.yaml"], "cannot read study studies/../../nowhere/noise.yaml"),
         (["--config", str(config), "--output", "a-file"], "study output a-file cannot hold the runs: is a file"),
         (["--config", str(config), "--finished-only"], f"no run of the study in {out} has finished yet"),
+        # Once a FileNotFoundError traceback at the first training.
+        (["--config", str(config), "--launcher", "nosuchcmd --x"], "--launcher 'nosuchcmd --x': command 'nosuchcmd' "
+                                                                   "not found"),
+        (["--config", str(config), "--launcher", "'unclosed"], "--launcher \"'unclosed\": No closing quotation"),
     ]:
         assert main(argv) == 2
         error = capsys.readouterr().err
         assert error.count("\n") == 1 and error.startswith(f"python -m studies: error: {problem}"), error
     assert (tmp_path / "a-file").read_text() == "mine" and not (out / "runs").exists()
     assert "--launcher COMMAND" in build_parser().format_help()
+
+
+def test_quick_on_a_study_with_no_quick_section_is_one_line(micro_study, capsys):
+    config, out = micro_study  # once silently the full size
+    study = yaml.safe_load(config.read_text())
+    study.pop("quick")
+    config.write_text(yaml.safe_dump(study))
+    assert main(["--config", str(config), "--quick"]) == 2
+    assert capsys.readouterr().err == (
+        f"python -m studies: error: study {config} has no quick section (in it or its base chain), so --quick would "
+        "run the full size: leave out --quick, or add a quick section\n")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(("stop", "status"), [(130, 130), (143, 143), (KeyboardInterrupt, 130)])
+def test_ctrl_c_stops_a_study_with_130_and_one_line_not_a_failed_run(micro_study, capsys, monkeypatch, stop,
+                                                                     status):
+    config, out = micro_study
+
+    def stopped_training(arguments, log):  # a training that Ctrl-C (or SIGTERM) stopped, or Ctrl-C between them
+        if stop is KeyboardInterrupt:
+            raise KeyboardInterrupt
+        return stop
+
+    monkeypatch.setattr("studies.training_runs.main_in_process", stopped_training)
+    assert main(["--config", str(config), "--quick"]) == status  # once "run ... failed", status 1
+    assert capsys.readouterr().err == "python -m studies: stopped; rerun to continue where it stopped\n"
+
+
+def test_the_shipped_studies_set_only_options_train_py_takes_and_the_study_does_not(tmp_path):
+    for path in sorted((REPO / "studies").glob("*.yaml")):
+        for quick in (False, True):
+            try:
+                study = load_study(path, quick)
+            except EvalInputError as error:  # openmoji.yaml has a single size
+                assert quick and "has no quick section" in str(error)
+                continue
+            check_training_options(path, study, planned_runs(study), tmp_path)

@@ -18,6 +18,8 @@ is measured on emoji never seen in training. The folder is a `DatasetDict.save_t
 from __future__ import annotations
 
 import io
+import os
+import shutil
 import sys
 from dataclasses import dataclass
 from importlib.resources import files
@@ -29,7 +31,7 @@ from PIL import Image
 from sklearn.model_selection import train_test_split
 from tqdm.auto import tqdm
 
-from ..utils import OneLineErrorParser, status_of
+from ..utils import OneLineErrorParser, cannot_create_in, first_line, status_of
 from .errors import DataError
 from .synthetic import CLEAN
 
@@ -122,9 +124,17 @@ def build_openmoji(out: str | Path, *, image_size: int = 64, seed: int = 0, svg_
     """
     if not 0 <= p_mismatch < 1:
         raise DataError(f"p_mismatch must lie in [0, 1), got {p_mismatch}")
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
+        raise DataError(f"image_size must be a positive integer, got {image_size!r}")
     out = Path(out)
+    # Checked before the rendering, which takes a while.
+    if (out.exists() or out.is_symlink()) and not out.is_dir():
+        raise DataError(f"output {out} is a {'link' if out.is_symlink() else 'file'}, not a folder")
     if out.exists() and any(out.iterdir()):
         raise DataError(f"output folder {out} exists and is not empty")
+    unwritable = cannot_create_in(out.parent)
+    if unwritable:
+        raise DataError(f"cannot write output folder {out}: {unwritable}")
     if svg_dir is None or emoji_test is None:
         default_svg_dir, default_emoji_test = default_sources()
         svg_dir, emoji_test = svg_dir or default_svg_dir, emoji_test or default_emoji_test
@@ -150,9 +160,26 @@ def build_openmoji(out: str | Path, *, image_size: int = 64, seed: int = 0, svg_
     splits = split_by_emoji(len(rows), [row["group"] for row in rows], seed)
     mismatch_captions(rows, splits["train"], p_mismatch, seed)
     dataset = datasets.Dataset.from_list(rows, features=features)
-    datasets.DatasetDict({name: dataset.select(indices) for name, indices in splits.items()}).save_to_disk(str(out))
-    (out / "ATTRIBUTION.txt").write_text(ATTRIBUTION, encoding="utf-8")
+    save_whole(datasets.DatasetDict({name: dataset.select(indices) for name, indices in splits.items()}), out)
     return out
+
+
+def save_whole(dataset: datasets.DatasetDict, out: Path) -> None:
+    """Save into a staging folder beside `out`, renamed to it once complete: a full disk or Ctrl-C leaves no
+    partial folder that would block a rerun ("exists and is not empty"). DataError when it cannot be written."""
+    staging = out.parent / f".{out.name}.partial-{os.getpid()}"  # beside `out`: renamed on the same file system
+    try:
+        shutil.rmtree(staging, ignore_errors=True)  # what a killed build of the same process id left
+        staging.mkdir(parents=True)  # not tempfile's: its 0700 would be the folder's mode
+        dataset.save_to_disk(str(staging))
+        (staging / "ATTRIBUTION.txt").write_text(ATTRIBUTION, encoding="utf-8")
+        if out.is_dir():  # empty, as checked
+            out.rmdir()
+        staging.rename(out)
+    except OSError as error:
+        raise DataError(f"cannot write output folder {out}: {error.strerror or first_line(error)}") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # gone already once renamed
 
 
 def mismatch_captions(rows: list[dict], indices: np.ndarray, p_mismatch: float, seed: int) -> None:
@@ -199,8 +226,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--p-mismatch", type=float, default=0.0,
                         help="share of train rows given another train row's captions (noise label 'mismatch')")
     args = parser.parse_args(argv)
-    return status_of(PROG, lambda: print(build_openmoji(args.out, image_size=args.image_size,
-                                                        p_mismatch=args.p_mismatch)), DataError)
+    try:
+        return status_of(PROG, lambda: print(build_openmoji(args.out, image_size=args.image_size,
+                                                            p_mismatch=args.p_mismatch)), DataError)
+    except KeyboardInterrupt:  # nothing is left half-written (save_whole)
+        print(f"{PROG}: stopped; {args.out} was not written", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":
