@@ -326,6 +326,16 @@ def test_a_run_that_fails_is_a_failure_naming_its_log_not_an_input_error(micro_s
         "a PSD-CLIP or CLIP one")
 
 
+def test_a_study_file_with_a_key_twice_or_that_is_no_regular_file_is_one_line(tmp_path, capsys):
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("output: a\nseeds: [0]\nseeds: [1]\n")
+    assert main(["--config", str(twice)]) == 2
+    assert "seeds" in capsys.readouterr().err.strip().splitlines()[-1]
+    assert main(["--config", "/dev/zero"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "python -m studies: error: cannot read study /dev/zero: /dev/zero is not a regular file")
+
+
 def test_study_files_are_checked(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("seeds: [0]\nmethods: {psd: {}}\nnoise: {clean: {}}\ncells: [{noise: clean, train_samples: 8}]\n")
