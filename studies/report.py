@@ -255,12 +255,14 @@ def forgetting_figure(grouped: dict, cells: list[str], methods: list[str], path:
     kept), mean over seeds with the seeds' std as error bars."""
     figure, axes = plt.subplots(1, len(cells), figsize=(4.4 * len(cells), 4), squeeze=False)
     for axis, cell in zip(axes[0], cells):
-        for method in methods:
+        for index, method in enumerate(methods):
             runs = [r for r in grouped[cell, method].values() if "old_retrieval_r1" in r]
             if runs:
                 (new, new_std), (old, old_std) = (mean_std([r[key] for r in runs])
                                                   for key in ("retrieval_r1", "old_retrieval_r1"))
-                axis.errorbar(old, new, xerr=old_std, yerr=new_std, marker="o", capsize=3, label=method)
+                # More methods than the default colour cycle: a colour and a marker of their own.
+                axis.errorbar(old, new, xerr=old_std, yerr=new_std, marker="osD^v<>PX*"[index % 10], capsize=3,
+                              color=plt.cm.tab20(index % 20), label=method)
         axis.set_xlabel("old world retrieval R@1 (kept)")
         axis.set_title(cell, fontsize=9)
     axes[0][0].set_ylabel("new world retrieval R@1 (learned)")
