@@ -99,9 +99,14 @@ def test_round_trip_with_package_installed(saved):
     loaded = AutoModel.from_pretrained(folder).eval()  # no trust_remote_code: the package registers "psdclip"
     assert type(loaded) is PSDCLIPModel
     assert type(AutoModelForZeroShotImageClassification.from_pretrained(folder)) is PSDCLIPModel
+    # The weights come back bit for bit; the forward of weights read from the file may take another CPU kernel path
+    # than the same values built in memory (seen with transformers 5.25: 2e-8 apart), so the embeddings are compared
+    # to float32 rounding.
+    reloaded = loaded.state_dict()
+    assert all(torch.equal(tensor, reloaded[name]) for name, tensor in model.state_dict().items())
     expected, actual = embeddings(model, processor), embeddings(loaded, AutoProcessor.from_pretrained(folder))
     for key in expected:
-        np.testing.assert_array_equal(expected[key], actual[key])
+        np.testing.assert_allclose(actual[key], expected[key], rtol=1e-5, atol=1e-7)
 
 
 REMOTE_SCRIPT = textwrap.dedent(
@@ -301,7 +306,8 @@ def test_mismatched_shapes_fail_clearly(saved, tmp_path):
         weights["visual_projection.weight"] = torch.zeros(8, weights["visual_projection.weight"].shape[1])
         save_file(weights, path, metadata={"format": "pt"})
 
-    with pytest.raises(RuntimeError, match="mismatched|size"):
+    with pytest.raises(ValueError, match=r"^checkpoint weight visual_projection.weight has shape \(8, 128\), where the "
+                                         r"config makes it \(128, 128\)$"):
         PSDCLIPModel.from_pretrained(corrupt_copy(saved, tmp_path, reshape))
 
 

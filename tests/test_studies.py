@@ -322,8 +322,8 @@ def test_a_run_that_fails_is_a_failure_naming_its_log_not_an_input_error(micro_s
     log = out / "runs" / "heavy-64-clip-seed0" / "train.log"
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         f"python -m studies: error: run heavy-64-clip-seed0 failed (exit 2; log {log}): "
-        f"python -m modeling_psdclip.training: error: --init-from: {out.parent / 'no-model'} holds a None model, not "
-        "a PSD-CLIP or CLIP one")
+        f"python -m modeling_psdclip.training: error: --init-from: {out.parent / 'no-model'} is not a model folder: it "
+        "has no config.json")
 
 
 def test_a_study_file_with_a_key_twice_or_that_is_no_regular_file_is_one_line(tmp_path, capsys):
