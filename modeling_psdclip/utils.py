@@ -96,6 +96,16 @@ def load_yaml_strict(text: str):
     return yaml.load(text, Loader=_StrictSafeLoader)
 
 
+# A file of settings (train.py's --config, a study) is a page of text; a larger "file" is a mistake, or /dev/zero.
+MAX_SETTINGS_FILE_BYTES = 2**20
+
+
+def read_settings_file(path):
+    """The YAML of a settings file a user names: `read_small_text_file` (ValueError, OSError) bounded by
+    `MAX_SETTINGS_FILE_BYTES`, then `load_yaml_strict` (yaml.YAMLError)."""
+    return load_yaml_strict(read_small_text_file(path, MAX_SETTINGS_FILE_BYTES))
+
+
 def yaml_error_line(error: yaml.YAMLError) -> str:
     """A YAML error in one line: what is wrong and where (PyYAML's own message spans several lines)."""
     mark = getattr(error, "problem_mark", None)

@@ -80,6 +80,15 @@ def synthetic_split(model: EmbeddingModel, settings: dict, split: str, attribute
                           image_size=model.model.config.vision_config.image_size, **options)
 
 
+def pairs_like_the_runs(model: EmbeddingModel, settings: dict, study: dict, run: Run, seed: int,
+                        **options) -> EvalData:
+    """Training pairs drawn as `run`'s were (its world, its caption noise): with its seed and number of pairs, exactly
+    the pairs it trained on (train.py's generator arguments: which scene a mismatched caption describes depends on
+    the number of pairs); with another seed, held-out pairs of the same kind."""
+    noise = {key: value for key, value in synthetic_noise(study, run).items() if key.startswith("p_")}
+    return synthetic_split(model, settings, "train", world=run.world, seed=seed, **noise, **options)
+
+
 def old_world(study: dict) -> str:
     """The world the starting model was trained in (its `pretrain` options'; a given starting model's is not known
     and taken as the standard one)."""
@@ -105,10 +114,8 @@ def evaluate_on_synthetic(model: EmbeddingModel, study: dict, run: Run, settings
         shifted = {split: zero_shot_classification(model, data(split))["top1_accuracy"] for split in SHIFTED_SPLITS}
         results["shifted"] = shifted
         results["shifted_accuracy"] = sum(shifted.values()) / len(shifted)
-    # Exactly the pairs the run trained on (train.py's generator arguments: which scene a mismatched caption
-    # describes depends on the number of pairs), a seeded sample of `noisy_pairs` of them.
-    noise = {key: value for key, value in synthetic_noise(study, run).items() if key.startswith("p_")}
-    trained_pairs = data("train", num_samples=run.train_samples, seed=run.seed, **noise)
+    # A seeded sample of `noisy_pairs` of exactly the pairs the run trained on.
+    trained_pairs = pairs_like_the_runs(model, settings, study, run, seed=run.seed, num_samples=run.train_samples)
     results["noisy_pair_auroc"] = noisy_pair_auroc(model, trained_pairs.sample(settings["noisy_pairs"], run.seed),
                                                    run.seed)
     return results
@@ -178,9 +185,7 @@ def choose_weights(study: dict, run: Run, model: EmbeddingModel, candidates: dic
     if choose_on == "clean":
         choice_data = synthetic_split(model, settings, "val", world=run.world)
     else:
-        noise = {key: value for key, value in synthetic_noise(study, run).items() if key.startswith("p_")}
-        choice_data = synthetic_split(model, settings, "train", world=run.world, seed=NOISY_VALIDATION_SEED + run.seed,
-                                      **noise)
+        choice_data = pairs_like_the_runs(model, settings, study, run, seed=NOISY_VALIDATION_SEED + run.seed)
     scores = {}
     for key, weights in candidates.items():
         model.model.load_state_dict(weights())

@@ -9,7 +9,7 @@ from pathlib import Path
 import yaml
 
 from modeling_psdclip.data import saved_with_splits
-from modeling_psdclip.utils import first_line, load_yaml_strict, read_small_text_file, yaml_error_line
+from modeling_psdclip.utils import first_line, read_settings_file, yaml_error_line
 
 from eval.errors import EvalInputError
 
@@ -30,7 +30,6 @@ STUDY_SCHEMA = {"output": str, "seeds": [int], "methods": {str: dict}, "noise": 
 STUDY_KEYS = set(STUDY_SCHEMA)
 
 
-MAX_STUDY_FILE_BYTES = 1 << 20  # a study file is a page of settings; a larger "file" is a mistake (or /dev/zero)
 MERGED_KEYS = ("train", "eval", "pretrain")
 
 
@@ -91,7 +90,7 @@ def read_study_file(path: Path, quick: bool, extending: tuple[Path, ...] = ()) -
     """A study file's settings at the size asked for, on top of its `base` chain's at that size: each file's own
     `quick` applies to that file first, so a file's keys always beat its base's, quick or not."""
     try:
-        study = load_yaml_strict(read_small_text_file(path, MAX_STUDY_FILE_BYTES))
+        study = read_settings_file(path)
     except yaml.YAMLError as error:
         raise EvalInputError(f"cannot read study {path}: {yaml_error_line(error)}") from error
     except (OSError, ValueError) as error:

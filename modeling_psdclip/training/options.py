@@ -17,7 +17,7 @@ from pathlib import Path
 import yaml
 
 from ..model_folder import ModelFolderError, check_model_folder_target, invalid_repo_id
-from ..utils import OneLineErrorParser, cannot_create_in, fail, load_yaml_strict, read_small_text_file, yaml_error_line
+from ..utils import OneLineErrorParser, cannot_create_in, fail, read_settings_file, yaml_error_line
 
 
 def configuration_choices() -> dict[str, tuple[str, ...]]:
@@ -139,10 +139,6 @@ DECAYS = ("adam_beta1", "adam_beta2", "distill_ema_decay")
 KNOWN_TRACKERS = ("tensorboard", "wandb", "mlflow", "comet_ml", "aim", "clearml", "dvclive", "trackio", "swanlab")
 
 
-# An options file is a few hundred bytes; anything near this is not one (and is not read whole into memory).
-MAX_CONFIG_BYTES = 2**20
-
-
 class OptionError(ValueError):
     """A bad option value; the message names the option."""
 
@@ -185,7 +181,7 @@ def build_parser(prog: str) -> argparse.ArgumentParser:
 def read_yaml(path: str) -> dict:
     """Options from a YAML mapping, keys in either spelling, values converted to the option's type."""
     try:
-        loaded = load_yaml_strict(read_small_text_file(path, MAX_CONFIG_BYTES))
+        loaded = read_settings_file(path)
     except OSError as error:
         raise OptionError(f"--config: cannot read {path}: {error.strerror}") from error
     except yaml.YAMLError as error:
